@@ -1,0 +1,240 @@
+"""The one module that touches TransformerLens models.
+
+Everything here is duck-typed over the surface that ``HookedTransformer`` (TL 2.x/3.x) and
+``TransformerBridge`` (TL 3.x/4.x) share: ``cfg``, ``hook_dict``, ``run_with_cache``,
+``run_with_hooks``, ``blocks[l].attn.W_O``, ``eval()``/``train()``. Rules kept here:
+
+* all requested sites come from ONE forward (``names_filter`` + ``stop_at_layer``), under
+  ``torch.inference_mode()``;
+* hooks are added only through ``run_with_cache``/``run_with_hooks``, which remove exactly
+  the hooks they added, also when the forward raises; the user's own hooks stay;
+* hook functions close over the site they serve, never dispatch on ``hook.name`` (the bridge
+  calls them with its own names);
+* the model is put in ``eval()`` for the call and its mode restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .sites import Site, SiteLike, validate_sites
+
+HookFn = Callable[[Tensor, Any], Tensor | None]
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of the model's parameters (CPU for a parameterless model)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[Any]:
+    """Put ``model`` in eval mode for the block (dropout off), then restore its mode."""
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        yield model
+    finally:
+        if was_training:
+            model.train()
+
+
+def stop_layer_for(sites: Sequence[Site], n_layers: int) -> int | None:
+    """The ``stop_at_layer`` that still runs every site's hook, or ``None`` for all layers."""
+    layers = [s.layer for s in sites]
+    if any(layer is None for layer in layers):
+        return None
+    last = max(max(layers), 0) + 1
+    return None if last >= n_layers else last
+
+
+def harvest(
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    sites: Sequence[SiteLike],
+    *,
+    validate: bool = True,
+) -> dict[Site, Float[Tensor, "batch pos d_site"]]:
+    """Activations of many sites from one forward of the probed model.
+
+    Args:
+        model: a ``HookedTransformer`` or ``TransformerBridge``.
+        tokens: token ids ``[batch, pos]`` (no BOS is added: include it yourself).
+        sites: sites or their string forms (see :mod:`tl_inversion.sites`).
+        validate: check the sites against the model first.
+
+    Returns:
+        ``{site: tensor [batch, pos, d_site]}`` on the model's device, detached: the hook's
+        value at every position, narrowed to the site's head, flattened over trailing axes.
+        Per-head outputs ``attn.hook_result[h]`` are computed as ``hook_z[:, :, h] @ W_O[h]``.
+
+    Raises:
+        SiteError: a site does not fit the model (see :func:`~tl_inversion.sites.validate_site`).
+    """
+    sites = validate_sites(sites, model) if validate else [s if isinstance(s, Site) else Site(s) for s in sites]
+    tokens = tokens.to(model_device(model))
+    read = sorted({s.read_hook for s in sites})
+    stop = stop_layer_for(sites, model.cfg.n_layers)
+    with eval_mode(model), torch.inference_mode():
+        _, cache = model.run_with_cache(tokens, names_filter=list(read), stop_at_layer=stop, return_type=None)
+        out: dict[Site, Tensor] = {}
+        for site in sites:
+            value = cache[site.read_hook]
+            if site.derived_result:
+                w_o = model.blocks[site.layer].attn.W_O  # [head, d_head, d_model]
+                if site.head is None:
+                    value = torch.einsum("bphd,hdm->bphm", value, w_o.to(value.dtype))
+                else:
+                    value = value[:, :, site.head] @ w_o[site.head].to(value.dtype)
+            elif site.head is not None:
+                value = value[:, :, site.head]
+            out[site] = value.reshape(value.shape[0], value.shape[1], -1).clone()
+        del cache
+    return out
+
+
+def site_width(model: Any, site: SiteLike) -> int:
+    """Width of a site's vector (e.g. ``d_model`` for residual hooks, ``d_head`` for hook_z[h])."""
+    (site,) = validate_sites([site], model)
+    tokens = torch.zeros(1, 1, dtype=torch.long)
+    return harvest(model, tokens, [site], validate=False)[site].shape[-1]
+
+
+def logits(model: Any, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
+    """Logits of the probed model under eval mode and inference mode."""
+    with eval_mode(model), torch.inference_mode():
+        return model(tokens.to(model_device(model)), return_type="logits")
+
+
+def run_with_hooks(
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    fwd_hooks: Sequence[tuple[str, HookFn]],
+    *,
+    return_type: str | None = "logits",
+) -> Tensor | None:
+    """Forward with temporary hooks (e.g. patching), in eval and inference mode.
+
+    The hooks are removed afterwards, also when the forward raises; hooks that were on
+    the model before are left in place.
+    """
+    with eval_mode(model), torch.inference_mode():
+        return model.run_with_hooks(tokens.to(model_device(model)), fwd_hooks=list(fwd_hooks), return_type=return_type)
+
+
+def cache_hooks(
+    model: Any, tokens: Int[Tensor, "batch pos"], hook_names: Sequence[str], *, stop_at_layer: int | None = None
+) -> dict[str, Tensor]:
+    """Values of named hooks from one forward, keyed by the names asked for (read by exact key)."""
+    with eval_mode(model), torch.inference_mode():
+        _, cache = model.run_with_cache(
+            tokens.to(model_device(model)), names_filter=list(hook_names), stop_at_layer=stop_at_layer, return_type=None
+        )
+        return {name: cache[name].clone() for name in hook_names}
+
+
+# Fingerprints ----------------------------------------------------------------------------
+
+_ARCH_FIELDS = (
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "d_head",
+    "d_mlp",
+    "d_vocab",
+    "n_ctx",
+    "act_fn",
+    "normalization_type",
+    "positional_embedding_type",
+    "attn_only",
+    "model_name",
+)
+
+
+def tl_version() -> str:
+    """The installed TransformerLens version string."""
+    from importlib.metadata import version
+
+    return version("transformer-lens")
+
+
+def weights_hash(model: Any) -> str:
+    """SHA-256 over the model's parameters and buffers (names, shapes, float32 bytes)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if not torch.is_tensor(tensor) or not tensor.is_floating_point():
+            continue
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def weight_processing(model: Any) -> dict[str, Any]:
+    """What is known of the model's weight processing (activations depend on it).
+
+    ``tl_inversion.loading`` records the exact flags on models it builds; otherwise the
+    model class, the bridge's compatibility mode and the normalisation type are recorded.
+    """
+    recorded = getattr(model, "_tl_inversion_processing", None)
+    info: dict[str, Any] = dict(recorded) if isinstance(recorded, dict) else {}
+    info.setdefault("normalization_type", getattr(model.cfg, "normalization_type", None))
+    compat = getattr(model, "compatibility_mode", None)
+    if isinstance(compat, bool):
+        info.setdefault("compatibility_mode", compat)
+    return info
+
+
+def fingerprint(model: Any) -> dict[str, Any]:
+    """What a decoder must know of its probed model to be trusted later.
+
+    Returns:
+        ``{"model_class", "tl_version", "architecture", "weights_sha256", "processing"}``.
+    """
+    cfg = model.cfg
+    arch = {k: getattr(cfg, k) for k in _ARCH_FIELDS if hasattr(cfg, k)}
+    arch = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in arch.items()}
+    return {
+        "model_class": type(model).__name__,
+        "tl_version": tl_version(),
+        "architecture": arch,
+        "weights_sha256": weights_hash(model),
+        "processing": weight_processing(model),
+    }
+
+
+def compare_fingerprints(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """Human-readable differences that change activations (empty when they agree).
+
+    The TL version alone is not a difference (same weights give the same activations).
+    """
+    problems = []
+    if expected.get("architecture") != actual.get("architecture"):
+        diff = {
+            k: (expected["architecture"].get(k), actual["architecture"].get(k))
+            for k in set(expected.get("architecture", {})) | set(actual.get("architecture", {}))
+            if expected.get("architecture", {}).get(k) != actual.get("architecture", {}).get(k)
+        }
+        problems.append(f"architecture differs (trained on, given): {diff}")
+    if expected.get("weights_sha256") != actual.get("weights_sha256"):
+        problems.append(
+            "weights differ (sha256 "
+            f"{str(expected.get('weights_sha256'))[:12]}... vs {str(actual.get('weights_sha256'))[:12]}...): "
+            "another model, or the same model with other weight processing"
+        )
+    if expected.get("processing") != actual.get("processing"):
+        problems.append(f"weight processing differs: {expected.get('processing')} vs {actual.get('processing')}")
+    if expected.get("model_class") != actual.get("model_class") and not problems:
+        problems.append(
+            f"model class differs ({expected.get('model_class')} vs {actual.get('model_class')}) "
+            "although weights agree"
+        )
+    return problems

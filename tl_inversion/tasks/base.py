@@ -1,0 +1,212 @@
+"""What a task tells the rest of tl_inversion: tokens, data, positions, grammar.
+
+A task is the start of the data flow (task -> probed model -> activations -> decoder ->
+verification). The decoders work on token-id tensors only; a task maps text to ids and
+back, names the positions a researcher queries (e.g. counting's ``":"``), says which
+positions decoders are trained on, and checks whether a decoded input obeys the task's
+grammar (decoders may produce ill-formed inputs: they are flagged, not hidden).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+
+class PositionError(ValueError):
+    """A position is out of range or not a name the task defines."""
+
+
+PositionLike = int | str
+
+
+@dataclass
+class CharTask:
+    """A task whose tokens are single characters padded to a fixed length.
+
+    Args:
+        name: short task name (``"counting"``, ``"addition"``).
+        chars: the vocabulary; token id = index in this string.
+        bos: the BOS character; eos: the EOS character; pad: the PAD character.
+        n_ctx: fixed sequence length (BOS + text + EOS + padding).
+        named_positions: ``{name: fn(tokens [batch, n_ctx]) -> index [batch]}``.
+        train_position_names: names of the positions decoders are trained on; ``None``
+            means every non-special position.
+        grammar: ``fn(text) -> bool`` for the inner text (without B/E/P).
+    """
+
+    name: str
+    chars: str
+    bos: str
+    eos: str
+    pad: str
+    n_ctx: int
+    named_positions: dict[str, Callable[[Tensor], Tensor]] = field(default_factory=dict)
+    train_position_names: Sequence[str] | None = None
+    grammar: Callable[[str], bool] | None = None
+
+    def __post_init__(self) -> None:
+        if len(set(self.chars)) != len(self.chars):
+            raise ValueError("task vocabulary has repeated characters")
+        self._lut = np.full(256, 255, dtype=np.uint8)
+        for i, c in enumerate(self.chars):
+            self._lut[ord(c)] = i
+
+    # vocabulary -------------------------------------------------------------------
+    @property
+    def vocab(self) -> list[str]:
+        """Token strings by id."""
+        return list(self.chars)
+
+    @property
+    def d_vocab(self) -> int:
+        return len(self.chars)
+
+    @property
+    def bos_id(self) -> int:
+        return self.chars.index(self.bos)
+
+    @property
+    def eos_id(self) -> int:
+        return self.chars.index(self.eos)
+
+    @property
+    def pad_id(self) -> int:
+        return self.chars.index(self.pad)
+
+    @property
+    def special_ids(self) -> tuple[int, int, int]:
+        """(BOS, EOS, PAD): positions masked out of preimage membership."""
+        return (self.bos_id, self.eos_id, self.pad_id)
+
+    def vocab_hash(self) -> str:
+        """SHA-256 of the vocabulary and special tokens (recorded with decoders)."""
+        return hashlib.sha256(f"{self.chars}|{self.bos}{self.eos}{self.pad}|{self.n_ctx}".encode()).hexdigest()
+
+    # text <-> tokens --------------------------------------------------------------
+    def encode(self, texts: str | Sequence[str]) -> Int[Tensor, "batch n_ctx"]:
+        """Token ids ``[batch, n_ctx]`` of texts without B/E/P (BOS, EOS and padding added).
+
+        Raises:
+            ValueError: unknown character, or a text longer than ``n_ctx - 2``.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        rows = []
+        for t in texts:
+            bad = sorted({c for c in t if c not in self.chars or c in (self.bos, self.eos, self.pad)})
+            if bad:
+                raise ValueError(
+                    f"{self.name}: characters {bad} are not input characters of this task; valid: "
+                    f"{''.join(c for c in self.chars if c not in (self.bos, self.eos, self.pad))!r}"
+                )
+            if len(t) > self.n_ctx - 2:
+                raise ValueError(f"{self.name}: text {t!r} has {len(t)} characters, at most {self.n_ctx - 2} fit")
+            rows.append(self.bos + t + self.eos + self.pad * (self.n_ctx - 2 - len(t)))
+        return self.encode_padded(rows)
+
+    def encode_padded(self, rows: Sequence[str]) -> Int[Tensor, "batch n_ctx"]:
+        """Ids of full rows (with B, E and P already in place, each ``n_ctx`` long); fast path."""
+        buf = np.frombuffer("".join(rows).encode("ascii"), dtype=np.uint8).reshape(len(rows), self.n_ctx)
+        ids = self._lut[buf]
+        if (ids == 255).any():
+            raise ValueError(f"{self.name}: unknown character in rows")
+        return torch.from_numpy(ids.astype(np.int64))
+
+    def decode(self, tokens: Int[Tensor, "... n_ctx"], *, keep_special: bool = False) -> str | list[str]:
+        """Text of token rows; by default without BOS, and cut at the first EOS."""
+        if tokens.dim() > 1:
+            return [self.decode(row, keep_special=keep_special) for row in tokens]
+        s = "".join(self.chars[i] for i in tokens.tolist())
+        if keep_special:
+            return s
+        if s.startswith(self.bos):
+            s = s[1:]
+        return s.split(self.eos, 1)[0].replace(self.pad, "")
+
+    def is_valid(self, tokens: Int[Tensor, "batch n_ctx"]) -> Bool[Tensor, " batch"]:
+        """Whether each row is ``BOS text EOS PAD...`` with a text the grammar accepts."""
+        out = []
+        for row in tokens:
+            s = self.decode(row, keep_special=True)
+            ok = s.startswith(self.bos) and self.eos in s
+            if ok:
+                inner, rest = s[1:].split(self.eos, 1)
+                ok = set(rest) <= {self.pad} and self.bos not in inner and self.pad not in inner
+                ok = ok and (self.grammar is None or self.grammar(inner))
+            out.append(ok)
+        return torch.tensor(out, dtype=torch.bool)
+
+    # positions --------------------------------------------------------------------
+    def special_mask(self, tokens: Int[Tensor, "batch n_ctx"]) -> Bool[Tensor, "batch n_ctx"]:
+        """True at BOS, EOS and PAD positions."""
+        m = torch.zeros_like(tokens, dtype=torch.bool)
+        for i in self.special_ids:
+            m |= tokens == i
+        return m
+
+    def resolve_position(self, tokens: Int[Tensor, "batch n_ctx"], position: PositionLike) -> Int[Tensor, " batch"]:
+        """Absolute index of a position in each row.
+
+        Args:
+            tokens: token ids ``[batch, n_ctx]``.
+            position: an index (negative counts from the end of the row, as in Python) or a
+                name the task defines (see ``named_positions``).
+
+        Raises:
+            PositionError: an index outside ``-n_ctx..n_ctx-1``, or an unknown name (the
+                message lists the valid names).
+        """
+        n = tokens.shape[-1]
+        if isinstance(position, str) and position.lstrip("-").isdigit():
+            position = int(position)
+        if isinstance(position, int):
+            if not -n <= position < n:
+                raise PositionError(f"position {position} out of range for inputs of length {n}: valid -{n}..{n - 1}")
+            return torch.full((tokens.shape[0],), position % n, dtype=torch.long)
+        if position not in self.named_positions:
+            raise PositionError(
+                f"{self.name} has no position named {position!r}; named positions: "
+                f"{', '.join(repr(k) for k in self.named_positions)}, or an integer index"
+            )
+        return self.named_positions[position](tokens).long()
+
+    def train_position_mask(self, tokens: Int[Tensor, "batch n_ctx"]) -> Bool[Tensor, "batch n_ctx"]:
+        """Positions decoders are trained on (InversionView Sec. 3: random among these)."""
+        if self.train_position_names is None:
+            return ~self.special_mask(tokens)
+        m = torch.zeros_like(tokens, dtype=torch.bool)
+        rows = torch.arange(tokens.shape[0])
+        for name in self.train_position_names:
+            m[rows, self.resolve_position(tokens, name)] = True
+        return m
+
+
+def eos_offset(task_eos_id: int, offset: int) -> Callable[[Tensor], Tensor]:
+    """A named position ``offset`` tokens before the first EOS of each row."""
+
+    def find(tokens: Tensor) -> Tensor:
+        is_eos = tokens == task_eos_id
+        if not bool(is_eos.any(-1).all()):
+            raise PositionError("a row has no EOS, so positions counted from the end are undefined")
+        return is_eos.int().argmax(-1) - offset
+
+    return find
+
+
+def first_token(token_id: int, offset: int = 0) -> Callable[[Tensor], Tensor]:
+    """A named position at the first occurrence of a token (plus ``offset``)."""
+
+    def find(tokens: Tensor) -> Tensor:
+        hit = tokens == token_id
+        if not bool(hit.any(-1).all()):
+            raise PositionError("a row lacks the token that defines this named position")
+        return hit.int().argmax(-1) + offset
+
+    return find
