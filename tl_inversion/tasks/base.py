@@ -39,6 +39,8 @@ class CharTask:
         train_position_names: names of the positions decoders are trained on; ``None``
             means every non-special position.
         grammar: ``fn(text) -> bool`` for the inner text (without B/E/P).
+        answer_mask_fn: ``fn(tokens) -> bool [batch, n_ctx]``, True at the answer tokens
+            (the probed model's training targets and the patching metric's answer).
     """
 
     name: str
@@ -50,6 +52,7 @@ class CharTask:
     named_positions: dict[str, Callable[[Tensor], Tensor]] = field(default_factory=dict)
     train_position_names: Sequence[str] | None = None
     grammar: Callable[[str], bool] | None = None
+    answer_mask_fn: Callable[[Tensor], Tensor] | None = None
 
     def __post_init__(self) -> None:
         if len(set(self.chars)) != len(self.chars):
@@ -176,6 +179,16 @@ class CharTask:
                 f"{', '.join(repr(k) for k in self.named_positions)}, or an integer index"
             )
         return self.named_positions[position](tokens).long()
+
+    def answer_mask(self, tokens: Int[Tensor, "batch n_ctx"]) -> Bool[Tensor, "batch n_ctx"]:
+        """True at the answer tokens of each row.
+
+        Raises:
+            ValueError: the task defines no answer.
+        """
+        if self.answer_mask_fn is None:
+            raise ValueError(f"task {self.name!r} defines no answer tokens")
+        return self.answer_mask_fn(tokens).bool()
 
     def train_position_mask(self, tokens: Int[Tensor, "batch n_ctx"]) -> Bool[Tensor, "batch n_ctx"]:
         """Positions decoders are trained on (InversionView Sec. 3: random among these)."""

@@ -57,7 +57,17 @@ def make_task() -> CharTask:
         },
         train_position_names=("c", ":"),
         grammar=_grammar,
+        answer_mask_fn=_answer_mask,
     )
+
+
+def _answer_mask(tokens: Tensor) -> Tensor:
+    """True at n (the token before EOS)."""
+    eos = CHARS.index("E")
+    idx = (tokens == eos).int().argmax(-1) - 1
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    mask[torch.arange(tokens.shape[0]), idx] = True
+    return mask
 
 
 def _draw_counts(rng: random.Random, used: set[tuple[int, int, int]]) -> tuple[int, int, int]:

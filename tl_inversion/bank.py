@@ -1,0 +1,268 @@
+"""DecoderBank: trained decoders for a set of sites, with what is needed to trust them.
+
+Two topologies share one mechanism:
+
+* ``"per_hook"`` (default): one :class:`~tl_inversion.decoder.Decoder` per site, each with a
+  one-row site embedding;
+* ``"shared"``: one decoder over all sites, conditioned on a site embedding, as the paper
+  trained (InversionView Sec. 3).
+
+A bank maps each site to ``(decoder, site index)`` and records the probed model's
+fingerprint (architecture, weight hash, class, TL version, weight processing), the task's
+vocabulary hash and special ids, ``prepend_bos`` / padding side, the position policy and
+the training config. Loading onto another model or processing is an error unless
+explicitly overridden (then a warning).
+
+On disk: ``bank.json`` (configs and metadata) + ``decoders.safetensors`` (all weights),
+written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from . import hooked
+from .decoder import Decoder, DecoderConfig
+from .io import atomic_write_dir, atomic_write_json
+from .sites import Site, SiteError, SiteLike, parse_site
+
+BANK_JSON = "bank.json"
+WEIGHTS = "decoders.safetensors"
+FORMAT_VERSION = 1
+
+
+class ModelMismatchError(RuntimeError):
+    """A decoder bank is used with a probed model other than the one it was trained on."""
+
+
+@dataclass
+class DecoderBank:
+    """Decoders for a set of sites.
+
+    Args:
+        decoders: the decoders (one per site for ``per_hook``, one for ``shared``).
+        groups: ``groups[i]`` is the list of sites decoder ``i`` covers; a site's index in
+            its group is its site-embedding row.
+        widths: ``{site string: activation width}`` (vectors are zero-padded to ``d_act``).
+        meta: fingerprint, task info, position policy, training config (JSON-able).
+    """
+
+    decoders: list[Decoder]
+    groups: list[list[Site]]
+    widths: dict[str, int]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # construction ---------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        sites: Sequence[SiteLike],
+        widths: dict[str, int],
+        *,
+        topology: str = "per_hook",
+        vocab_size: int,
+        n_ctx: int,
+        bos_id: int,
+        eos_id: int,
+        pad_id: int,
+        meta: dict[str, Any] | None = None,
+        **decoder_kwargs: Any,
+    ) -> "DecoderBank":
+        """New, untrained decoders for ``sites``.
+
+        Args:
+            sites: the sites to cover.
+            widths: activation width per site string.
+            topology: ``"per_hook"`` (a decoder per site) or ``"shared"`` (one decoder).
+            vocab_size, n_ctx, bos_id, eos_id, pad_id: the probed model's vocabulary facts.
+            meta: metadata to record.
+            **decoder_kwargs: further :class:`DecoderConfig` fields (``d_model``, ``n_layers``...).
+
+        Raises:
+            ValueError: unknown topology or no sites.
+        """
+        sites = [parse_site(s) for s in sites]
+        if not sites:
+            raise ValueError("a decoder bank needs at least one site")
+        if topology == "per_hook":
+            groups = [[s] for s in sites]
+        elif topology == "shared":
+            groups = [list(sites)]
+        else:
+            raise ValueError(f"topology must be 'per_hook' or 'shared', got {topology!r}")
+        decoders = []
+        for group in groups:
+            cfg = DecoderConfig(
+                vocab_size=vocab_size,
+                n_ctx=n_ctx,
+                d_act=max(widths[str(s)] for s in group),
+                bos_id=bos_id,
+                eos_id=eos_id,
+                pad_id=pad_id,
+                n_sites=len(group),
+                **decoder_kwargs,
+            )
+            decoders.append(Decoder(cfg))
+        meta = dict(meta or {})
+        meta["topology"] = topology
+        return cls(decoders, groups, {str(s): int(widths[str(s)]) for s in sites}, meta)
+
+    # lookup ---------------------------------------------------------------------------
+    @property
+    def sites(self) -> list[Site]:
+        """All sites, in training order."""
+        return [s for g in self.groups for s in g]
+
+    @property
+    def topology(self) -> str:
+        return str(self.meta.get("topology", "per_hook" if len(self.groups) == len(self.sites) else "shared"))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.decoders[0].parameters()).device
+
+    def lookup(self, site: SiteLike) -> tuple[Decoder, int]:
+        """The decoder covering ``site`` and the site's embedding row in it.
+
+        Raises:
+            SiteError: the bank has no decoder for that site (the message lists its sites).
+        """
+        site = parse_site(site)
+        for dec, group in zip(self.decoders, self.groups):
+            if site in group:
+                return dec, group.index(site)
+        raise SiteError(
+            f"no decoder for site {str(site)!r}; this bank covers: {', '.join(str(s) for s in self.sites)}"
+        )
+
+    def pad(self, z: Float[Tensor, "batch d_site"], site: SiteLike) -> Float[Tensor, "batch d_act"]:
+        """Zero-pad a site's activations to its decoder's ``d_act``, on the decoder's device."""
+        dec, _ = self.lookup(site)
+        d_act = dec.cfg.d_act
+        z = z.to(self.device, torch.float32)
+        if z.shape[-1] > d_act:
+            raise ValueError(f"activation width {z.shape[-1]} exceeds the decoder's d_act {d_act} for {site}")
+        if z.shape[-1] < d_act:
+            z = torch.nn.functional.pad(z, (0, d_act - z.shape[-1]))
+        return z
+
+    def to(self, device: str | torch.device) -> "DecoderBank":
+        for d in self.decoders:
+            d.to(device)
+        return self
+
+    def eval(self) -> "DecoderBank":
+        for d in self.decoders:
+            d.eval()
+        return self
+
+    def parameters(self):
+        return nn.ModuleList(self.decoders).parameters()
+
+    # trust ------------------------------------------------------------------------------
+    def check_model(self, model: Any, *, allow_mismatch: bool = False) -> None:
+        """Refuse (or, with ``allow_mismatch``, warn about) a model other than the training one.
+
+        Raises:
+            ModelMismatchError: fingerprints differ in architecture, weights or processing.
+        """
+        expected = self.meta.get("fingerprint")
+        if not expected:
+            return
+        problems = hooked.compare_fingerprints(expected, hooked.fingerprint(model))
+        if not problems:
+            return
+        msg = (
+            "these decoders were trained on another probed model: "
+            + "; ".join(problems)
+            + ". Activations (and so preimage distances) would not match. Load the model the bank "
+            "was trained on, or pass allow_mismatch=True to proceed with a warning."
+        )
+        if allow_mismatch:
+            warnings.warn(msg, stacklevel=2)
+        else:
+            raise ModelMismatchError(msg)
+
+    # disk -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Tensor]:
+        return {f"decoder{i}.{k}": v.detach().cpu().contiguous() for i, d in enumerate(self.decoders) for k, v in d.state_dict().items()}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "groups": [[str(s) for s in g] for g in self.groups],
+            "decoder_configs": [d.cfg.to_dict() for d in self.decoders],
+            "widths": self.widths,
+            "meta": self.meta,
+        }
+
+    def save(self, path: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+        """Write ``bank.json`` + ``decoders.safetensors`` into folder ``path``, atomically.
+
+        Args:
+            path: target folder (replaced whole if it exists).
+            dtype: store weights in this dtype (e.g. ``torch.float16`` to halve the size).
+        """
+        state = self.state_dict()
+        if dtype is not None:
+            state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+
+        def fill(tmp: Path) -> None:
+            save_file(state, str(tmp / WEIGHTS))
+            atomic_write_json(tmp / BANK_JSON, self.to_json())
+
+        return atomic_write_dir(path, fill)
+
+    @classmethod
+    def from_json_and_state(cls, info: dict[str, Any], state: dict[str, Tensor]) -> "DecoderBank":
+        if info.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported decoder bank format {info.get('format_version')}; expected {FORMAT_VERSION}")
+        decoders = []
+        for i, cfg in enumerate(info["decoder_configs"]):
+            dec = Decoder(DecoderConfig.from_dict(cfg))
+            prefix = f"decoder{i}."
+            sub = {k[len(prefix):]: v.float() if v.is_floating_point() else v for k, v in state.items() if k.startswith(prefix)}
+            dec.load_state_dict(sub)
+            decoders.append(dec.eval())
+        groups = [[parse_site(s) for s in g] for g in info["groups"]]
+        return cls(decoders, groups, dict(info["widths"]), dict(info["meta"]))
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        model: Any = None,
+        *,
+        allow_mismatch: bool = False,
+        device: str | torch.device = "cpu",
+    ) -> "DecoderBank":
+        """Load a bank saved by :meth:`save`.
+
+        Args:
+            path: the folder.
+            model: the probed model to check the fingerprint against (recommended).
+            allow_mismatch: warn instead of raising on a fingerprint mismatch.
+            device: where to put the decoders.
+
+        Raises:
+            FileNotFoundError: the folder lacks ``bank.json`` or the weights.
+            ModelMismatchError: ``model`` differs from the training model.
+        """
+        path = Path(path)
+        if not (path / BANK_JSON).is_file() or not (path / WEIGHTS).is_file():
+            raise FileNotFoundError(f"{path} is not a decoder bank folder (needs {BANK_JSON} and {WEIGHTS})")
+        info = json.loads((path / BANK_JSON).read_text())
+        bank = cls.from_json_and_state(info, load_file(str(path / WEIGHTS)))
+        bank.to(device)
+        if model is not None:
+            bank.check_model(model, allow_mismatch=allow_mismatch)
+        return bank

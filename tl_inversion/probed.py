@@ -1,0 +1,139 @@
+"""This project's recipe for training a small probed model on a task.
+
+The model is a Hugging Face ``GPT2LMHeadModel`` (so the result is in the same format as
+the paper's released checkpoints and loads through :mod:`tl_inversion.loading` into a
+``HookedTransformer`` or a ``TransformerBridge``). As in the paper's task code, the loss is
+next-token cross-entropy on the answer tokens only (the task's ``answer_mask``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .io import atomic_write_dir, atomic_write_json
+from .tasks.base import CharTask
+
+
+@dataclass
+class ProbedConfig:
+    """Shape and optimisation of a probed model.
+
+    Args:
+        n_layers, d_model, n_heads, d_mlp: GPT-2 shape (``d_mlp`` None: 4 * d_model).
+        steps, batch_size, lr, weight_decay, warmup_steps: AdamW with linear warm-up then
+            cosine decay to 10%.
+        seed: initialisation and data order.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    """
+
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 1
+    d_mlp: int | None = None
+    steps: int = 3000
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    seed: int = 0
+    device: str = "auto"
+
+
+def answer_accuracy(
+    logits_fn: Callable[[Tensor], Tensor], tokens: Int[Tensor, "n n_ctx"], answer_mask: Bool[Tensor, "n n_ctx"], batch: int = 8192
+) -> float:
+    """Exact-match accuracy: every answer token predicted by argmax (teacher forcing)."""
+    correct = 0
+    for i in range(0, tokens.shape[0], batch):
+        x, m = tokens[i : i + batch], answer_mask[i : i + batch]
+        pred = logits_fn(x).argmax(-1)[:, :-1].cpu()
+        ok = (pred == x[:, 1:]) | ~m[:, 1:]
+        correct += int(ok.all(-1).sum())
+    return correct / tokens.shape[0]
+
+
+def train_probed_model(
+    task: CharTask,
+    train_data: Int[Tensor, "n n_ctx"],
+    test_data: Int[Tensor, "m n_ctx"],
+    answer_mask: Callable[[Tensor], Tensor],
+    cfg: ProbedConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a GPT-2-shaped probed model and save it as a Hugging Face checkpoint.
+
+    Args:
+        task: vocabulary and special tokens.
+        train_data, test_data: token ids ``[n, n_ctx]``.
+        answer_mask: ``fn(tokens) -> bool [n, n_ctx]``, True at the answer tokens (targets).
+        cfg: the recipe.
+        out_dir: folder that receives ``config.json``, ``model.safetensors`` and
+            ``recipe.json`` (config, accuracy, time), written atomically.
+
+    Returns:
+        ``{"test_accuracy": exact match on test_data, "seconds": ..., ...}``.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
+    torch.manual_seed(cfg.seed)
+    hf_cfg = GPT2Config(
+        vocab_size=task.d_vocab,
+        n_positions=task.n_ctx,
+        n_embd=cfg.d_model,
+        n_layer=cfg.n_layers,
+        n_head=cfg.n_heads,
+        n_inner=cfg.d_mlp,
+        bos_token_id=task.bos_id,
+        eos_token_id=task.eos_id,
+        pad_token_id=task.pad_id,
+        attn_pdrop=0.0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+    )
+    model = GPT2LMHeadModel(hf_cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        p = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.1 + 0.45 * (1 + torch.cos(torch.tensor(p * torch.pi)).item())
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    g = torch.Generator().manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    model.train()
+    for _ in tqdm(range(cfg.steps), disable=not progress, desc="train probed model"):
+        x = train_data[torch.randint(train_data.shape[0], (cfg.batch_size,), generator=g)]
+        m = answer_mask(x)
+        labels = torch.where(m, x, torch.full_like(x, -100)).to(device)
+        loss = model(input_ids=x.to(device), labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    model.eval()
+    with torch.no_grad():
+        acc = answer_accuracy(lambda x: model(input_ids=x.to(device)).logits, test_data, answer_mask(test_data))
+    seconds = time.perf_counter() - t0
+    info = {"task": task.name, "recipe": asdict(cfg), "test_accuracy": acc, "seconds": seconds, "device": str(device)}
+
+    def fill(tmp: Path) -> None:
+        model.cpu().save_pretrained(tmp, safe_serialization=True)
+        atomic_write_json(tmp / "recipe.json", info)
+
+    atomic_write_dir(out_dir, fill)
+    return info
