@@ -1,0 +1,53 @@
+"""Tasks: input grammar, vocabulary, data, named positions (see :mod:`.base`)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor
+
+from .base import CharTask, PositionError
+
+_TASKS: dict[str, tuple[Callable[[], CharTask], Callable[[str], Tensor]]] = {}
+
+
+def register(name: str, make: Callable[[], CharTask], data: Callable[[str], Tensor]) -> None:
+    """Register a task: ``make()`` builds it, ``data(split)`` gives ``[n, n_ctx]`` token ids."""
+    _TASKS[name] = (make, data)
+
+
+def _builtin() -> None:
+    from . import counting
+
+    register("counting", counting.make_task, counting.paper_split)
+    try:
+        from . import addition  # noqa: F401  (registers itself when present)
+    except ImportError:
+        pass
+
+
+def task_names() -> list[str]:
+    """Names of the registered tasks."""
+    if not _TASKS:
+        _builtin()
+    return sorted(_TASKS)
+
+
+def get_task(name: str) -> CharTask:
+    """The task called ``name``.
+
+    Raises:
+        ValueError: unknown name (the message lists the registered tasks).
+    """
+    if name not in task_names():
+        raise ValueError(f"unknown task {name!r}; registered tasks: {', '.join(task_names())}")
+    return _TASKS[name][0]()
+
+
+def task_data(name: str, split: str) -> Tensor:
+    """Token ids of a task's ``"train"`` or ``"test"`` split."""
+    get_task(name)
+    return _TASKS[name][1](split)
+
+
+__all__ = ["CharTask", "PositionError", "get_task", "register", "task_data", "task_names"]

@@ -1,0 +1,202 @@
+"""``tl-inversion``: the command line, mirroring the Python API.
+
+    tl-inversion demo                       # embedded counting model + decoders, offline
+    tl-inversion train-probed --task counting --out runs/probed
+    tl-inversion train --model runs/probed --task counting --preset paper --out runs/dec
+    tl-inversion sample --model runs/probed --bank runs/dec/bank --task counting \\
+        --query "aabca|a:3" --site "blocks.1.attn.hook_result[0]" --position :
+
+Every option maps to a field of :class:`~tl_inversion.training.TrainConfig`,
+:class:`~tl_inversion.probed.ProbedConfig` or an argument of
+:func:`~tl_inversion.sampling.sample_preimage`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def default_model_class() -> str:
+    """``"hooked"`` where HookedTransformer exists (TL < 4), else ``"bridge"``."""
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+
+        return "hooked"
+    except Exception:
+        return "bridge"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="folder of a Hugging Face GPT-2 checkpoint (config.json + weights)")
+    p.add_argument("--model-class", choices=["hooked", "bridge"], default=None, help="default: hooked on TL<4, else bridge")
+    p.add_argument("--processing", choices=["default", "none", "compat"], default=None,
+                   help="weight processing (default: 'default' for hooked, 'compat' for bridge)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    import torch
+
+    from .loading import load_hf_gpt2
+
+    cls = args.model_class or default_model_class()
+    processing = args.processing or ("default" if cls == "hooked" else "compat")
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    return load_hf_gpt2(args.model, cls, processing, device=device)
+
+
+def _sites(args: argparse.Namespace, model: Any) -> list[str]:
+    from .sites import paper_addition_sites, paper_counting_sites
+
+    if args.sites:
+        return list(args.sites)
+    if args.preset == "paper-counting" or (args.preset == "paper" and args.task == "counting"):
+        return [str(s) for s in paper_counting_sites(model.cfg.n_layers, model.cfg.n_heads)]
+    if args.preset == "paper-addition" or (args.preset == "paper" and args.task == "addition"):
+        return [str(s) for s in paper_addition_sites(model.cfg.n_layers, model.cfg.n_heads)]
+    raise SystemExit("give --sites or --preset (paper, paper-counting, paper-addition)")
+
+
+def cmd_train_probed(args: argparse.Namespace) -> int:
+    from .probed import ProbedConfig, train_probed_model
+    from .tasks import get_task, task_data
+
+    task = get_task(args.task)
+    cfg = ProbedConfig(n_layers=args.n_layers, d_model=args.d_model, n_heads=args.n_heads, steps=args.steps,
+                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device)
+    info = train_probed_model(task, task_data(args.task, "train"), task_data(args.task, "test"), task.answer_mask, cfg, args.out)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .tasks import get_task, task_data
+    from .training import TrainConfig, train
+
+    model = _load_model(args)
+    task = get_task(args.task)
+    decoder = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads}
+    cfg = TrainConfig(
+        sites=_sites(args, model), topology=args.topology, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        warmup_steps=args.warmup_steps, schedule=args.schedule, eval_every=args.eval_every, eval_n=args.eval_n,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, rebalance=not args.no_rebalance,
+        decoder=decoder,
+    )
+    result = train(model, task, task_data(args.task, "train"), task_data(args.task, "test"), cfg, out_dir=args.out,
+                   resume=not args.no_resume)
+    print(result.faithfulness.to_string())
+    print(f"mean faithfulness {result.faithfulness['faithfulness'].mean():.4f}; "
+          f"{result.samples_per_second:.0f} inputs/s; {result.seconds:.1f} s; bank: {Path(args.out) / 'bank'}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .bank import DecoderBank
+    from .sampling import sample_preimage
+    from .tasks import get_task
+
+    model = _load_model(args)
+    bank = DecoderBank.load(args.bank, model, allow_mismatch=args.allow_mismatch)
+    result = sample_preimage(bank, model, get_task(args.task), args.query, args.site, args.position,
+                             epsilon=args.epsilon, metric=args.metric, n_repeats=args.n_repeats,
+                             batch_size=args.batch_size, seed=args.seed, allow_mismatch=args.allow_mismatch)
+    print(result.summary())
+    print(result.df[["text", "distance", "matched_pos", "in_preimage", "valid", "temperature", "noise"]].head(args.top).to_string())
+    if args.html:
+        result.to_html(args.html)
+        print(f"wrote {args.html}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(html=args.html, n_repeats=args.n_repeats, top=args.top)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``tl-inversion``."""
+    parser = argparse.ArgumentParser(prog="tl-inversion", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="sample preimages with the embedded counting model and decoders (offline, CPU)")
+    p.add_argument("--html", default="tl_inversion_demo.html", help="where to write the HTML page")
+    p.add_argument("--n-repeats", type=int, default=1, help="repeats of the 4-setting schedule (paper: 4)")
+    p.add_argument("--top", type=int, default=8, help="rows to print per query")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train-probed", help="train a probed model on a task (this project's recipe)")
+    p.add_argument("--task", default="counting")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-layers", type=int, default=2)
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--n-heads", type=int, default=1)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_train_probed)
+
+    p = sub.add_parser("train", help="train decoders for sites of a probed model")
+    _add_model_args(p)
+    p.add_argument("--task", default="counting")
+    p.add_argument("--sites", nargs="+", help="site strings, e.g. 'blocks.1.attn.hook_result[0]'")
+    p.add_argument("--preset", choices=["paper", "paper-counting", "paper-addition"], help="the paper's site set")
+    p.add_argument("--topology", choices=["per_hook", "shared"], default="per_hook")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--eval-n", type=int, default=200)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--n-layers", type=int, default=2)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-rebalance", action="store_true")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if --out has checkpoints")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="sample and verify the preimage of one query")
+    _add_model_args(p)
+    p.add_argument("--bank", required=True, help="folder of a saved decoder bank")
+    p.add_argument("--task", default="counting")
+    p.add_argument("--query", required=True, help="input text without B/E/P, e.g. 'aabca|a:3'")
+    p.add_argument("--site", required=True)
+    p.add_argument("--position", required=True, help="index or a task-named position such as ':'")
+    p.add_argument("--epsilon", type=float, default=0.1)
+    p.add_argument("--metric", choices=["l2", "cosine"], default="l2")
+    p.add_argument("--n-repeats", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--html", default=None)
+    p.add_argument("--allow-mismatch", action="store_true", help="warn instead of failing on a probed-model mismatch")
+    p.set_defaults(func=cmd_sample)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``tl-inversion``; errors of bad input print one line and exit 2."""
+    from .sites import SiteError
+    from .tasks.base import PositionError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (SiteError, PositionError, ValueError, FileNotFoundError) as e:
+        print(f"tl-inversion {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

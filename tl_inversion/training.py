@@ -1,0 +1,495 @@
+"""Training decoders on activations harvested on the fly (InversionView Sec. 3, App. C).
+
+Each step draws a batch of task inputs, picks one random trainable position per input
+(the task may restrict them: counting trains on the query letter and ``:``), replaces it
+by BOS with probability ``bos_prob`` (the "no information" condition), reads every site
+in ONE forward of the probed model, and trains the decoders to generate the whole input
+from the activation (next-token cross-entropy, PAD ignored).
+
+* ``per_hook`` topology: every decoder gets the whole batch at its own site.
+* ``shared`` topology: each input is assigned one site; with ``rebalance`` the site is
+  drawn with probability proportional to ``exp(T * (mean_rate - site_rate))`` from the
+  latest faithfulness rates (the paper's intended, never-wired rebalancing; T = 6).
+
+Faithfulness (paper's definition) is measured every ``eval_every`` steps on fixed held-out
+activations: one temperature-1 sample per activation, fraction with D < epsilon. Runs are
+checkpointed atomically (weights, optimizer, scheduler, step, RNG states, history) and a
+killed run resumes from its last checkpoint to the same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Int
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import hooked
+from .bank import BANK_JSON, WEIGHTS, DecoderBank
+from .io import atomic_write_dir, atomic_write_json
+from .sites import Site, validate_sites
+from .tasks.base import CharTask
+from .verify import membership
+
+LATEST = "latest.json"
+
+
+@dataclass
+class TrainConfig:
+    """How to train decoders.
+
+    Args:
+        sites: site strings to train decoders for (see :mod:`tl_inversion.sites`).
+        topology: ``"per_hook"`` (one decoder per site, default) or ``"shared"``.
+        steps: optimizer steps.
+        batch_size: inputs per step (each decoder sees all of them in ``per_hook``).
+        lr: peak learning rate of AdamW.
+        warmup_steps: linear warm-up steps.
+        schedule: ``"constant"`` after warm-up (the paper) or ``"cosine"`` decay to 10%.
+        weight_decay: AdamW weight decay (paper 0.01).
+        grad_clip: gradient-norm clip per decoder (paper 1.0).
+        bos_prob: probability of replacing the position by BOS (paper 0.01).
+        eval_every: steps between faithfulness measurements (0: only at the end).
+        eval_n: held-out activations per site for the faithfulness rate (paper 200).
+        epsilon: membership threshold of the faithfulness rate (paper 0.1).
+        metric: ``"l2"`` (normalised L2, paper) or ``"cosine"``.
+        rebalance: shared topology: draw sites by ``exp(T (mean - rate))``.
+        rebalance_temperature: T of the rebalancing (paper 6).
+        checkpoint_every: steps between checkpoints (0: only at the end).
+        keep_checkpoints: how many checkpoints to keep.
+        seed: seed of initialisation, data order and evaluation samples.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        amp: bf16 autocast on CUDA.
+        decoder: :class:`~tl_inversion.decoder.DecoderConfig` fields (``d_model``,
+            ``n_layers``, ``n_heads``, ``n_cond_blocks``...).
+    """
+
+    sites: list[str]
+    topology: str = "per_hook"
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    schedule: str = "constant"
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    bos_prob: float = 0.01
+    eval_every: int = 500
+    eval_n: int = 200
+    epsilon: float = 0.1
+    metric: str = "l2"
+    rebalance: bool = True
+    rebalance_temperature: float = 6.0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    decoder: dict[str, Any] = field(default_factory=lambda: {"d_model": 256, "n_layers": 2, "n_heads": 4})
+
+    def __post_init__(self) -> None:
+        if self.topology not in ("per_hook", "shared"):
+            raise ValueError(f"topology must be 'per_hook' or 'shared', got {self.topology!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.metric not in ("l2", "cosine"):
+            raise ValueError(f"metric must be 'l2' or 'cosine', got {self.metric!r}")
+        for name in ("steps", "batch_size", "eval_n"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.bos_prob < 1:
+            raise ValueError(f"bos_prob must be in [0, 1), got {self.bos_prob}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the bank and its history (one row per logged step)."""
+
+    bank: DecoderBank
+    history: pd.DataFrame
+    faithfulness: pd.DataFrame
+    seconds: float
+    samples_per_second: float
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def sample_positions(
+    task: CharTask, tokens: Int[Tensor, "batch n_ctx"], generator: torch.Generator, bos_prob: float
+) -> Int[Tensor, " batch"]:
+    """One random trainable position per row; BOS (0) with probability ``bos_prob``."""
+    mask = task.train_position_mask(tokens).float()
+    if bool((mask.sum(-1) == 0).any()):
+        raise ValueError("an input has no trainable position (check the task's position policy)")
+    pos = torch.multinomial(mask, 1, generator=generator).squeeze(-1)
+    if bos_prob > 0:
+        to_bos = torch.rand(tokens.shape[0], generator=generator) < bos_prob
+        pos = torch.where(to_bos, torch.zeros_like(pos), pos)
+    return pos
+
+
+def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+class _Run:
+    """The state of one training run (everything a checkpoint holds)."""
+
+    def __init__(self, bank: DecoderBank, cfg: TrainConfig, device: torch.device) -> None:
+        self.bank = bank
+        self.cfg = cfg
+        self.device = device
+        params = [p for d in bank.decoders for p in d.parameters()]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            fused=device.type == "cuda",
+        )
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg))
+        self.step = 0
+        self.data_gen = torch.Generator().manual_seed(cfg.seed)
+        self.history: list[dict[str, Any]] = []
+        self.rates: dict[str, float] = {}
+
+    # checkpoints --------------------------------------------------------------------
+    def save(self, folder: Path) -> Path:
+        name = f"step_{self.step:08d}"
+        state = {
+            "step": self.step,
+            "history": self.history,
+            "rates": self.rates,
+            "python_random": repr(random.getstate()),
+            "config": self.cfg.to_dict(),
+        }
+
+        def fill(tmp: Path) -> None:
+            save_file(self.bank.state_dict(), str(tmp / WEIGHTS))
+            atomic_write_json(tmp / BANK_JSON, self.bank.to_json())
+            torch.save(
+                {
+                    "optimizer": self.opt.state_dict(),
+                    "scheduler": self.sched.state_dict(),
+                    "data_gen": self.data_gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    "numpy_rng": np.random.get_state(),
+                },
+                tmp / "trainer.pt",
+            )
+            atomic_write_json(tmp / "trainer_state.json", state)
+
+        path = atomic_write_dir(folder / name, fill)
+        atomic_write_json(folder / LATEST, {"checkpoint": name, "step": self.step})
+        kept = sorted(p for p in folder.glob("step_*") if p.is_dir())
+        for old in kept[: max(0, len(kept) - self.cfg.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def load(self, path: Path) -> None:
+        state = load_file(str(path / WEIGHTS))
+        for i, dec in enumerate(self.bank.decoders):
+            prefix = f"decoder{i}."
+            dec.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        saved = json.loads((path / BANK_JSON).read_text())
+        self.bank.meta = saved["meta"]
+        blob = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
+        self.opt.load_state_dict(blob["optimizer"])
+        self.sched.load_state_dict(blob["scheduler"])
+        self.data_gen.set_state(blob["data_gen"])
+        torch.set_rng_state(blob["torch_rng"])
+        if blob.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(blob["cuda_rng"])
+        np.random.set_state(blob["numpy_rng"])
+        info = json.loads((path / "trainer_state.json").read_text())
+        self.step = int(info["step"])
+        self.history = list(info["history"])
+        self.rates = dict(info["rates"])
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder under ``out_dir/checkpoints``, if any."""
+    folder = Path(out_dir) / "checkpoints"
+    pointer = folder / LATEST
+    if pointer.is_file():
+        path = folder / json.loads(pointer.read_text())["checkpoint"]
+        if path.is_dir():
+            return path
+    found = sorted(p for p in folder.glob("step_*") if p.is_dir()) if folder.is_dir() else []
+    return found[-1] if found else None
+
+
+def _held_out(task: CharTask, eval_data: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed + 1)
+    idx = torch.randperm(eval_data.shape[0], generator=g)[:n]
+    tokens = eval_data[idx]
+    return tokens, sample_positions(task, tokens, g, 0.0)
+
+
+def measure_faithfulness(
+    bank: DecoderBank,
+    model: Any,
+    task: CharTask,
+    tokens: Int[Tensor, "n n_ctx"],
+    positions: Int[Tensor, " n"],
+    *,
+    epsilon: float = 0.1,
+    metric: str = "l2",
+    seed: int = 0,
+    temperature: float = 1.0,
+) -> pd.DataFrame:
+    """The paper's per-site faithfulness rate on held-out activations.
+
+    For each (input, position) the site's activation z_q is decoded once at
+    ``temperature`` (paper: 1); the sample is re-run through the probed model and its
+    membership distance (best non-special position) compared with ``epsilon``.
+
+    Args:
+        bank: the decoders; model: the probed model; task: the task (special tokens).
+        tokens: held-out inputs ``[n, n_ctx]``; positions: one position per input ``[n]``.
+        epsilon: membership threshold (paper 0.1); metric: ``"l2"`` or ``"cosine"``.
+        seed: seed of the decoder samples.
+
+    Returns:
+        DataFrame indexed by site with ``faithfulness`` (fraction in [0, 1]), ``mean_distance``,
+        ``median_distance``, ``valid`` (fraction obeying the task grammar) and ``n``.
+
+    Source: InversionView App. C ("faithfulness rate").
+    """
+    sites = bank.sites
+    acts = hooked.harvest(model, tokens, sites, validate=False)
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    out = []
+    for site in sites:
+        dec, idx = bank.lookup(site)
+        z_q = acts[site][rows.to(acts[site].device), positions.to(acts[site].device)]
+        g = torch.Generator(device=bank.device).manual_seed(seed)
+        was_training = dec.training
+        dec.eval()
+        samples = dec.generate(bank.pad(z_q, site), idx, temperature=temperature, generator=g)
+        dec.train(was_training)
+        dist, _ = membership(model, samples, site, z_q, task.special_ids, metric=metric)
+        dist = dist.float().cpu()
+        out.append(
+            {
+                "site": str(site),
+                "faithfulness": float((dist < epsilon).float().mean()),
+                "mean_distance": float(dist[dist.isfinite()].mean()) if bool(dist.isfinite().any()) else float("inf"),
+                "median_distance": float(dist.median()),
+                "valid": float(task.is_valid(samples.cpu()).float().mean()),
+                "n": int(dist.numel()),
+            }
+        )
+    return pd.DataFrame(out).set_index("site")
+
+
+def _init_site_stats(bank: DecoderBank, acts: dict[Site, Tensor]) -> dict[str, dict[str, float]]:
+    stats = {}
+    for site, a in acts.items():
+        dec, idx = bank.lookup(site)
+        mean, std = float(a.float().mean()), float(a.float().std())
+        dec.init_site_embedding(idx, mean, std)
+        stats[str(site)] = {"mean": mean, "std": std}
+    return stats
+
+
+def train(
+    model: Any,
+    task: CharTask,
+    train_data: Int[Tensor, "n n_ctx"],
+    eval_data: Int[Tensor, "m n_ctx"],
+    cfg: TrainConfig,
+    *,
+    out_dir: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    callback: Callable[[int, dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train decoders for ``cfg.sites`` of ``model`` on inputs of ``task``.
+
+    Args:
+        model: the probed ``HookedTransformer`` or ``TransformerBridge`` (any device).
+        task: the task (vocabulary, special tokens, trainable positions).
+        train_data: training inputs ``[n, n_ctx]`` (token ids, BOS first, right-padded).
+        eval_data: held-out inputs for the faithfulness rate.
+        cfg: the training configuration.
+        out_dir: folder for checkpoints (``checkpoints/``), the log (``log.jsonl``) and the
+            final bank (``bank/``); ``None`` keeps everything in memory.
+        resume: continue from the newest checkpoint in ``out_dir`` when there is one.
+        progress: show a tqdm progress bar.
+        callback: called as ``callback(step, record)`` after every step (e.g. to stop).
+
+    Returns:
+        :class:`TrainResult` with the bank (fingerprint, task and config recorded), the
+        loss/faithfulness history and throughput (inputs per second).
+
+    Raises:
+        SiteError: a site does not exist on the model.
+        ValueError: data of the wrong width, a bad config.
+
+    Source: InversionView Sec. 3 and App. C (objective, BOS baseline, faithfulness rate,
+    rebalancing).
+    """
+    device = resolve_device(cfg.device)
+    sites = validate_sites(cfg.sites, model)
+    if train_data.shape[-1] != task.n_ctx or eval_data.shape[-1] != task.n_ctx:
+        raise ValueError(f"inputs must be [n, {task.n_ctx}] token ids of task {task.name!r}")
+    torch.manual_seed(cfg.seed)
+    probe = train_data[:64]
+    first_acts = hooked.harvest(model, probe, sites, validate=False)
+    widths = {str(s): int(a.shape[-1]) for s, a in first_acts.items()}
+    meta = {
+        "fingerprint": hooked.fingerprint(model),
+        "task": {"name": task.name, "vocab": task.chars, "vocab_sha256": task.vocab_hash(), "n_ctx": task.n_ctx},
+        "special_ids": {"bos": task.bos_id, "eos": task.eos_id, "pad": task.pad_id},
+        "prepend_bos": True,
+        "padding_side": "right",
+        "position_policy": list(task.train_position_names) if task.train_position_names else "all non-special",
+        "train_config": cfg.to_dict(),
+    }
+    bank = DecoderBank.create(
+        sites,
+        widths,
+        topology=cfg.topology,
+        vocab_size=task.d_vocab,
+        n_ctx=task.n_ctx,
+        bos_id=task.bos_id,
+        eos_id=task.eos_id,
+        pad_id=task.pad_id,
+        meta=meta,
+        **cfg.decoder,
+    )
+    mask = task.train_position_mask(probe)
+    bank.meta["site_stats"] = _init_site_stats(bank, {s: a[mask.to(a.device)] for s, a in first_acts.items()})
+    bank.to(device)
+    for d in bank.decoders:
+        d.train()
+    run = _Run(bank, cfg, device)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and resume:
+        ckpt = latest_checkpoint(out)
+        if ckpt is not None:
+            run.load(ckpt)
+    held_tokens, held_pos = _held_out(task, eval_data, cfg.eval_n, cfg.seed)
+    log = (out / "log.jsonl").open("a") if out is not None else None
+    amp = cfg.amp and device.type == "cuda"
+    site_idx_all = torch.arange(len(sites))
+    t0, start_step = time.perf_counter(), run.step
+    bar = tqdm(total=cfg.steps, initial=run.step, disable=not progress, desc="train decoders", unit="step")
+    try:
+        while run.step < cfg.steps:
+            idx = torch.randint(train_data.shape[0], (cfg.batch_size,), generator=run.data_gen)
+            tokens = train_data[idx]
+            pos = sample_positions(task, tokens, run.data_gen, cfg.bos_prob)
+            acts = hooked.harvest(model, tokens, sites, validate=False)
+            rows = torch.arange(cfg.batch_size)
+            tokens_d = tokens.to(device)
+            record: dict[str, Any] = {"step": run.step + 1}
+            losses = []
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                if cfg.topology == "per_hook":
+                    for site in sites:
+                        dec, _ = bank.lookup(site)
+                        a = acts[site]
+                        z = bank.pad(a[rows.to(a.device), pos.to(a.device)], site)
+                        loss = dec.loss(tokens_d, z, 0)
+                        losses.append(loss)
+                        record[f"loss/{site}"] = loss.detach()
+                else:
+                    probs = _site_probs(sites, run.rates, cfg)
+                    choice = torch.multinomial(probs, cfg.batch_size, replacement=True, generator=run.data_gen)
+                    d_act = bank.decoders[0].cfg.d_act
+                    z = torch.zeros(cfg.batch_size, d_act, device=device)
+                    for j, site in enumerate(sites):
+                        sel = choice == j
+                        if bool(sel.any()):
+                            a = acts[site]
+                            z[sel.to(device)] = bank.pad(a[rows[sel].to(a.device), pos[sel].to(a.device)], site)
+                    loss = bank.decoders[0].loss(tokens_d, z, site_idx_all[choice].to(device))
+                    losses.append(loss)
+            total = torch.stack(losses).sum()
+            run.opt.zero_grad(set_to_none=True)
+            total.backward()
+            for dec in bank.decoders:
+                torch.nn.utils.clip_grad_norm_(dec.parameters(), cfg.grad_clip)
+            run.opt.step()
+            run.sched.step()
+            run.step += 1
+            record["loss"] = float(total.detach()) / len(losses)
+            record["lr"] = run.sched.get_last_lr()[0]
+            for k, v in list(record.items()):
+                if torch.is_tensor(v):
+                    record[k] = float(v)
+            evaluate_now = (cfg.eval_every and run.step % cfg.eval_every == 0) or run.step == cfg.steps
+            if evaluate_now:
+                faith = measure_faithfulness(
+                    bank, model, task, held_tokens, held_pos, epsilon=cfg.epsilon, metric=cfg.metric, seed=cfg.seed + run.step
+                )
+                for d in bank.decoders:
+                    d.train()
+                run.rates = {s: float(r) for s, r in faith["faithfulness"].items()}
+                record.update({f"faithfulness/{s}": r for s, r in run.rates.items()})
+                record["faithfulness"] = float(np.mean(list(run.rates.values())))
+            if evaluate_now or run.step % 50 == 0 or run.step == 1:
+                run.history.append(record)
+                if log is not None:
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", faith=f"{np.mean(list(run.rates.values())):.3f}" if run.rates else "-")
+            if out is not None and ((cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0) or run.step == cfg.steps):
+                run.save(out / "checkpoints")
+            if callback is not None:
+                callback(run.step, record)
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    seconds = time.perf_counter() - t0
+    bank.meta["faithfulness"] = run.rates
+    bank.meta["steps"] = run.step
+    bank.eval()
+    if out is not None:
+        bank.save(out / "bank")
+    hist = pd.DataFrame(run.history)
+    faith_df = pd.DataFrame({"faithfulness": run.rates}).rename_axis("site")
+    done = run.step - start_step
+    return TrainResult(bank, hist, faith_df, seconds, done * cfg.batch_size / seconds if seconds > 0 else 0.0)
+
+
+def _site_probs(sites: Sequence[Site], rates: dict[str, float], cfg: TrainConfig) -> Tensor:
+    """Site sampling probabilities: uniform, or ``exp(T (mean_rate - rate))`` when rebalancing."""
+    if not cfg.rebalance or not rates:
+        return torch.full((len(sites),), 1.0 / len(sites))
+    r = torch.tensor([rates.get(str(s), 0.0) for s in sites])
+    w = torch.exp(cfg.rebalance_temperature * (r.mean() - r))
+    return w / w.sum()
