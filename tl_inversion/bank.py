@@ -172,19 +172,33 @@ class DecoderBank:
     def check_model(self, model: Any, *, allow_mismatch: bool = False) -> None:
         """Refuse (or, with ``allow_mismatch``, warn about) a model other than the training one.
 
+        The test is functional: the model must compute the same activations at the bank's
+        sites on a fixed probe input (:func:`~tl_inversion.hooked.probe_signature`), so a
+        ``HookedTransformer`` and a ``TransformerBridge`` in compatibility mode over the
+        same weights are interchangeable, while another model or other weight processing
+        (fold_ln, centring, raw bridge weights) is refused.
+
         Raises:
-            ModelMismatchError: fingerprints differ in architecture, weights or processing.
+            ModelMismatchError: the architecture differs, or the activations differ (the
+                message also reports weight-hash, class and processing differences).
         """
         expected = self.meta.get("fingerprint")
         if not expected:
             return
-        problems = hooked.compare_fingerprints(expected, hooked.fingerprint(model))
-        if not problems:
+        actual = hooked.fingerprint(model)
+        arch = [p for p in hooked.compare_fingerprints(expected, actual) if p.startswith("architecture")]
+        bad_sites: list[str] = []
+        if not arch and "probe" in self.meta:
+            bad_sites = hooked.compare_probe(self.meta["probe"], hooked.probe_signature(model, self.sites))
+        if not arch and not bad_sites:
             return
+        problems = hooked.compare_fingerprints(expected, actual)
+        if bad_sites:
+            problems.insert(0, f"activations differ at {', '.join(bad_sites)} on the probe input")
         msg = (
             "these decoders were trained on another probed model: "
             + "; ".join(problems)
-            + ". Activations (and so preimage distances) would not match. Load the model the bank "
+            + ". Preimage distances would be meaningless. Load the model (and weight processing) the bank "
             "was trained on, or pass allow_mismatch=True to proceed with a warning."
         )
         if allow_mismatch:

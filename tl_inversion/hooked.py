@@ -211,30 +211,51 @@ def fingerprint(model: Any) -> dict[str, Any]:
     }
 
 
-def compare_fingerprints(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
-    """Human-readable differences that change activations (empty when they agree).
+def probe_signature(model: Any, sites: Sequence[SiteLike], *, n_pos: int = 16, n_dirs: int = 16) -> dict[str, list[float]]:
+    """What the model computes at ``sites`` on a fixed probe input, in a few numbers.
 
-    The TL version alone is not a difference (same weights give the same activations).
+    A fixed random input (seed 0, ``min(n_ctx, n_pos)`` tokens) is run once; each site's
+    vector at every position is projected on ``n_dirs`` fixed random directions. Two models
+    with the same signature give the same activations (so the same preimage distances),
+    whatever their class: a ``HookedTransformer`` with default processing and a
+    ``TransformerBridge`` in compatibility mode agree; raw and processed weights do not.
     """
+    g = torch.Generator().manual_seed(0)
+    n = min(int(model.cfg.n_ctx), n_pos)
+    tokens = torch.randint(int(model.cfg.d_vocab), (1, n), generator=g)
+    acts = harvest(model, tokens, sites)
+    out = {}
+    for site, a in acts.items():
+        dirs = torch.randn(a.shape[-1], n_dirs, generator=torch.Generator().manual_seed(1))
+        out[str(site)] = [round(float(v), 6) for v in (a[0].float().cpu() @ dirs).flatten()]
+    return out
+
+
+def compare_probe(expected: dict[str, list[float]], actual: dict[str, list[float]], rtol: float = 1e-3) -> list[str]:
+    """Sites whose probe signatures differ by more than ``rtol`` (relative L2)."""
+    bad = []
+    for site, e in expected.items():
+        a = actual.get(site)
+        if a is None or len(a) != len(e):
+            bad.append(site)
+            continue
+        e_t, a_t = torch.tensor(e), torch.tensor(a)
+        if float((e_t - a_t).norm()) > rtol * max(float(e_t.norm()), 1e-8):
+            bad.append(site)
+    return bad
+
+
+def compare_fingerprints(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """Human-readable differences of architecture or weights (empty when they agree)."""
     problems = []
-    if expected.get("architecture") != actual.get("architecture"):
-        diff = {
-            k: (expected["architecture"].get(k), actual["architecture"].get(k))
-            for k in set(expected.get("architecture", {})) | set(actual.get("architecture", {}))
-            if expected.get("architecture", {}).get(k) != actual.get("architecture", {}).get(k)
-        }
+    ea, aa = expected.get("architecture", {}), actual.get("architecture", {})
+    diff = {k: (ea.get(k), aa.get(k)) for k in set(ea) | set(aa) if ea.get(k) != aa.get(k) and k != "model_name"}
+    if diff:
         problems.append(f"architecture differs (trained on, given): {diff}")
     if expected.get("weights_sha256") != actual.get("weights_sha256"):
         problems.append(
-            "weights differ (sha256 "
-            f"{str(expected.get('weights_sha256'))[:12]}... vs {str(actual.get('weights_sha256'))[:12]}...): "
-            "another model, or the same model with other weight processing"
-        )
-    if expected.get("processing") != actual.get("processing"):
-        problems.append(f"weight processing differs: {expected.get('processing')} vs {actual.get('processing')}")
-    if expected.get("model_class") != actual.get("model_class") and not problems:
-        problems.append(
-            f"model class differs ({expected.get('model_class')} vs {actual.get('model_class')}) "
-            "although weights agree"
+            f"weights differ (sha256 {str(expected.get('weights_sha256'))[:12]}... vs "
+            f"{str(actual.get('weights_sha256'))[:12]}...; class {expected.get('model_class')} vs "
+            f"{actual.get('model_class')}; processing {expected.get('processing')} vs {actual.get('processing')})"
         )
     return problems

@@ -38,9 +38,10 @@ class LoadError(RuntimeError):
     """The checkpoint folder or the requested model class cannot be loaded here."""
 
 
-def _read_hf_gpt2(path: Path) -> Any:
+def _read_hf_gpt2(path: str | Path) -> Any:
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    path = Path(path)
     if not (path / "config.json").is_file():
         raise LoadError(f"{path} has no config.json: expected a Hugging Face GPT-2 checkpoint folder")
     config = GPT2Config.from_dict(json.loads((path / "config.json").read_text()))
@@ -145,21 +146,32 @@ def hooked_from_hf(hf: Any, processing: Processing = "default") -> Any:
     return model.eval()
 
 
-def char_tokenizer(vocab: Sequence[str], *, bos: str | None = None, eos: str | None = None, pad: str | None = None) -> Any:
+def char_tokenizer(vocab: Sequence[str], *, bos: str, eos: str, pad: str) -> Any:
     """An in-memory ``PreTrainedTokenizerFast`` with one token per vocabulary entry.
 
     Used only so that a ``TransformerBridge`` never reaches for a hub; tl_inversion itself
-    works on token ids.
+    works on token ids. Text is split into single characters; BOS is prepended.
     """
-    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import Tokenizer, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(WordLevel({v: i for i, v in enumerate(vocab)}, unk_token=vocab[0]))
+    ids = {v: i for i, v in enumerate(vocab)}
+    tok = Tokenizer(WordLevel(ids, unk_token=pad))
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad or bos)
-    fast.name_or_path = "tl_inversion-char-tokenizer"
-    return fast
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, ids[bos])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        unk_token=pad,
+        add_bos_token=True,  # otherwise TransformerLens re-loads the tokenizer by name (hub)
+        padding_side="right",
+        name_or_path="tl-inversion/char-tokenizer",
+    )
 
 
 def bridge_from_hf(hf: Any, processing: Processing = "none", *, tokenizer: Any = None) -> Any:
@@ -171,7 +183,12 @@ def bridge_from_hf(hf: Any, processing: Processing = "none", *, tokenizer: Any =
     from ._bridge import build_bridge
 
     if tokenizer is None:
-        tokenizer = char_tokenizer([f"<{i}>" for i in range(hf.config.vocab_size)], bos="<0>")
+        n = hf.config.vocab_size
+        vocab = [f"<{i}>" for i in range(n)]
+        special = lambda i: vocab[i] if isinstance(i, int) and 0 <= i < n else vocab[-1]  # noqa: E731
+        tokenizer = char_tokenizer(
+            vocab, bos=special(hf.config.bos_token_id), eos=special(hf.config.eos_token_id), pad=special(hf.config.pad_token_id)
+        )
     model = build_bridge(hf, tokenizer)
     if processing in ("compat", "default"):
         model.enable_compatibility_mode()

@@ -369,6 +369,7 @@ def train(
     widths = {str(s): int(a.shape[-1]) for s, a in first_acts.items()}
     meta = {
         "fingerprint": hooked.fingerprint(model),
+        "probe": hooked.probe_signature(model, sites),
         "task": {"name": task.name, "vocab": task.chars, "vocab_sha256": task.vocab_hash(), "n_ctx": task.n_ctx},
         "special_ids": {"bos": task.bos_id, "eos": task.eos_id, "pad": task.pad_id},
         "prepend_bos": True,
@@ -395,12 +396,22 @@ def train(
         d.train()
     run = _Run(bank, cfg, device)
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None and resume:
+    log = None
+    if out is not None:
         ckpt = latest_checkpoint(out)
+        if ckpt is not None and not resume:
+            raise FileExistsError(
+                f"{out} already holds checkpoints (newest {ckpt.name}); resume from it, or choose another out_dir"
+            )
         if ckpt is not None:
             run.load(ckpt)
+        out.mkdir(parents=True, exist_ok=True)
+        # the log restarts from the checkpoint's history, so a resumed run has no duplicate steps
+        atomic_write_json(out / "config.json", cfg.to_dict())
+        with (out / "log.jsonl").open("w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in run.history)
+        log = (out / "log.jsonl").open("a")
     held_tokens, held_pos = _held_out(task, eval_data, cfg.eval_n, cfg.seed)
-    log = (out / "log.jsonl").open("a") if out is not None else None
     amp = cfg.amp and device.type == "cuda"
     site_idx_all = torch.arange(len(sites))
     t0, start_step = time.perf_counter(), run.step

@@ -1,0 +1,119 @@
+"""Training: resume after a kill reproduces the uninterrupted run; positions; rebalancing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tl_inversion.tasks import counting
+from tl_inversion.training import TrainConfig, _site_probs, latest_checkpoint, sample_positions, train
+from tl_inversion.sites import Site
+from helpers import HAS_BRIDGE, HAS_HOOKED
+from model_files import load_counting_shaped
+
+SMALL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "n_cond_blocks": 1}
+
+
+@pytest.fixture(scope="module", params=[c for c, ok in (("hooked", HAS_HOOKED), ("bridge", HAS_BRIDGE)) if ok])
+def counting_model(request, tmp_path_factory):
+    """A random-init counting-shaped GPT-2 (vocab 40, n_ctx 33), saved and loaded by our loader."""
+    return load_counting_shaped(tmp_path_factory.mktemp("probed"), request.param)
+
+
+@pytest.fixture(scope="module")
+def data():
+    tr = counting.paper_split("train")[:2000]
+    te = counting.paper_split("test")[:500]
+    return tr, te
+
+
+def _cfg(**kw):
+    base = dict(
+        sites=["blocks.0.hook_resid_post", "blocks.0.attn.hook_z[0]"],
+        steps=6,
+        batch_size=8,
+        eval_every=3,
+        eval_n=8,
+        checkpoint_every=2,
+        decoder=SMALL,
+        device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class _Kill(Exception):
+    pass
+
+
+@pytest.mark.parametrize("topology", ["per_hook", "shared"])
+def test_resume_after_kill_matches_uninterrupted(counting_model, data, tmp_path, topology):
+    tr, te = data
+    task = counting.make_task()
+    full = train(counting_model, task, tr, te, _cfg(topology=topology), out_dir=tmp_path / "a", progress=False)
+
+    def kill(step, record):
+        if step == 5:  # after the checkpoint of step 4, before the one of step 6
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        train(counting_model, task, tr, te, _cfg(topology=topology), out_dir=tmp_path / "b", progress=False, callback=kill)
+    assert latest_checkpoint(tmp_path / "b").name == "step_00000004"
+    resumed = train(counting_model, task, tr, te, _cfg(topology=topology), out_dir=tmp_path / "b", progress=False)
+    a, b = full.bank.state_dict(), resumed.bank.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert list(full.history["step"]) == list(resumed.history["step"])
+    assert full.history["loss"].tolist() == pytest.approx(resumed.history["loss"].tolist(), abs=0)
+
+
+def test_refuses_to_overwrite_checkpoints(counting_model, data, tmp_path):
+    tr, te = data
+    task = counting.make_task()
+    train(counting_model, task, tr, te, _cfg(steps=2), out_dir=tmp_path, progress=False)
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        train(counting_model, task, tr, te, _cfg(steps=2), out_dir=tmp_path, resume=False, progress=False)
+
+
+def test_training_lowers_the_loss(counting_model, data):
+    tr, te = data
+    cfg = _cfg(steps=40, batch_size=32, eval_every=0, lr=3e-3, warmup_steps=5, sites=["blocks.1.hook_resid_post"])
+    result = train(counting_model, counting.make_task(), tr, te, cfg, progress=False)
+    first, last = result.history["loss"].iloc[0], result.history["loss"].iloc[-1]
+    # an untrained decoder is near uniform over 40 tokens: loss about ln 40
+    assert first == pytest.approx(math.log(40), rel=0.15)
+    assert last < first - 0.5
+
+
+def test_sample_positions_only_trainable_and_bos():
+    task = counting.make_task()
+    tokens = counting.paper_split("test")[:4000]
+    g = torch.Generator().manual_seed(0)
+    pos = sample_positions(task, tokens, g, bos_prob=0.0)
+    c, colon = task.resolve_position(tokens, "c"), task.resolve_position(tokens, ":")
+    assert bool(((pos == c) | (pos == colon)).all())
+    # both positions occur, about half each
+    assert 0.45 < float((pos == c).float().mean()) < 0.55
+    pos = sample_positions(task, tokens, g, bos_prob=0.5)
+    assert 0.45 < float((pos == 0).float().mean()) < 0.55
+
+
+def test_rebalancing_weights_follow_the_paper_formula():
+    sites = [Site("a"), Site("b"), Site("c")]
+    rates = {"a": 0.9, "b": 0.6, "c": 0.9}
+    probs = _site_probs(sites, rates, _cfg())
+    mean = 0.8
+    w = [math.exp(6 * (mean - r)) for r in (0.9, 0.6, 0.9)]
+    expected = [x / sum(w) for x in w]
+    assert probs.tolist() == pytest.approx(expected, rel=1e-5)
+    assert _site_probs(sites, rates, _cfg(rebalance=False)).tolist() == pytest.approx([1 / 3] * 3)
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="topology must be"):
+        _cfg(topology="one_per_layer")
+    with pytest.raises(ValueError, match="bos_prob"):
+        _cfg(bos_prob=1.5)
