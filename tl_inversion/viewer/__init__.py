@@ -1,0 +1,5 @@
+"""Viewers for InversionView results: HTML for notebooks and browsers (:mod:`.html`)."""
+
+from .html import colour_css, html_page, render_preimage, render_tokens
+
+__all__ = ["colour_css", "html_page", "render_preimage", "render_tokens"]
