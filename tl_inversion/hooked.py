@@ -152,7 +152,6 @@ _ARCH_FIELDS = (
     "d_vocab",
     "n_ctx",
     "act_fn",
-    "normalization_type",
     "positional_embedding_type",
     "attn_only",
     "model_name",

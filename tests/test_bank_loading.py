@@ -1,0 +1,107 @@
+"""Loader against Hugging Face, bank save/load, refusal of another model, the paper's accuracy."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+
+from helpers import HAS_BRIDGE, HAS_HOOKED
+from model_files import load_counting_shaped, write_gpt2
+from tl_inversion import hooked
+from tl_inversion.bank import DecoderBank, ModelMismatchError
+from tl_inversion.loading import _read_hf_gpt2, load_hf_gpt2
+from tl_inversion.sites import SiteError
+from tl_inversion.tasks import counting
+
+CLASSES = [c for c, ok in (("hooked", HAS_HOOKED), ("bridge", HAS_BRIDGE)) if ok]
+
+
+@pytest.mark.parametrize("model_class", CLASSES)
+@pytest.mark.parametrize("processing", ["none", "default"])
+def test_loader_logits_equal_hugging_face(tmp_path, model_class, processing):
+    write_gpt2(tmp_path, seed=3)
+    model = load_hf_gpt2(tmp_path, model_class, processing)
+    hf = _read_hf_gpt2(tmp_path)
+    tokens = torch.randint(0, 40, (4, 33), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = hf(tokens).logits
+    got = hooked.logits(model, tokens)
+    # centring the unembedding shifts all logits of a position by one constant
+    torch.testing.assert_close(got.log_softmax(-1), ref.log_softmax(-1), atol=1e-4, rtol=1e-4)
+    if processing == "none":
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def _bank_for(model, sites=("blocks.1.hook_resid_post", "blocks.0.attn.hook_result[0]")):
+    task = counting.make_task()
+    widths = {s: hooked.site_width(model, s) for s in sites}
+    meta = {"fingerprint": hooked.fingerprint(model), "probe": hooked.probe_signature(model, list(sites))}
+    return DecoderBank.create(list(sites), widths, vocab_size=40, n_ctx=33, bos_id=task.bos_id, eos_id=task.eos_id,
+                              pad_id=task.pad_id, meta=meta, d_model=16, n_layers=1, n_heads=2, n_cond_blocks=1)
+
+
+@pytest.mark.parametrize("topology", ["per_hook", "shared"])
+def test_bank_save_load_round_trip(tmp_path, topology):
+    model = load_counting_shaped(tmp_path / "m", CLASSES[0])
+    bank = _bank_for(model)
+    if topology == "shared":
+        bank = DecoderBank.create(bank.sites, bank.widths, topology="shared", vocab_size=40, n_ctx=33, bos_id=37,
+                                  eos_id=38, pad_id=39, meta=bank.meta, d_model=16, n_layers=1, n_heads=2)
+    bank.save(tmp_path / "bank")
+    loaded = DecoderBank.load(tmp_path / "bank", model)
+    assert [str(s) for s in loaded.sites] == [str(s) for s in bank.sites]
+    for k, v in bank.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0)
+    dec, idx = loaded.lookup("blocks.0.attn.hook_result[0]")
+    assert idx == (0 if topology == "per_hook" else 1)
+    with pytest.raises(SiteError, match="this bank covers: blocks.1.hook_resid_post"):
+        loaded.lookup("blocks.0.hook_resid_pre")
+
+
+def test_bank_refuses_another_model(tmp_path):
+    model = load_counting_shaped(tmp_path / "a", CLASSES[0], seed=0)
+    other = load_counting_shaped(tmp_path / "b", CLASSES[0], seed=1)
+    _bank_for(model).save(tmp_path / "bank")
+    with pytest.raises(ModelMismatchError, match="activations differ"):
+        DecoderBank.load(tmp_path / "bank", other)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        DecoderBank.load(tmp_path / "bank", other, allow_mismatch=True)
+    assert any("trained on another probed model" in str(x.message) for x in w)
+
+
+def test_bank_refuses_other_weight_processing(tmp_path):
+    processed = load_counting_shaped(tmp_path / "a", CLASSES[0], processing="default")
+    raw = load_counting_shaped(tmp_path / "a", CLASSES[0], processing="none")
+    bank = _bank_for(processed)
+    with pytest.raises(ModelMismatchError):
+        bank.check_model(raw)
+    bank.check_model(processed)  # same model: no error
+
+
+@pytest.mark.skipif(not (HAS_HOOKED and HAS_BRIDGE), reason="needs both model classes (TL 3.x)")
+def test_hooked_default_and_bridge_compat_are_interchangeable(tmp_path):
+    ht = load_counting_shaped(tmp_path / "a", "hooked", processing="default")
+    br = load_counting_shaped(tmp_path / "a", "bridge", processing="compat")
+    _bank_for(ht).check_model(br)  # same activations: accepted
+
+
+@pytest.mark.paper
+def test_paper_counting_accuracy(paper_counting_dir):
+    """The paper's checkpoint through our loader reaches its test accuracy 0.9953 (+-0.0005)."""
+    model = load_hf_gpt2(paper_counting_dir, CLASSES[0], "default" if CLASSES[0] == "hooked" else "compat")
+    task = counting.make_task()
+    tokens = counting.paper_split("test")
+    assert tokens.shape == (390_000, 33)
+    correct = 0
+    for i in range(0, tokens.shape[0], 16384):
+        x = tokens[i : i + 16384]
+        colon = task.resolve_position(x, ":")
+        rows = torch.arange(x.shape[0])
+        # only the logits at ':' are needed; the answer is the token after ':'
+        logits = hooked.logits(model, x)[rows, colon]
+        correct += int((logits.argmax(-1) == x[rows, colon + 1]).sum())
+    assert correct / tokens.shape[0] == pytest.approx(0.9953, abs=0.0005)
