@@ -68,7 +68,10 @@ def cmd_train_probed(args: argparse.Namespace) -> int:
     task = get_task(args.task)
     cfg = ProbedConfig(n_layers=args.n_layers, d_model=args.d_model, n_heads=args.n_heads, steps=args.steps,
                        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device)
-    info = train_probed_model(task, task_data(args.task, "train"), task_data(args.task, "test"), task.answer_mask, cfg, args.out)
+    test = task_data(args.task, "test")
+    if args.test_limit:
+        test = test[: args.test_limit]
+    info = train_probed_model(task, task_data(args.task, "train"), test, task.answer_mask, cfg, args.out)
     print(json.dumps(info, indent=2))
     return 0
 
@@ -84,10 +87,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         sites=_sites(args, model), topology=args.topology, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup_steps, schedule=args.schedule, eval_every=args.eval_every, eval_n=args.eval_n,
         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, rebalance=not args.no_rebalance,
-        decoder=decoder,
+        decoder=decoder, time_limit_s=args.time_limit,
     )
+    import torch
+
     result = train(model, task, task_data(args.task, "train"), task_data(args.task, "test"), cfg, out_dir=args.out,
-                   resume=not args.no_resume)
+                   resume=not args.no_resume, save_dtype=getattr(torch, args.save_dtype))
     print(result.faithfulness.to_string())
     print(f"mean faithfulness {result.faithfulness['faithfulness'].mean():.4f}; "
           f"{result.samples_per_second:.0f} inputs/s; {result.seconds:.1f} s; bank: {Path(args.out) / 'bank'}")
@@ -141,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--test-limit", type=int, default=0, help="measure test accuracy on the first N test inputs (0: all)")
     p.set_defaults(func=cmd_train_probed)
 
     p = sub.add_parser("train", help="train decoders for sites of a probed model")
@@ -162,7 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-heads", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-rebalance", action="store_true")
-    p.add_argument("--no-resume", action="store_true", help="start afresh even if --out has checkpoints")
+    p.add_argument("--no-resume", action="store_true", help="refuse to continue from checkpoints in --out (error if there are any)")
+    p.add_argument("--time-limit", type=float, default=0.0, help="stop after this many seconds (0: no limit)")
+    p.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="dtype of the final bank on disk")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_train)
 
@@ -193,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (SiteError, PositionError, ValueError, FileNotFoundError) as e:
+    except (SiteError, PositionError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"tl-inversion {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -84,6 +84,7 @@ def hooked_config_from_hf(hf_config: Any) -> Any:
         positional_embedding_type="standard",
         original_architecture="GPT2LMHeadModel",
         default_prepend_bos=False,
+        device="cpu",  # weights are processed on the CPU, then the model is moved
     )
 
 

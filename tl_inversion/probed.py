@@ -115,11 +115,12 @@ def train_probed_model(
     g = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
     model.train()
+    # the whole split lives on the device: one gather per step, no host-side work
+    data = train_data.to(device)
+    labels_all = torch.where(answer_mask(train_data), train_data, torch.full_like(train_data, -100)).to(device)
     for _ in tqdm(range(cfg.steps), disable=not progress, desc="train probed model"):
-        x = train_data[torch.randint(train_data.shape[0], (cfg.batch_size,), generator=g)]
-        m = answer_mask(x)
-        labels = torch.where(m, x, torch.full_like(x, -100)).to(device)
-        loss = model(input_ids=x.to(device), labels=labels).loss
+        idx = torch.randint(train_data.shape[0], (cfg.batch_size,), generator=g).to(device)
+        loss = model(input_ids=data[idx], labels=labels_all[idx]).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -73,6 +73,9 @@ class TrainConfig:
         seed: seed of initialisation, data order and evaluation samples.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         amp: bf16 autocast on CUDA.
+        time_limit_s: stop (evaluate, checkpoint, save) once this many seconds have passed
+            in this call, even before ``steps``; the learning-rate schedule then follows
+            elapsed time (so a time-limited run is not bit-reproducible); 0 means no limit.
         decoder: :class:`~tl_inversion.decoder.DecoderConfig` fields (``d_model``,
             ``n_layers``, ``n_heads``, ``n_cond_blocks``...).
     """
@@ -98,6 +101,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    time_limit_s: float = 0.0
     decoder: dict[str, Any] = field(default_factory=lambda: {"d_model": 256, "n_layers": 2, "n_heads": 4})
 
     def __post_init__(self) -> None:
@@ -333,6 +337,7 @@ def train(
     resume: bool = True,
     progress: bool = True,
     callback: Callable[[int, dict[str, Any]], None] | None = None,
+    save_dtype: torch.dtype | None = None,
 ) -> TrainResult:
     """Train decoders for ``cfg.sites`` of ``model`` on inputs of ``task``.
 
@@ -347,6 +352,7 @@ def train(
         resume: continue from the newest checkpoint in ``out_dir`` when there is one.
         progress: show a tqdm progress bar.
         callback: called as ``callback(step, record)`` after every step (e.g. to stop).
+        save_dtype: dtype of the final bank's weights on disk (e.g. ``torch.float16``).
 
     Returns:
         :class:`TrainResult` with the bank (fingerprint, task and config recorded), the
@@ -447,6 +453,12 @@ def train(
                             z[sel.to(device)] = bank.pad(a[rows[sel].to(a.device), pos[sel].to(a.device)], site)
                     loss = bank.decoders[0].loss(tokens_d, z, site_idx_all[choice].to(device))
                     losses.append(loss)
+            if cfg.time_limit_s:
+                # with a time budget the schedule runs on whichever ends first: steps or time
+                progress = max(run.step / cfg.steps, (time.perf_counter() - t0) / cfg.time_limit_s)
+                factor = _lr_lambda(cfg)(max(run.step, int(progress * cfg.steps)))
+                for group in run.opt.param_groups:
+                    group["lr"] = cfg.lr * factor
             total = torch.stack(losses).sum()
             run.opt.zero_grad(set_to_none=True)
             total.backward()
@@ -456,11 +468,13 @@ def train(
             run.sched.step()
             run.step += 1
             record["loss"] = float(total.detach()) / len(losses)
-            record["lr"] = run.sched.get_last_lr()[0]
+            record["lr"] = run.opt.param_groups[0]["lr"]
             for k, v in list(record.items()):
                 if torch.is_tensor(v):
                     record[k] = float(v)
-            evaluate_now = (cfg.eval_every and run.step % cfg.eval_every == 0) or run.step == cfg.steps
+            out_of_time = bool(cfg.time_limit_s) and time.perf_counter() - t0 > cfg.time_limit_s
+            last = run.step == cfg.steps or out_of_time
+            evaluate_now = (cfg.eval_every and run.step % cfg.eval_every == 0) or last
             if evaluate_now:
                 faith = measure_faithfulness(
                     bank, model, task, held_tokens, held_pos, epsilon=cfg.epsilon, metric=cfg.metric, seed=cfg.seed + run.step
@@ -477,10 +491,12 @@ def train(
                     log.flush()
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", faith=f"{np.mean(list(run.rates.values())):.3f}" if run.rates else "-")
-            if out is not None and ((cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0) or run.step == cfg.steps):
+            if out is not None and ((cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0) or last):
                 run.save(out / "checkpoints")
             if callback is not None:
                 callback(run.step, record)
+            if out_of_time:
+                break
     finally:
         bar.close()
         if log is not None:
@@ -490,7 +506,7 @@ def train(
     bank.meta["steps"] = run.step
     bank.eval()
     if out is not None:
-        bank.save(out / "bank")
+        bank.save(out / "bank", dtype=save_dtype)
     hist = pd.DataFrame(run.history)
     faith_df = pd.DataFrame({"faithfulness": run.rates}).rename_axis("site")
     done = run.step - start_step
