@@ -78,6 +78,17 @@ def test_refuses_to_overwrite_checkpoints(counting_model, data, tmp_path):
         train(counting_model, task, tr, te, _cfg(steps=2), out_dir=tmp_path, resume=False, progress=False)
 
 
+def test_resume_refuses_a_changed_config(counting_model, data, tmp_path):
+    tr, te = data
+    task = counting.make_task()
+    train(counting_model, task, tr, te, _cfg(steps=2), out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"batch_size \(checkpoint 8, now 16\)"):
+        train(counting_model, task, tr, te, _cfg(steps=4, batch_size=16), out_dir=tmp_path, progress=False)
+    # more steps is a legitimate continuation
+    result = train(counting_model, task, tr, te, _cfg(steps=4), out_dir=tmp_path, progress=False)
+    assert result.bank.meta["steps"] == 4
+
+
 def test_training_lowers_the_loss(counting_model, data):
     tr, te = data
     cfg = _cfg(steps=40, batch_size=32, eval_every=0, lr=3e-3, warmup_steps=5, sites=["blocks.1.hook_resid_post"])

@@ -252,6 +252,24 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+# Fields that may change between a run and its resumption (they do not change the result).
+RESUMABLE_CHANGES = ("steps", "time_limit_s", "eval_every", "checkpoint_every", "keep_checkpoints", "device")
+
+
+def _check_resumable(ckpt: Path, cfg: TrainConfig) -> None:
+    """Refuse to continue a checkpoint under a different training configuration."""
+    saved = json.loads((ckpt / "trainer_state.json").read_text())["config"]
+    now = json.loads(json.dumps(cfg.to_dict()))
+    diff = {k: (saved.get(k), now.get(k)) for k in set(saved) | set(now)
+            if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k)}
+    if diff:
+        raise ValueError(
+            f"cannot resume {ckpt}: the training config differs from the checkpoint's in "
+            + ", ".join(f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in sorted(diff.items()))
+            + f". Only {', '.join(RESUMABLE_CHANGES)} may change; use another out_dir for a new run."
+        )
+
+
 def _held_out(task: CharTask, eval_data: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(seed + 1)
     idx = torch.randperm(eval_data.shape[0], generator=g)[:n]
@@ -410,6 +428,7 @@ def train(
                 f"{out} already holds checkpoints (newest {ckpt.name}); resume from it, or choose another out_dir"
             )
         if ckpt is not None:
+            _check_resumable(ckpt, cfg)
             run.load(ckpt)
         out.mkdir(parents=True, exist_ok=True)
         # the log restarts from the checkpoint's history, so a resumed run has no duplicate steps

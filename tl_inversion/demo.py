@@ -1,0 +1,78 @@
+"""``tl-inversion demo``: preimages of a few counting queries, offline, in seconds on a CPU.
+
+Uses the counting probed model and decoders embedded in the package (made by this
+project's recipe: ``assets/counting_demo/RECIPE.md``), samples and verifies preimages for
+three queries, prints what they share, and writes an HTML page.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .bank import DecoderBank
+from .evaluation import feature_consistency
+from .loading import load_hf_gpt2
+from .sampling import sample_preimage
+from .tasks import counting
+
+#: (query, site, position, what to look for)
+DEMO_QUERIES = [
+    ("ddkdkkxdk|k:4", "blocks.1.attn.hook_result[0]", ":", "layer-1 head at ':' carries the count"),
+    ("ddkdkkxdk|k:4", "blocks.0.attn.hook_result[0]", "c", "layer-0 head at the query letter"),
+    ("qqzqzbq|q:4", "blocks.1.hook_resid_post", ":", "residual stream after layer 1 at ':'"),
+]
+
+
+def asset_dir() -> Path:
+    """Folder of the embedded counting demo (probed model + decoders)."""
+    return Path(str(resources.files("tl_inversion") / "assets" / "counting_demo"))
+
+
+def load_demo(model_class: str | None = None) -> tuple[Any, DecoderBank]:
+    """The embedded probed model (HookedTransformer on TL<4, else TransformerBridge) and its decoders."""
+    from .cli import default_model_class
+
+    cls = model_class or default_model_class()
+    model = load_hf_gpt2(asset_dir() / "probed", cls, "default" if cls == "hooked" else "compat")
+    bank = DecoderBank.load(asset_dir() / "decoders", model)
+    return model, bank
+
+
+def run_demo(html: str | Path | None = "tl_inversion_demo.html", *, n_repeats: int = 1, top: int = 8) -> list[Any]:
+    """Sample, verify and print preimages for :data:`DEMO_QUERIES`; write an HTML page.
+
+    Args:
+        html: where to write the page (``None``: do not write).
+        n_repeats: repeats of the paper's 4-setting schedule (64 samples each); paper: 4.
+        top: rows printed per query.
+
+    Returns:
+        The :class:`~tl_inversion.sampling.PreimageResult` of each query.
+    """
+    torch.manual_seed(0)
+    model, bank = load_demo()
+    task = counting.make_task()
+    results, fragments = [], []
+    for query, site, position, note in DEMO_QUERIES:
+        r = sample_preimage(bank, model, task, query, site, position, n_repeats=n_repeats, seed=0)
+        s = r.summary()
+        cons = feature_consistency([r], counting.query_counts)["consistency"].iloc[0]
+        print(f"\n== {query!r}  site {site}  position {position!r} ({note})")
+        print(f"   {s['n_candidates']} samples, {s['in_preimage_fraction']:.0%} within epsilon {s['epsilon']}, "
+              f"{s['valid_fraction']:.0%} well-formed; in-preimage samples with the query's count: "
+              + ("n/a" if cons != cons else f"{cons:.0%}"))
+        view = r.df.drop_duplicates("text")[["text", "distance", "in_preimage", "valid"]].head(top)
+        print(view.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+        results.append(r)
+        fragments.append(r.to_html_fragment(60))
+    if html is not None:
+        from .viewer import html_page
+
+        path = Path(html)
+        path.write_text(html_page("\n".join(fragments), title="tl_inversion demo: counting"), encoding="utf-8")
+        print(f"\nwrote {path.resolve()}")
+    return results
