@@ -1,0 +1,138 @@
+"""Completeness: AUROC formula, brute-force preimage vs a plain loop, end-to-end numbers, plot."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import HAS_BRIDGE, HAS_HOOKED
+from model_files import write_gpt2
+from tl_inversion import hooked
+from tl_inversion.bank import DecoderBank
+from tl_inversion.completeness import (
+    auroc,
+    completeness,
+    decoder_logprobs,
+    plot_completeness,
+    preimage_distances,
+)
+from tl_inversion.tasks import addition
+
+TASK = addition.make_task()
+RESID = "blocks.0.hook_resid_post"
+HEAD = "blocks.0.attn.hook_result[1]"
+
+
+def _pairwise_auroc(s, y):
+    """P(s_pos > s_neg) + 0.5 P(tie), by counting every pair."""
+    pos = [a for a, l in zip(s, y) if l]
+    neg = [a for a, l in zip(s, y) if not l]
+    tot = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+    return tot / (len(pos) * len(neg))
+
+
+def test_auroc_hand_cases():
+    assert auroc([1, 2, 3, 4], [0, 0, 1, 1]) == 1.0
+    assert auroc([1, 2, 3, 4], [1, 1, 0, 0]) == 0.0
+    assert auroc([5, 5, 5, 5], [0, 1, 0, 1]) == 0.5
+    assert auroc([1, 2, 2, 3], [0, 1, 0, 1]) == pytest.approx(0.875)  # pairs: (2>1),(2=2),(3>1),(3>2)
+    assert auroc(torch.tensor([-np.inf, 0.0]), torch.tensor([False, True])) == 1.0
+    assert np.isnan(auroc([1, 2], [1, 1]))
+    with pytest.raises(ValueError, match="0/1"):
+        auroc([1, 2], [0, 2])
+    g = np.random.default_rng(0)
+    for _ in range(5):
+        s = g.integers(0, 6, size=40).astype(float)  # many ties
+        y = g.integers(0, 2, size=40)
+        assert auroc(s, y) == pytest.approx(_pairwise_auroc(s, y))
+
+
+@pytest.fixture(scope="module", params=[c for c, ok in (("hooked", HAS_HOOKED), ("bridge", HAS_BRIDGE)) if ok])
+def model(request, tmp_path_factory):
+    from tl_inversion.loading import load_hf_gpt2
+
+    folder = write_gpt2(tmp_path_factory.mktemp("add"), d_vocab=15, n_ctx=14, d_model=16, n_layers=2, n_heads=2)
+    return load_hf_gpt2(folder, request.param, "default" if request.param == "hooked" else "compat")
+
+
+@pytest.fixture(scope="module")
+def bank(model):
+    torch.manual_seed(0)
+    sites = [RESID, HEAD]
+    return DecoderBank.create(
+        sites, {s: hooked.site_width(model, s) for s in sites}, vocab_size=15, n_ctx=14,
+        bos_id=TASK.bos_id, eos_id=TASK.eos_id, pad_id=TASK.pad_id,
+        d_model=16, n_layers=1, n_heads=2, d_mlp=32, n_cond_blocks=1,
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def candidates():
+    return addition.paper_split("test")[:1500]
+
+
+def _loop_distance(model, row, site, z_q):
+    """Plain loop: run_with_cache on one row, distance at every non-special position, min."""
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(row[None])
+        if site == HEAD:
+            acts = cache["blocks.0.attn.hook_z"][0, :, 1] @ model.blocks[0].attn.W_O[1]
+        else:
+            acts = cache[site][0]
+    best = float("inf")
+    for t in range(row.shape[0]):
+        if int(row[t]) in TASK.special_ids:
+            continue
+        best = min(best, float((acts[t] - z_q).norm() / z_q.norm()))
+    return best
+
+
+@pytest.mark.parametrize("site", [RESID, HEAD])
+def test_brute_force_matches_a_plain_loop(model, candidates, site):
+    cand = candidates[:40]
+    z = hooked.harvest(model, candidates[100:102], [site])[hooked.validate_sites([site], model)[0]][:, 5]
+    dist, pos = preimage_distances(model, cand, site, z, TASK.special_ids, batch_size=16, progress=False)
+    assert dist.shape == (2, 40) and pos.shape == (2, 40)
+    for q in range(2):
+        expect = [_loop_distance(model, cand[i], site, z[q]) for i in range(40)]
+        assert np.allclose(dist[q].numpy(), expect, rtol=1e-4, atol=1e-5)
+        assert not bool(torch.isin(cand.gather(1, pos[q][:, None]).squeeze(1), torch.tensor(TASK.special_ids)).any())
+
+
+def test_completeness_numbers_are_consistent(model, bank, candidates, tmp_path):
+    queries = candidates[:2]
+    # an epsilon that puts some, not all, candidates in the preimage of the untrained setting
+    z = hooked.harvest(model, queries, [RESID])[hooked.validate_sites([RESID], model)[0]][:, TASK.resolve_position(queries, "=")[0]]
+    d_all, _ = preimage_distances(model, candidates, RESID, z, TASK.special_ids, progress=False)
+    eps = float(d_all.quantile(0.05))
+    res = completeness(model, bank, TASK, RESID, queries, "=", candidates, epsilon=eps, max_candidates=None,
+                       n_samples=16, class_fn=addition.sum_lengths, progress=False, decoder_batch_size=512)
+    s, sc = res.summary, res.scores
+    assert list(s["query"]) == [0, 1] and (s["n_candidates"] == 1500).all()
+    for q in range(2):
+        rows = sc[sc["query"] == q]
+        assert len(rows) == 1500
+        assert np.allclose(rows["distance"].to_numpy(), d_all[q].numpy())
+        assert int(rows["member"].sum()) == int(s.loc[q, "n_members"]) == int((d_all[q] <= eps).sum())
+        assert s.loc[q, "auroc"] == pytest.approx(auroc(rows["logp"].to_numpy(), rows["member"].to_numpy()))
+        # the query itself is a candidate at distance 0, hence a member
+        assert bool(rows.loc[rows["candidate"] == q, "member"].iloc[0])
+        assert 0.0 <= s.loc[q, "recall"] <= 1.0 and 0.0 <= s.loc[q, "class_recall"] <= 1.0
+        assert 1 <= s.loc[q, "n_member_classes"] <= 2
+    lp = decoder_logprobs(bank, RESID, z[0], candidates[:10])
+    assert np.allclose(lp.numpy(), sc[sc["query"] == 0]["logp"].to_numpy()[:10], atol=1e-5)
+    png = plot_completeness(res, tmp_path / "c.png", query=0)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_subsample_keeps_members_and_caps_the_decoder_work(model, bank, candidates):
+    res = completeness(model, bank, TASK, HEAD, candidates[:1], "A1", candidates, epsilon=0.5,
+                       max_candidates=100, n_samples=0, progress=False)
+    s, sc = res.summary.iloc[0], res.scores
+    assert s["n_scored"] == len(sc) <= 100
+    n_mem = int(s["n_members"])
+    assert int(sc["member"].sum()) == min(n_mem, 50)
+    assert "recall" not in res.summary.columns
