@@ -238,3 +238,17 @@ def paper_addition_sites(n_layers: int = 2, n_heads: int = 4) -> list[Site]:
         sites += [Site(f"blocks.{layer}.attn.hook_result", h) for h in range(n_heads)]
         sites += [Site(f"blocks.{layer}.hook_resid_mid"), Site(f"blocks.{layer}.hook_resid_post")]
     return sites
+
+
+#: The 26 IOI circuit heads of Wang et al. (2022) as (layer, head), as probed by InversionView Sec. 4.3.
+IOI_PAPER_HEADS: tuple[tuple[int, int], ...] = (
+    (7, 3), (7, 9), (8, 6), (8, 10), (10, 7), (11, 10), (9, 9), (9, 6), (10, 0), (9, 0), (9, 7), (10, 1), (10, 2),
+    (10, 6), (10, 10), (11, 2), (11, 9), (0, 1), (3, 0), (0, 10), (5, 5), (6, 9), (5, 8), (5, 9), (2, 2), (4, 11),
+)
+
+
+def ioi_paper_sites() -> list[Site]:
+    """The paper's IOI sites on GPT-2 small: the per-head outputs ``blocks.L.attn.hook_result[H]``
+    of the 26 circuit heads of Wang et al. (2022), in the order of :data:`IOI_PAPER_HEADS`
+    (InversionView Sec. 4.3; queried at S1+1, S2 and END)."""
+    return [Site(f"blocks.{layer}.attn.hook_result", head) for layer, head in IOI_PAPER_HEADS]
