@@ -394,7 +394,7 @@ def train(
     meta = {
         "fingerprint": hooked.fingerprint(model),
         "probe": hooked.probe_signature(model, sites),
-        "task": {"name": task.name, "vocab": task.chars, "vocab_sha256": task.vocab_hash(), "n_ctx": task.n_ctx},
+        "task": {"name": task.name, "vocab": getattr(task, "chars", None) or list(task.vocab), "vocab_sha256": task.vocab_hash(), "n_ctx": task.n_ctx},
         "special_ids": {"bos": task.bos_id, "eos": task.eos_id, "pad": task.pad_id},
         "prepend_bos": True,
         "padding_side": "right",

@@ -9,6 +9,7 @@ from torch import Tensor
 from .base import CharTask, PositionError
 
 _TASKS: dict[str, tuple[Callable[[], CharTask], Callable[[str], Tensor]]] = {}
+_BUILTINS_LOADED = False
 
 
 def register(name: str, make: Callable[[], CharTask], data: Callable[[str], Tensor]) -> None:
@@ -17,6 +18,10 @@ def register(name: str, make: Callable[[], CharTask], data: Callable[[str], Tens
 
 
 def _builtin() -> None:
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
+    _BUILTINS_LOADED = True
     from . import counting
 
     register("counting", counting.make_task, counting.paper_split)
@@ -28,8 +33,7 @@ def _builtin() -> None:
 
 def task_names() -> list[str]:
     """Names of the registered tasks."""
-    if not _TASKS:
-        _builtin()
+    _builtin()
     return sorted(_TASKS)
 
 
