@@ -90,18 +90,25 @@ def test_hooked_default_and_bridge_compat_are_interchangeable(tmp_path):
 
 
 @pytest.mark.paper
+@pytest.mark.skipif(
+    os.environ.get("TL_INVERSION_ENV") not in (None, "tl39"),
+    reason="the full 390,000-input accuracy is measured once, in the tl39 environment (CPU time); "
+    "loader equivalence across model classes and versions is tested above",
+)
 def test_paper_counting_accuracy(paper_counting_dir):
     """The paper's checkpoint through our loader reaches its test accuracy 0.9953 (+-0.0005)."""
     model = load_hf_gpt2(paper_counting_dir, CLASSES[0], "default" if CLASSES[0] == "hooked" else "compat")
     task = counting.make_task()
     tokens = counting.paper_split("test")
     assert tokens.shape == (390_000, 33)
+    colon = task.resolve_position(tokens, ":")
+    # causal model: positions after ':' cannot change the logits at ':', so each batch of
+    # equal-length rows is cut right after ':' (same numbers, about 1.6x less compute)
     correct = 0
-    for i in range(0, tokens.shape[0], 16384):
-        x = tokens[i : i + 16384]
-        colon = task.resolve_position(x, ":")
-        rows = torch.arange(x.shape[0])
-        # only the logits at ':' are needed; the answer is the token after ':'
-        logits = hooked.logits(model, x)[rows, colon]
-        correct += int((logits.argmax(-1) == x[rows, colon + 1]).sum())
+    for length in colon.unique().tolist():
+        rows_of_len = tokens[colon == length]
+        for i in range(0, rows_of_len.shape[0], 16384):
+            x = rows_of_len[i : i + 16384]
+            logits = hooked.logits(model, x[:, : length + 1])[:, length]
+            correct += int((logits.argmax(-1) == x[:, length + 1]).sum())
     assert correct / tokens.shape[0] == pytest.approx(0.9953, abs=0.0005)
