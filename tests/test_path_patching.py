@@ -61,6 +61,12 @@ def test_only_path_equals_activation_patching(model, data):
         (k,) = pp.patched
         assert np.abs(ap.patched[f"a{last}.{head}"] - ap.clean).max() > 1e-3
         np.testing.assert_allclose(pp.patched[k], ap.patched[f"a{last}.{head}"], atol=1e-5, rtol=1e-5)
+    # the same with the sender zero- and mean-ablated instead of taken from the contrast
+    for source in ("zero", "mean"):
+        pp = run_path_patching(model, f"a{last}.0@3,-1 -> resid_post.{last}@-1", clean, source, freeze_mlps=False, **kw(data))
+        ap = run_patching(model, f"a{last}.0@3,-1", clean, source, **kw(data))
+        (k,) = pp.patched
+        np.testing.assert_allclose(pp.patched[k], ap.patched[f"a{last}.0@3,-1"], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.skipif(not HAS_HOOKED, reason="attention-only models are built as HookedTransformer (TL < 4)")

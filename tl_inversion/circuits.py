@@ -455,11 +455,13 @@ class Edge:
 
     @property
     def receiver_notation(self) -> str:
+        """The receiver in short notation with its input suffix, e.g. ``"a1.0.v@:"``."""
         suffix = "" if self.input == "resid" else f".{self.input}"
         return format_component(self.receiver.site) + suffix + _format_positions(self.receiver.positions)
 
     @property
     def name(self) -> str:
+        """``"sender -> receiver"`` in short notation (parses back to this edge)."""
         return f"{self.sender.name} -> {self.receiver_notation}"
 
     def __str__(self) -> str:

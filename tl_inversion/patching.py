@@ -41,7 +41,6 @@ test (patch from pairs that change the feature and pairs that keep it).
 from __future__ import annotations
 
 import inspect
-import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
@@ -117,6 +116,11 @@ class LogitDiff:
         self.position = position
 
     def __call__(self, logits: Float[Tensor, "batch pos vocab"], ctx: MetricContext) -> Float[Tensor, " batch"]:
+        """Per-row logit difference ``[batch]`` (logits) at the predicting position.
+
+        Raises:
+            ValueError: the call has no clean or no contrast answers.
+        """
         if ctx.answers is None or ctx.contrast_answers is None:
             raise ValueError(
                 "the logit-difference metric needs answers= and contrast_answers= (token ids per row); "
@@ -144,6 +148,11 @@ class AnswerLogProb:
         self.position = position
 
     def __call__(self, logits: Float[Tensor, "batch pos vocab"], ctx: MetricContext) -> Float[Tensor, " batch"]:
+        """Per-row ``log p(answer)`` ``[batch]`` (nats) at the predicting position.
+
+        Raises:
+            ValueError: the call has no answers.
+        """
         if ctx.answers is None:
             raise ValueError("the answer log-prob metric needs answers= (token ids per row)")
         pos = ctx.position(self.position).to(logits.device)
@@ -197,6 +206,7 @@ class Source:
     has_run = False  # whether the source is a forward pass whose metric can be reported
 
     def describe(self) -> dict[str, Any]:
+        """The settings recorded with results (``{"source": kind}``)."""
         return {"source": self.kind}
 
 
@@ -756,7 +766,7 @@ def run_patching(
     metric: MetricLike = None,
     answer_position: PositionLike | None = None,
     positions: Resolver = None,
-    batch_size: int = 2048,
+    batch_size: int = 256,
     trim_padding: bool = False,
     pad_id: int | None = None,
     progress: bool | None = None,
@@ -785,7 +795,8 @@ def run_patching(
         answer_position: the predicting position (a name such as ``":"`` or an int).
         positions: resolver of named positions (a task such as counting's ``make_task()``
             or ``{name: fn(tokens) -> [n]}``).
-        batch_size: rows per forward.
+        batch_size: rows per forward (256 suits small models on CPU, where cache locality
+            matters; raise it on a GPU).
         trim_padding: crop trailing PAD columns per batch and batch rows of similar width
             (exact for causal models; faster on padded data). Needs a PAD id (``pad_id`` or
             the task's) and forbids negative integer positions.
@@ -925,6 +936,7 @@ def cumulative_patching(
     *,
     direction: str = "both",
     singles: bool = False,
+    extra: Sequence[GroupLike] | Mapping[str, GroupLike] | None = None,
     n_boot: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
@@ -944,6 +956,7 @@ def cumulative_patching(
         source: where patched values come from.
         direction: ``"forward"``, ``"backward"`` or ``"both"``.
         singles: also report each group alone (``direction == "single"`` rows).
+        extra: more groups to report alone (``"single"`` rows), measured in the same pass.
         n_boot, ci, seed: bootstrap settings.
         **kwargs: passed to :func:`run_patching`.
 
@@ -974,11 +987,13 @@ def cumulative_patching(
             key = f"{d}:{step}"
             sets[key] = NodeGroup(acc, label=" + ".join(x.name for x in seq[:step]))
             plan.append((d, step, g.name, key))
-    if singles:
-        for i, g in enumerate(groups):
-            key = f"single:{i}"
-            sets[key] = g
-            plan.append(("single", i + 1, g.name, key))
+    alone = list(groups) if singles else []
+    if extra is not None:
+        alone += parse_groups(extra) if not isinstance(extra, Mapping) else [NodeGroup.parse(v, label=str(k)) for k, v in extra.items()]
+    for i, g in enumerate(alone):
+        key = f"single:{i}"
+        sets[key] = g
+        plan.append(("single", i + 1, g.name, key))
     res = run_patching(model, sets, clean_tokens, source, **kwargs)
     rows = []
     prev: dict[str, str | None] = {}
@@ -1048,9 +1063,12 @@ def plot_cumulative(df: pd.DataFrame, *, title: str | None = None, figsize: tupl
                         ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
         ax.axhline(tops[-1], ls="--", color="gray", lw=0.8)
         ax.axhline(0, color="black", lw=0.6)
+        lo_y, hi_y = min(0.0, float(np.nanmin(bottoms)), float(np.nanmin(tops))), max(0.0, float(np.nanmax(tops)))
+        span = (hi_y - lo_y) or 1.0
+        ax.set_ylim(lo_y - 0.05 * span * (lo_y < 0), hi_y + 0.18 * span)  # room for the labels
         ax.set_xticks(x, [f"+ {a}" if i else str(a) for i, a in enumerate(sub["added"])], rotation=30, ha="right")
         ax.set_title(d)
-        ax.set_ylabel("cumulative effect (mean LD_clean - LD_patched)")
+        ax.set_ylabel("cumulative effect (LD_clean - LD_patched)")
     if title:
         fig.suptitle(title)
     return fig
@@ -1146,7 +1164,7 @@ def circuit_faithfulness(
     metric: MetricLike = None,
     answer_position: PositionLike | None = None,
     positions: Resolver = None,
-    batch_size: int = 2048,
+    batch_size: int = 256,
     n_boot: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
@@ -1332,7 +1350,7 @@ def feature_pairs(
         key_clean = f_clean if want_equal else torch.zeros(n, dtype=torch.long)
         key_pool = f_pool if want_equal else torch.zeros(m, dtype=torch.long)
         if s_clean is not None:
-            both = torch.stack([torch.cat([key_clean, key_pool]), torch.cat([s_clean, s_pool])], 1)
+            both = torch.stack([torch.cat([key_clean, key_pool]).double(), torch.cat([s_clean, s_pool]).double()], 1)
             _, inv = torch.unique(both, dim=0, return_inverse=True)
         else:
             _, inv = torch.unique(torch.cat([key_clean, key_pool]), return_inverse=True)
@@ -1405,9 +1423,10 @@ def verify_feature(
         **kwargs: passed to :func:`run_patching` (``batch_size``, ``trim_padding``, ...).
 
     Returns:
-        DataFrame indexed by ``"changes g"`` and ``"keeps g"`` with ``n``, ``LD_clean`` and
-        ``LD_patched`` (mean metric), ``effect``, CI, plus ``feature`` and ``node``;
-        ``df.attrs["ratio"]`` = effect(changes) / effect(keeps).
+        DataFrame indexed by ``"changes g"`` and ``"keeps g"`` with ``feature``, ``nodes``,
+        ``n``, ``LD_clean`` and ``LD_patched`` (the mean metric, by default log p of the clean
+        answer, in nats), ``effect``, ``ci_low``/``ci_high``, ``n_unpaired`` (rows without a
+        partner); ``df.attrs["ratio"]`` = effect(changes) / effect(keeps).
 
     Raises:
         ValueError: no pair could be formed for either kind.
@@ -1428,7 +1447,8 @@ def verify_feature(
             answer_position=answer_position, positions=positions, **kwargs,
         )
         row = res.row(group.name, n_boot=n_boot, ci=ci, seed=seed)
-        row.pop("group")
+        for k in ("group", "normalised", "LD_contrast", "normalised_by"):  # no contrast answer here
+            row.pop(k)
         row["n_unpaired"] = int((~ok).sum())
         rows_out[label] = row
         settings = res.settings

@@ -202,7 +202,7 @@ def run_path_patching(
     metric: MetricLike = None,
     answer_position: PositionLike | None = None,
     positions: Resolver = None,
-    batch_size: int = 2048,
+    batch_size: int = 256,
     trim_padding: bool = False,
     pad_id: int | None = None,
     progress: bool | None = None,
