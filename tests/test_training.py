@@ -89,6 +89,15 @@ def test_resume_refuses_a_changed_config(counting_model, data, tmp_path):
     assert result.bank.meta["steps"] == 4
 
 
+def test_resume_refuses_another_model(counting_model, data, tmp_path, tmp_path_factory):
+    tr, te = data
+    task = counting.make_task()
+    train(counting_model, task, tr, te, _cfg(steps=2), out_dir=tmp_path, progress=False)
+    other = load_counting_shaped(tmp_path_factory.mktemp("other"), "hooked" if HAS_HOOKED else "bridge", seed=7)
+    with pytest.raises(ValueError, match="computes other activations"):
+        train(other, task, tr, te, _cfg(steps=4), out_dir=tmp_path, progress=False)
+
+
 def test_training_lowers_the_loss(counting_model, data):
     tr, te = data
     cfg = _cfg(steps=40, batch_size=32, eval_every=0, lr=3e-3, warmup_steps=5, sites=["blocks.1.hook_resid_post"])

@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train-probed", help="train a probed model on a task (this project's recipe)")
-    p.add_argument("--task", default="counting")
+    p.add_argument("--task", default="counting", help="counting or addition")
     p.add_argument("--out", required=True)
     p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--d-model", type=int, default=64)
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--bank", required=True, help="folder of a saved decoder bank")
     p.add_argument("--task", default="counting")
-    p.add_argument("--query", required=True, help="input text without B/E/P, e.g. 'aabca|a:3'")
+    p.add_argument("--query", required=True, help="input text without B/E/P, e.g. 'ddkdkkxdk|k:4'")
     p.add_argument("--site", required=True)
     p.add_argument("--position", required=True, help="index or a task-named position such as ':'")
     p.add_argument("--epsilon", type=float, default=0.1)
@@ -196,13 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tl-inversion``; errors of bad input print one line and exit 2."""
+    from .bank import ModelMismatchError
+    from .loading import LoadError
     from .sites import SiteError
     from .tasks.base import PositionError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (SiteError, PositionError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except ModelMismatchError as e:
+        msg = str(e).replace("pass allow_mismatch=True", "pass --allow-mismatch")
+        print(f"tl-inversion {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except (SiteError, PositionError, LoadError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"tl-inversion {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -63,6 +63,12 @@ def _read_hf_gpt2(path: str | Path) -> Any:
     return model.eval()
 
 
+def _tl_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformer-lens")
+
+
 def hooked_config_from_hf(hf_config: Any) -> Any:
     """A ``HookedTransformerConfig`` equal in shape to a Hugging Face ``GPT2Config``."""
     try:
@@ -134,9 +140,19 @@ def load_hf_gpt2(
 
 
 def hooked_from_hf(hf: Any, processing: Processing = "default") -> Any:
-    """A ``HookedTransformer`` from an in-memory Hugging Face GPT-2 module."""
-    from transformer_lens import HookedTransformer
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+    """A ``HookedTransformer`` from an in-memory Hugging Face GPT-2 module.
+
+    Raises:
+        LoadError: this TransformerLens (>= 4) has no HookedTransformer.
+    """
+    try:
+        from transformer_lens import HookedTransformer
+        from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+    except Exception as e:
+        raise LoadError(
+            f"this TransformerLens ({_tl_version()}) has no HookedTransformer (removed in 4.0): "
+            "use model_class='bridge' (processing 'compat' gives HookedTransformer-equal activations)"
+        ) from e
 
     cfg = hooked_config_from_hf(hf.config)
     model = HookedTransformer(cfg)

@@ -370,6 +370,30 @@ def _trim(row: list[int], pad_id: int) -> list[int]:
 
 
 # the pipeline --------------------------------------------------------------------------------
+class QueryFormatWarning(UserWarning):
+    """A query does not follow the task's grammar (named positions may then be wrong)."""
+
+
+def _check_query_format(task: Any, qtok: Tensor) -> None:
+    """Refuse token ids outside the vocabulary; warn on queries the task's grammar rejects."""
+    d_vocab = getattr(task, "d_vocab", None)
+    if d_vocab is not None and bool(((qtok < 0) | (qtok >= d_vocab)).any()):
+        raise ValueError(f"query token ids must lie in 0..{d_vocab - 1} (the {getattr(task, 'name', 'task')} vocabulary)")
+    is_valid = getattr(task, "is_valid", None)
+    if is_valid is None:
+        return
+    ok = is_valid(qtok.cpu())
+    if not bool(ok.all()):
+        bad = [task.decode(qtok[i].cpu()) for i in (~ok).nonzero().flatten().tolist()[:3]]
+        warnings.warn(
+            f"{int((~ok).sum())} quer{'y does' if int((~ok).sum()) == 1 else 'ies do'} not follow the "
+            f"{getattr(task, 'name', 'task')} format (e.g. {bad}); named positions are found by the format "
+            "and may point at the wrong token",
+            QueryFormatWarning,
+            stacklevel=3,
+        )
+
+
 def sample_many(
     bank: Any,
     model: Any,
@@ -422,6 +446,7 @@ def sample_many(
     site = validate_site(site, model)
     bank.check_model(model, allow_mismatch=allow_mismatch)
     qtok = _query_tokens(task, queries)
+    _check_query_format(task, qtok)
     pos = _resolve_positions(task, qtok, positions)
     _warn_positions(task, qtok, pos)
     n_q, n_ctx = qtok.shape

@@ -429,6 +429,14 @@ def train(
             )
         if ckpt is not None:
             _check_resumable(ckpt, cfg)
+            saved_probe = json.loads((ckpt / BANK_JSON).read_text())["meta"].get("probe", {})
+            changed = hooked.compare_probe(saved_probe, bank.meta["probe"])
+            if changed:
+                raise ValueError(
+                    f"cannot resume {ckpt}: the probed model computes other activations than the one this run "
+                    f"started on (at {', '.join(changed)}): another model or other weight processing. "
+                    "Resume with the same model and processing, or use another out_dir."
+                )
             run.load(ckpt)
         out.mkdir(parents=True, exist_ok=True)
         # the log restarts from the checkpoint's history, so a resumed run has no duplicate steps

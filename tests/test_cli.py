@@ -1,0 +1,50 @@
+"""The command line: one-line errors with exit code 2, and the embedded demo end to end."""
+
+from __future__ import annotations
+
+import pytest
+
+from tl_inversion.cli import main
+from tl_inversion.demo import asset_dir, load_demo
+from tl_inversion.sampling import QueryFormatWarning, sample_preimage
+from tl_inversion.tasks import counting
+
+
+def _sample_args(**over):
+    args = {"--model": str(asset_dir() / "probed"), "--bank": str(asset_dir() / "decoders"), "--task": "counting",
+            "--query": "ddkdkkxdk|k:4", "--site": "blocks.1.attn.hook_result[0]", "--position": ":", "--n-repeats": "1"}
+    args.update(over)
+    return ["sample"] + [x for kv in args.items() for x in kv]
+
+
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        ({"--model": "/nonexistent/model"}, "has no config.json"),
+        ({"--bank": "/nonexistent/bank"}, "is not a decoder bank folder"),
+        ({"--position": "colon"}, "named positions: 'c'"),
+        ({"--query": "ddkdkkxdk|K:4"}, "are not input characters"),
+        ({"--site": "blocks.1.hook_resid_pots"}, "no decoder for site"),
+        ({"--processing": "none"}, "--allow-mismatch"),
+    ],
+)
+def test_sample_errors_are_one_line(capsys, over, message):
+    assert main(_sample_args(**over)) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_sample_prints_the_preimage(capsys, tmp_path):
+    html = tmp_path / "page.html"
+    assert main(_sample_args(**{"--html": str(html)})) == 0
+    out = capsys.readouterr().out
+    assert "in_preimage" in out and html.exists()
+    assert "blocks.1.attn.hook_result[0]" in html.read_text()
+
+
+def test_malformed_query_warns():
+    model, bank = load_demo()
+    with pytest.warns(QueryFormatWarning, match="do(es)? not follow the counting format"):
+        sample_preimage(bank, model, counting.make_task(), "ddkdkkxdk|k:5", "blocks.1.attn.hook_result[0]", ":",
+                        n_repeats=1, batch_size=4)
