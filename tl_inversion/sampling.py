@@ -246,9 +246,11 @@ class PreimageResult:
         shown, note = self, ""
         if max_rows is not None and len(self.df) > max_rows and not self.is_display:
             shown = self.display_sample(k=max_rows)
+            pool_in = float(self.df["in_preimage"].mean())
             note = (
-                f"Showing {len(shown.df)} of {len(self.df)} candidates drawn as in the paper "
-                "(about 60-80% inside epsilon); the full pool is in .df"
+                f"Showing {len(shown.df)} of {len(self.df)} candidates, drawn as in the paper so that about "
+                f"60-80% lie inside epsilon; in the whole pool {pool_in:.0%} lie inside epsilon and "
+                f"{float(self.df['valid'].mean()):.0%} are well-formed (full pool in .df)"
             )
         return render_preimage(shown, note=note)
 
