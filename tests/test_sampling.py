@@ -347,6 +347,8 @@ def test_html_of_a_full_pool_shows_the_display_sample(setup):
     html = res._repr_html_()
     assert html.count('<tr class="tli-sample') == 100
     assert "full pool is in .df" in html
+    pool_in = round(100 * float(res.df["in_preimage"].mean()))
+    assert f"in the whole pool {pool_in}% lie inside epsilon" in html
     assert res.to_html_fragment(max_rows=None).count('<tr class="tli-sample') == 1024
 
 

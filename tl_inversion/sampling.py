@@ -250,7 +250,7 @@ class PreimageResult:
             note = (
                 f"Showing {len(shown.df)} of {len(self.df)} candidates, drawn as in the paper so that about "
                 f"60-80% lie inside epsilon; in the whole pool {pool_in:.0%} lie inside epsilon and "
-                f"{float(self.df['valid'].mean()):.0%} are well-formed (full pool in .df)"
+                f"{float(self.df['valid'].mean()):.0%} are well-formed (the full pool is in .df)"
             )
         return render_preimage(shown, note=note)
 
