@@ -440,6 +440,8 @@ def sample_many(
     """
     metric = check_metric(metric)
     eps = default_epsilon(metric) if epsilon is None else float(epsilon)
+    if not eps > 0:
+        raise ValueError(f"epsilon must be a positive distance (paper: 0.1 for l2, 0.25 for cosine), got {epsilon}")
     settings = _check_schedule(schedule)
     n_repeats = _positive_int("n_repeats", n_repeats)
     batch_size = _positive_int("batch_size", batch_size)

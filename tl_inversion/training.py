@@ -438,6 +438,8 @@ def train(
                     "Resume with the same model and processing, or use another out_dir."
                 )
             run.load(ckpt)
+            if progress:
+                tqdm.write(f"resuming from {ckpt} (step {run.step} of {cfg.steps})")
         out.mkdir(parents=True, exist_ok=True)
         # the log restarts from the checkpoint's history, so a resumed run has no duplicate steps
         atomic_write_json(out / "config.json", cfg.to_dict())
