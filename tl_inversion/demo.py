@@ -7,6 +7,7 @@ three queries, prints what they share, and writes an HTML page.
 
 from __future__ import annotations
 
+from html import escape
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -61,18 +62,22 @@ def run_demo(html: str | Path | None = "tl_inversion_demo.html", *, n_repeats: i
         r = sample_preimage(bank, model, task, query, site, position, n_repeats=n_repeats, seed=0)
         s = r.summary()
         cons = feature_consistency([r], counting.query_counts)["consistency"].iloc[0]
-        print(f"\n== {query!r}  site {site}  position {position!r} ({note})")
-        print(f"   {s['n_candidates']} samples, {s['in_preimage_fraction']:.0%} within epsilon {s['epsilon']}, "
-              f"{s['valid_fraction']:.0%} well-formed; in-preimage samples with the query's count: "
-              + ("n/a" if cons != cons else f"{cons:.0%}"))
+        headline = f"{query!r}  site {site}  position {position!r} ({note})"
+        stats = (f"{s['n_candidates']} samples, {s['in_preimage_fraction']:.0%} within epsilon {s['epsilon']}, "
+                 f"{s['valid_fraction']:.0%} well-formed; in-preimage samples with the query's count: "
+                 + ("n/a" if cons != cons else f"{cons:.0%}"))
+        print(f"\n== {headline}\n   {stats}")
         view = r.df.drop_duplicates("text")[["text", "distance", "in_preimage", "valid"]].head(top)
         print(view.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
         results.append(r)
-        fragments.append(r.to_html_fragment(60))
+        fragments.append(f"<h2>{escape(headline)}</h2><p>{escape(stats)}</p>" + r.to_html_fragment(60))
     if html is not None:
         from .viewer import html_page
 
         path = Path(html)
-        path.write_text(html_page("\n".join(fragments), title="tl_inversion demo: counting"), encoding="utf-8")
+        intro = ("<h1>tl_inversion demo: preimages in the counting task</h1><p>Each section: a query input, the "
+                 "site and position whose activation z_q is inverted, and samples from the decoder re-run through "
+                 "the probed model, sorted by D = ||z - z_q|| / ||z_q|| (InversionView, Huang et al. 2024).</p>")
+        path.write_text(html_page(intro + "\n".join(fragments), title="tl_inversion demo: counting"), encoding="utf-8")
         print(f"\nwrote {path.resolve()}")
     return results
