@@ -238,3 +238,14 @@ def build_variant(variant: str, cfg: dict | None = None, seed: int = SEED):
     if variant == "bridge-compat":
         return build_bridge(cfg, seed, compat=True)
     raise ValueError(f"unknown model variant {variant!r}")
+
+
+def amplify(model):
+    """GPT-2 init (std 0.02) gives logit differences of ~1e-3; scale weights so that the
+    bridge variants have effects of order 1, like the HookedTransformer's init."""
+    if type(model).__name__ != "HookedTransformer":
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() >= 2:
+                    p.mul_(10)
+    return model

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import amplify
 from tl_inversion.circuits import Circuit, NotationError
 from tl_inversion.patching import (
     AnswerLogProb,
@@ -34,16 +35,6 @@ from tl_inversion.tasks.base import PositionError
 
 N, POS = 6, 12
 
-
-def amplify(model):
-    """GPT-2 init (std 0.02) gives logit differences of ~1e-3; scale weights so that the
-    bridge variants have effects of order 1, like the HookedTransformer's init."""
-    if type(model).__name__ != "HookedTransformer":
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.dim() >= 2:
-                    p.mul_(10)
-    return model
 
 
 @pytest.fixture

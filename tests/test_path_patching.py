@@ -7,21 +7,13 @@ import pytest
 import torch
 
 from helpers import HAS_HOOKED
+from helpers import amplify
 from tl_inversion.circuits import Edge
 from tl_inversion.patching import FromCache, run_patching
 from tl_inversion.path_patching import path_patch, run_path_patching, split_qkv_inputs
 
 N, POS = 6, 12
 
-
-def amplify(model):
-    """Bridge variants: GPT-2 init gives logit differences ~1e-3; scale them to ~1."""
-    if type(model).__name__ != "HookedTransformer":
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.dim() >= 2:
-                    p.mul_(10)
-    return model
 
 
 @pytest.fixture

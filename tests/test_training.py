@@ -137,3 +137,14 @@ def test_bad_config_is_a_clear_error():
         _cfg(topology="one_per_layer")
     with pytest.raises(ValueError, match="bos_prob"):
         _cfg(bos_prob=1.5)
+
+
+def test_lr_factor_by_hand():
+    from tl_inversion.training import lr_factor
+
+    assert lr_factor(0, 10, 110) == pytest.approx(0.1)  # warm-up: (0+1)/10
+    assert lr_factor(9, 10, 110) == pytest.approx(1.0)
+    assert lr_factor(10, 10, 110) == pytest.approx(1.0)  # cosine starts at the peak
+    assert lr_factor(60, 10, 110) == pytest.approx(0.55)  # half-way: 0.1 + 0.9 * 0.5
+    assert lr_factor(110, 10, 110) == pytest.approx(0.1)  # floor
+    assert lr_factor(60, 10, 110, "constant") == 1.0

@@ -124,10 +124,12 @@ class DecoderBank:
 
     @property
     def topology(self) -> str:
+        """``"per_hook"`` or ``"shared"``."""
         return str(self.meta.get("topology", "per_hook" if len(self.groups) == len(self.sites) else "shared"))
 
     @property
     def device(self) -> torch.device:
+        """Device of the (first) decoder's parameters."""
         return next(self.decoders[0].parameters()).device
 
     def lookup(self, site: SiteLike) -> tuple[Decoder, int]:
@@ -156,16 +158,19 @@ class DecoderBank:
         return z
 
     def to(self, device: str | torch.device) -> "DecoderBank":
+        """Move every decoder to ``device``; returns the bank."""
         for d in self.decoders:
             d.to(device)
         return self
 
     def eval(self) -> "DecoderBank":
+        """Put every decoder in eval mode; returns the bank."""
         for d in self.decoders:
             d.eval()
         return self
 
     def parameters(self):
+        """All decoders' parameters (for an optimizer)."""
         return nn.ModuleList(self.decoders).parameters()
 
     # trust ------------------------------------------------------------------------------
@@ -208,9 +213,11 @@ class DecoderBank:
 
     # disk -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Tensor]:
+        """``{"decoder<i>.<param>": tensor}`` on the CPU (the safetensors payload)."""
         return {f"decoder{i}.{k}": v.detach().cpu().contiguous() for i, d in enumerate(self.decoders) for k, v in d.state_dict().items()}
 
     def to_json(self) -> dict[str, Any]:
+        """The ``bank.json`` payload: sites per decoder, decoder configs, widths, metadata."""
         return {
             "format_version": FORMAT_VERSION,
             "groups": [[str(s) for s in g] for g in self.groups],
@@ -238,6 +245,11 @@ class DecoderBank:
 
     @classmethod
     def from_json_and_state(cls, info: dict[str, Any], state: dict[str, Tensor]) -> "DecoderBank":
+        """Rebuild a bank from :meth:`to_json` and :meth:`state_dict` output.
+
+        Raises:
+            ValueError: an unsupported ``format_version``.
+        """
         if info.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"unsupported decoder bank format {info.get('format_version')}; expected {FORMAT_VERSION}")
         decoders = []

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .io import atomic_write_dir, atomic_write_json
 from .tasks.base import CharTask
+from .training import lr_factor, resolve_device
 
 
 @dataclass
@@ -86,7 +87,7 @@ def train_probed_model(
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     hf_cfg = GPT2Config(
         vocab_size=task.d_vocab,
@@ -105,13 +106,7 @@ def train_probed_model(
     model = GPT2LMHeadModel(hf_cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        p = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.1 + 0.45 * (1 + torch.cos(torch.tensor(p * torch.pi)).item())
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, cfg.warmup_steps, cfg.steps, "cosine"))
     g = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
     model.train()

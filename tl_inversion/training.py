@@ -133,6 +133,7 @@ class TrainResult:
 
 
 def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; any other string as ``torch.device``."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -152,16 +153,26 @@ def sample_positions(
     return pos
 
 
-def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "cosine") -> float:
+    """Learning-rate multiplier: linear warm-up, then constant or cosine decay to 10%.
 
-    return f
+    Args:
+        step: the optimizer step (0-based); warmup_steps, total_steps: lengths in steps.
+        schedule: ``"constant"`` or ``"cosine"``.
+
+    Returns:
+        A factor in (0, 1] applied to the peak learning rate.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    return lambda step: lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.schedule)
 
 
 class _Run:
