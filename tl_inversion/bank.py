@@ -116,6 +116,64 @@ class DecoderBank:
         meta["topology"] = topology
         return cls(decoders, groups, {str(s): int(widths[str(s)]) for s in sites}, meta)
 
+    @classmethod
+    def merge(cls, banks: Sequence["DecoderBank"], model: Any = None) -> "DecoderBank":
+        """One bank from banks trained separately on the same probed model and task.
+
+        Per-hook decoders are independent, so sites trained in separate runs (on separate
+        GPUs, or added later) combine into one bank; the decoders are shared, not copied.
+
+        Args:
+            banks: two or more banks with disjoint sites.
+            model: when given, every bank is checked against it (:meth:`check_model`).
+
+        Returns:
+            A bank whose ``groups`` are the inputs' groups in order; ``meta`` keeps the first
+            bank's fingerprint and task, the union of probe signatures and faithfulness
+            rates, and each input's ``train_config`` under ``merged_from``.
+
+        Raises:
+            ValueError: fewer than two banks, a site in two banks, or banks of different
+                tasks (vocabulary hash, special ids, n_ctx) or architectures.
+            ModelMismatchError: ``model`` is given and a bank was trained on another model.
+        """
+        banks = list(banks)
+        if len(banks) < 2:
+            raise ValueError(f"merge needs at least two banks, got {len(banks)}")
+        seen: dict[str, int] = {}
+        for i, b in enumerate(banks):
+            for s in b.sites:
+                if str(s) in seen:
+                    raise ValueError(f"site {str(s)!r} is in bank {seen[str(s)]} and bank {i}; merged sites must be disjoint")
+                seen[str(s)] = i
+        first = banks[0].meta
+        for i, b in enumerate(banks[1:], start=1):
+            for key in ("task", "special_ids"):
+                if b.meta.get(key) != first.get(key):
+                    raise ValueError(f"bank {i} was trained on another task: {key} {b.meta.get(key)!r} vs {first.get(key)!r}")
+            a0 = first.get("fingerprint", {}).get("architecture")
+            ai = b.meta.get("fingerprint", {}).get("architecture")
+            if a0 != ai:
+                raise ValueError(f"bank {i} was trained on a model of another architecture: {ai} vs {a0}")
+        if model is not None:
+            for b in banks:
+                b.check_model(model)
+        meta = {k: v for k, v in first.items() if k not in ("probe", "faithfulness", "train_config", "steps", "site_stats")}
+        meta["topology"] = "per_hook" if all(len(g) == 1 for b in banks for g in b.groups) else "mixed"
+        meta["probe"] = {k: v for b in banks for k, v in b.meta.get("probe", {}).items()}
+        meta["faithfulness"] = {k: v for b in banks for k, v in (b.meta.get("faithfulness") or {}).items()}
+        meta["site_stats"] = {k: v for b in banks for k, v in (b.meta.get("site_stats") or {}).items()}
+        meta["merged_from"] = [
+            {"sites": [str(s) for s in b.sites], "train_config": b.meta.get("train_config"), "steps": b.meta.get("steps")}
+            for b in banks
+        ]
+        return cls(
+            [d for b in banks for d in b.decoders],
+            [list(g) for b in banks for g in b.groups],
+            {k: v for b in banks for k, v in b.widths.items()},
+            meta,
+        )
+
     # lookup ---------------------------------------------------------------------------
     @property
     def sites(self) -> list[Site]:
@@ -124,7 +182,7 @@ class DecoderBank:
 
     @property
     def topology(self) -> str:
-        """``"per_hook"`` or ``"shared"``."""
+        """``"per_hook"``, ``"shared"`` or ``"mixed"`` (a :meth:`merge` of both kinds)."""
         return str(self.meta.get("topology", "per_hook" if len(self.groups) == len(self.sites) else "shared"))
 
     @property

@@ -5,10 +5,11 @@
     tl-inversion train --model runs/probed --task counting --preset paper --out runs/dec
     tl-inversion sample --model runs/probed --bank runs/dec/bank --task counting \\
         --query "aabca|a:3" --site "blocks.1.attn.hook_result[0]" --position :
+    tl-inversion evaluate --model runs/probed --bank runs/dec/bank --task counting --out runs/report
 
 Every option maps to a field of :class:`~tl_inversion.training.TrainConfig`,
-:class:`~tl_inversion.probed.ProbedConfig` or an argument of
-:func:`~tl_inversion.sampling.sample_preimage`.
+:class:`~tl_inversion.probed.ProbedConfig`, :class:`~tl_inversion.report.EvalPlan` or an
+argument of :func:`~tl_inversion.sampling.sample_preimage` / :func:`~tl_inversion.report.evaluate`.
 """
 
 from __future__ import annotations
@@ -99,13 +100,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
+def _load_bank(paths: Sequence[str], model: Any, allow_mismatch: bool = False) -> Any:
+    """One bank from one folder, or several per-hook banks merged (DecoderBank.merge)."""
     from .bank import DecoderBank
+    from .hooked import model_device
+
+    device = model_device(model)
+    banks = [DecoderBank.load(p, model, allow_mismatch=allow_mismatch, device=device) for p in paths]
+    return banks[0] if len(banks) == 1 else DecoderBank.merge(banks)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
     from .sampling import sample_preimage
     from .tasks import get_task
 
     model = _load_model(args)
-    bank = DecoderBank.load(args.bank, model, allow_mismatch=args.allow_mismatch)
+    bank = _load_bank(args.bank, model, allow_mismatch=args.allow_mismatch)
     result = sample_preimage(bank, model, get_task(args.task), args.query, args.site, args.position,
                              epsilon=args.epsilon, metric=args.metric, n_repeats=args.n_repeats,
                              batch_size=args.batch_size, seed=args.seed, allow_mismatch=args.allow_mismatch)
@@ -114,6 +124,40 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.html:
         result.to_html(args.html)
         print(f"wrote {args.html}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .report import EvalPlan, default_plan, evaluate
+    from .tasks import get_task, task_data
+
+    model = _load_model(args)
+    bank = _load_bank(args.bank, model)
+    task = get_task(args.task)
+    try:
+        plan = default_plan(args.task)
+    except ValueError:
+        if not args.positions:
+            raise ValueError(f"task {args.task!r} has no default plan: give --positions") from None
+        plan = EvalPlan(positions=[])
+    if args.positions:
+        plan = replace(plan, positions=list(args.positions))
+    if args.completeness_queries is not None:
+        plan = replace(plan, completeness_queries=list(args.completeness_queries))
+    if args.completeness_positions is not None:
+        plan = replace(plan, completeness_positions=list(args.completeness_positions))
+    if args.no_completeness:
+        plan = replace(plan, completeness_queries=[])
+    report = evaluate(model, bank, task, task_data(args.task, "test"), plan, sites=args.sites,
+                      n_faithfulness=args.n_faithfulness, n_queries=args.n_queries, n_repeats=args.n_repeats,
+                      max_candidates=args.max_candidates or None, n_samples=args.n_samples, epsilon=args.epsilon,
+                      metric=args.metric, seed=args.seed)
+    path = report.write(args.out)
+    print(report.faithfulness[["faithfulness", "pool_in_preimage", "valid"]].to_string(float_format=lambda x: f"{x:.3f}"))
+    print(json.dumps(report.summary(), indent=2))
+    print(f"wrote {path}")
     return 0
 
 
@@ -177,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="sample and verify the preimage of one query")
     _add_model_args(p)
-    p.add_argument("--bank", required=True, help="folder of a saved decoder bank")
+    p.add_argument("--bank", required=True, nargs="+", help="folder of a saved decoder bank (several: merged)")
     p.add_argument("--task", default="counting")
     p.add_argument("--query", required=True, help="input text without B/E/P, e.g. 'ddkdkkxdk|k:4'")
     p.add_argument("--site", required=True)
@@ -191,6 +235,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", default=None)
     p.add_argument("--allow-mismatch", action="store_true", help="warn instead of failing on a probed-model mismatch")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("evaluate", help="faithfulness, feature consistency and completeness per site and position: a report")
+    _add_model_args(p)
+    p.add_argument("--bank", required=True, nargs="+", help="folder of a saved decoder bank (several: merged)")
+    p.add_argument("--task", default="counting")
+    p.add_argument("--out", required=True, help="report folder (report.md, CSV files, PNG plots)")
+    p.add_argument("--sites", nargs="+", help="a subset of the bank's sites (default: all)")
+    p.add_argument("--positions", nargs="+", help="positions (task names or indices); default: the task's plan")
+    p.add_argument("--n-faithfulness", type=int, default=200, help="held-out activations per site and position (paper 200)")
+    p.add_argument("--n-queries", type=int, default=16, help="pool queries per site and position")
+    p.add_argument("--n-repeats", type=int, default=1, help="repeats of the 4-setting schedule per pool (1: 256 samples)")
+    p.add_argument("--completeness-queries", nargs="*", help="query texts whose true preimage is enumerated")
+    p.add_argument("--completeness-positions", nargs="*", help="positions of the completeness queries")
+    p.add_argument("--no-completeness", action="store_true")
+    p.add_argument("--max-candidates", type=int, default=20000, help="candidates scored by the decoder per query (0: all)")
+    p.add_argument("--n-samples", type=int, default=256, help="decoder samples per completeness query (recall)")
+    p.add_argument("--epsilon", type=float, default=None)
+    p.add_argument("--metric", choices=["l2", "cosine"], default="l2")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Per-hook decoders for a task's paper sites, trained as two groups in parallel (one
+# process per GPU; both processes share the GPU when there is one), then merged and
+# evaluated: the commands behind the README's counting and addition numbers.
+#
+#   bash benchmarks/paper_decoders.sh counting ../shared/models/paper_counting runs/counting 470
+#   bash benchmarks/paper_decoders.sh addition runs/addition_probed runs/addition 400
+#
+# Arguments: task, probed-model folder, output folder, training seconds per group.
+# Environment: TLI (the CLI, default "tl-inversion"), BATCH (4096), LR (2e-3),
+# EVAL_ARGS (extra arguments of `tl-inversion evaluate`).
+# Writes <out>/group_a, <out>/group_b (training runs with bank/ and log.jsonl),
+# <out>/*.log and the report <out>/report/report.md.
+set -euo pipefail
+task=$1 model=$2 out=$3 seconds=$4
+TLI=${TLI:-tl-inversion}
+BATCH=${BATCH:-4096}
+LR=${LR:-2e-3}
+case $task in
+counting)
+    # the four sites that learn slowest get a GPU of their own
+    group_a=("blocks.1.attn.hook_result[0]" blocks.1.hook_resid_mid blocks.1.hook_mlp_out blocks.1.hook_resid_post)
+    group_b=(blocks.0.hook_resid_pre "blocks.0.attn.hook_result[0]" blocks.0.hook_resid_mid blocks.0.hook_mlp_out
+             blocks.0.hook_resid_post)
+    ;;
+addition)
+    group_a=(blocks.0.hook_resid_pre "blocks.0.attn.hook_result[0]" "blocks.0.attn.hook_result[1]"
+             "blocks.0.attn.hook_result[2]" "blocks.0.attn.hook_result[3]" blocks.0.hook_resid_mid blocks.0.hook_resid_post)
+    group_b=("blocks.1.attn.hook_result[0]" "blocks.1.attn.hook_result[1]" "blocks.1.attn.hook_result[2]"
+             "blocks.1.attn.hook_result[3]" blocks.1.hook_resid_mid blocks.1.hook_resid_post)
+    ;;
+*)
+    echo "task must be counting or addition, got $task" >&2
+    exit 2
+    ;;
+esac
+mkdir -p "$out"
+ngpu=$(nvidia-smi -L 2>/dev/null | wc -l || true)
+gpu_b=$([ "${ngpu:-0}" -ge 2 ] && echo 1 || echo 0)
+
+train_group() {  # name, CUDA device, sites...
+    local name=$1 dev=$2
+    shift 2
+    CUDA_VISIBLE_DEVICES=$dev $TLI train --model "$model" --task "$task" --sites "$@" --steps 1000000 \
+        --batch-size "$BATCH" --lr "$LR" --warmup-steps 200 --schedule cosine --time-limit "$seconds" \
+        --eval-every 1000 --checkpoint-every 1000 --save-dtype float16 --out "$out/$name" >"$out/$name.log" 2>&1
+}
+
+start=$(date +%s)
+train_group group_a 0 "${group_a[@]}" &
+pid_a=$!
+train_group group_b "$gpu_b" "${group_b[@]}" &
+pid_b=$!
+status=0
+wait $pid_a || status=$?
+wait $pid_b || status=$?
+echo "training: $(($(date +%s) - start)) s on ${ngpu:-0} GPU(s); exit $status"
+tail -n 3 "$out/group_a.log" "$out/group_b.log"
+[ "$status" -eq 0 ] || exit "$status"
+# shellcheck disable=SC2086
+CUDA_VISIBLE_DEVICES=0 $TLI evaluate --model "$model" --task "$task" --bank "$out/group_a/bank" "$out/group_b/bank" \
+    --out "$out/report" ${EVAL_ARGS:-}

@@ -1,0 +1,521 @@
+"""Evaluate a decoder bank per site and position: faithfulness, completeness, feature consistency.
+
+This is the measuring side of InversionView (Huang et al. 2024, arXiv 2405.17653): the
+paper reports faithfulness per site only in passing and completeness only as a picture;
+:func:`evaluate` turns all three into tables (pandas) and :meth:`EvaluationReport.write`
+into a report folder (``report.md``, CSV files, PNG plots). ``tl-inversion evaluate`` is the
+same on the command line.
+
+For every site of the bank and every position of the plan:
+
+* **faithfulness**: the paper's rate (one temperature-1 sample per held-out activation,
+  fraction with D < epsilon; App. C) and, over a pool drawn with the paper's
+  temperature/noise schedule for ``n_queries`` queries, the in-preimage and well-formed
+  fractions of the whole pool;
+* **feature consistency**: for each feature ``g`` of the plan, the fraction of well-formed
+  in-preimage samples with ``g(sample) == g(query)``, against two baselines: samples
+  decoded from the site's BOS activation (which carries no information about the input)
+  and random task inputs (chance agreement);
+* **completeness** (where the plan enumerates the input space): for each completeness
+  query and position, the brute-force true epsilon-preimage, the AUROC of the decoder's
+  ``log p(x | z_q)`` for members against non-members, and recall among decoder samples
+  (:mod:`tl_inversion.completeness`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import hooked
+from .completeness import completeness, plot_completeness
+from .distance import default_epsilon
+from .evaluation import baseline_consistency, feature_consistency
+from .sampling import sample_many
+from .sites import parse_site
+from .tasks.base import PositionError
+from .training import measure_faithfulness, sample_positions
+
+__all__ = ["EvalPlan", "EvaluationReport", "default_plan", "evaluate"]
+
+Feature = Callable[[Tensor], Tensor]
+PositionLike = int | str
+RANDOM = "random"  # position label of the paper's faithfulness rate (random trainable position)
+
+
+@dataclass
+class EvalPlan:
+    """What :func:`evaluate` measures.
+
+    Args:
+        positions: positions (task names or indices) of the faithfulness and consistency
+            tables.
+        features: ``{name: g}`` with ``g(tokens [n, n_ctx]) -> [n]`` values, called on
+            well-formed inputs only.
+        completeness_queries: query texts whose true preimage is enumerated (empty: skip).
+        completeness_positions: positions at which every completeness query is read.
+        candidates: ``() -> [N, n_ctx]`` the enumerated input space (needed for completeness).
+        class_fn: task-level class of an input for ``class_recall`` (optional).
+        min_members: completeness rows whose true preimage is smaller are reported but not
+            counted in the AUROC summary (the issue's rule: at least 10 members).
+    """
+
+    positions: list[PositionLike]
+    features: dict[str, Feature] = field(default_factory=dict)
+    completeness_queries: list[str] = field(default_factory=list)
+    completeness_positions: list[PositionLike] = field(default_factory=list)
+    candidates: Callable[[], Tensor] | None = None
+    class_fn: Callable[[Tensor], Any] | None = None
+    min_members: int = 10
+
+
+def default_plan(task_name: str) -> EvalPlan:
+    """The plan for a built-in task.
+
+    * ``addition``: positions ``+ = A1 A2 A3 A4``; features: hundreds, tens and ones digit of
+      each operand, the carry into the tens and into the hundreds, the sum's length;
+      completeness for the issue's queries 615+861=1476, 925+398=1323, 101+539=640,
+      556+280=836 at ``= A1 A2 A3`` over all 810,000 inputs, classes = the sum.
+    * ``counting``: positions ``c`` (the query letter) and ``:``; features: the query
+      letter's count, the query letter, the string length; no completeness by default.
+    * any other task: every non-special position index is not enumerable, so positions
+      must be given; no features.
+
+    Raises:
+        ValueError: an unknown task name without positions.
+    """
+    if task_name == "addition":
+        from .tasks import addition
+
+        def digit(i: int) -> Feature:
+            return lambda t: t[:, i]
+
+        def carry(mod: int) -> Feature:
+            def fn(t: Tensor) -> Tensor:
+                a, b = addition.operands(t)
+                return ((a % mod + b % mod) >= mod).long()
+
+            return fn
+
+        def total(t: Tensor) -> Tensor:
+            a, b = addition.operands(t)
+            return a + b
+
+        return EvalPlan(
+            positions=["+", "=", "A1", "A2", "A3", "A4"],
+            features={
+                "a_hundreds": digit(1), "a_tens": digit(2), "a_ones": digit(3),
+                "b_hundreds": digit(5), "b_tens": digit(6), "b_ones": digit(7),
+                "carry_to_tens": carry(10), "carry_to_hundreds": carry(100),
+                "sum_length": addition.sum_lengths,
+            },
+            completeness_queries=["615+861=1476", "925+398=1323", "101+539=640", "556+280=836"],
+            completeness_positions=["=", "A1", "A2", "A3"],
+            candidates=lambda: addition.paper_split("all"),
+            class_fn=total,
+        )
+    if task_name == "counting":
+        from .tasks import counting
+
+        task = counting.make_task()
+
+        def letter(t: Tensor) -> Tensor:
+            return t.gather(1, task.resolve_position(t, "c")[:, None])[:, 0]
+
+        return EvalPlan(
+            positions=["c", ":"],
+            features={"query_count": counting.query_counts, "query_letter": letter,
+                      "string_length": counting.string_lengths},
+        )
+    raise ValueError(f"no default evaluation plan for task {task_name!r}; give an EvalPlan with positions")
+
+
+@dataclass
+class EvaluationReport:
+    """What :func:`evaluate` returns; every table is a pandas DataFrame.
+
+    Attributes:
+        faithfulness: one row per (site, position): ``faithfulness`` (paper's rate, in
+            [0, 1]), ``mean_distance``, ``median_distance``, ``valid`` (well-formed samples),
+            ``n`` (held-out activations), ``pool_in_preimage`` and ``pool_valid`` (fractions of
+            the whole sampling pool of ``n_queries`` queries), ``pool_size``.
+        consistency: one row per (site, position, feature): ``consistency`` (mean over queries
+            of the per-query fraction), ``bos_baseline``, ``random_baseline``, ``n_samples``
+            (in-preimage well-formed samples counted), ``n_queries``.
+        completeness: one row per (site, position, query): ``n_members``, ``auroc``,
+            ``recall``, ``class_recall`` and the rest of
+            :class:`~tl_inversion.completeness.CompletenessResult.summary`; ``eligible`` marks
+            rows with at least ``min_members`` members.
+        scores: completeness scores of every scored candidate (for the scatter plots), with
+            ``site`` and ``position`` columns.
+        info: settings and sizes (epsilon, metric, seeds, counts).
+    """
+
+    faithfulness: pd.DataFrame
+    consistency: pd.DataFrame
+    completeness: pd.DataFrame
+    scores: pd.DataFrame = field(repr=False)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def completeness_summary(self) -> pd.DataFrame:
+        """Distribution of AUROC over eligible completeness rows, per site and overall."""
+        c = self.completeness
+        if c.empty:
+            return pd.DataFrame()
+        e = c[c["eligible"]]
+        if e.empty:
+            return pd.DataFrame({"rows": [0]}, index=pd.Index(["all"], name="site"))
+
+        def stats(df: pd.DataFrame) -> pd.Series:
+            a = df["auroc"]
+            return pd.Series({"rows": len(a), "min": a.min(), "p10": a.quantile(0.1), "median": a.median(),
+                              "max": a.max(), "frac_ge_0.95": float((a >= 0.95).mean())})
+
+        per_site = e.groupby("site", sort=False).apply(stats, include_groups=False)
+        return pd.concat([per_site, stats(e).to_frame("all").T.rename_axis("site")])
+
+    def _wide(self, column: str) -> pd.DataFrame:
+        """``column`` as a site x position table in evaluation order."""
+        idx = self.faithfulness.index
+        table = self.faithfulness.reset_index().pivot(index="site", columns="position", values=column)
+        return table.reindex(index=list(dict.fromkeys(idx.get_level_values("site"))),
+                             columns=list(dict.fromkeys(idx.get_level_values("position"))))
+
+    def paper_faithfulness(self) -> pd.Series:
+        """Per site: the paper's faithfulness rate (held-out activations at a random
+        trainable position, one temperature-1 sample each, fraction with D < epsilon)."""
+        f = self.faithfulness.xs(RANDOM, level="position")
+        return f["faithfulness"]
+
+    def summary(self) -> dict[str, Any]:
+        """Headline numbers: mean faithfulness over sites (at the trained positions, pooled),
+        the AUROC distribution, and per feature the best site's consistency."""
+        f = self.faithfulness
+        out: dict[str, Any] = {
+            # the paper's definition: random trainable position, mean over sites
+            "mean_faithfulness": float(self.paper_faithfulness().mean()) if not f.empty else math.nan,
+            "mean_pool_in_preimage": float(f["pool_in_preimage"].mean(skipna=True)) if "pool_in_preimage" in f else math.nan,
+        }
+        cs = self.completeness_summary()
+        if not cs.empty and "min" in cs:
+            out["auroc_min"] = float(cs.loc["all", "min"])
+            out["auroc_median"] = float(cs.loc["all", "median"])
+            out["auroc_frac_ge_0.95"] = float(cs.loc["all", "frac_ge_0.95"])
+            out["auroc_rows"] = int(cs.loc["all", "rows"])
+        return out
+
+    def to_markdown(self, plots: dict[str, str] | None = None) -> str:
+        """The report as Markdown (tables via ``DataFrame.to_markdown``; ``plots`` maps
+        captions to image paths relative to the report)."""
+        fmt = ".3f"
+        parts = ["# tl_inversion evaluation report", ""]
+        info = self.info
+        parts.append(
+            f"Task `{info.get('task')}`, {info.get('n_sites')} sites, positions {info.get('positions')}; "
+            f"epsilon {info.get('epsilon')} ({info.get('metric')}); faithfulness on {info.get('n_faithfulness')} "
+            f"held-out activations per site and position (one temperature-1 sample each); pools of "
+            f"{info.get('pool_per_query')} samples for {info.get('n_queries')} queries per site and position."
+        )
+        parts += ["", "## Headline", ""]
+        parts += [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in self.summary().items()]
+        parts += ["", "## Faithfulness rate per site (paper's definition: random trained position)", "",
+                  self.paper_faithfulness().to_frame("faithfulness").to_markdown(floatfmt=fmt)]
+        table = self._wide("faithfulness")
+        parts += ["", "## Faithfulness rate per site and position", "", table.to_markdown(floatfmt=fmt)]
+        pool = self._wide("pool_in_preimage").drop(columns=RANDOM)
+        parts += ["", "## In-preimage fraction of the whole sampling pool", "", pool.to_markdown(floatfmt=fmt)]
+        if not self.consistency.empty:
+            c = self.consistency.reset_index()
+            wide = c.pivot(index=["site", "position"], columns="feature", values="consistency")
+            wide = wide.reindex(index=list(dict.fromkeys(zip(c["site"], c["position"]))),
+                                columns=list(dict.fromkeys(c["feature"])))
+            parts += ["", "## Feature consistency (in-preimage samples sharing the query's feature)", "",
+                      wide.to_markdown(floatfmt=fmt)]
+            base = c.groupby("feature", sort=False)[["bos_baseline", "random_baseline"]].mean()
+            parts += ["", "Baselines (mean over sites and positions):", "", base.to_markdown(floatfmt=fmt)]
+        if not self.completeness.empty:
+            parts += ["", f"## Completeness (true preimage by brute force over {info.get('n_candidates')} inputs)", "",
+                      f"AUROC of decoder log p(x | z_q), members vs non-members, rows with >= "
+                      f"{info.get('min_members')} members:", "", self.completeness_summary().to_markdown(floatfmt=fmt)]
+            cols = ["site", "position", "text", "n_members", "auroc", "recall", "class_recall", "sample_faithfulness"]
+            cols = [k for k in cols if k in self.completeness.columns]
+            parts += ["", "All rows:", "", self.completeness[cols].to_markdown(index=False, floatfmt=fmt)]
+        for caption, rel in (plots or {}).items():
+            parts += ["", f"## {caption}", "", f"![{caption}]({rel})"]
+        return "\n".join(parts) + "\n"
+
+    def write(self, out_dir: str | Path) -> Path:
+        """Write ``report.md``, ``faithfulness.csv``, ``consistency.csv``, ``completeness.csv``
+        and plots (``faithfulness.png``, ``completeness_auroc.png``, completeness scatters) to
+        ``out_dir``; returns the path of ``report.md``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.faithfulness.to_csv(out / "faithfulness.csv")
+        self.consistency.to_csv(out / "consistency.csv")
+        self.completeness.to_csv(out / "completeness.csv", index=False)
+        plots = {"Faithfulness rate per site and position": _plot_faithfulness(self.faithfulness, out / "faithfulness.png").name}
+        if not self.completeness.empty:
+            plots["Completeness AUROC per site"] = _plot_auroc(self.completeness, out / "completeness_auroc.png").name
+            e = self.completeness[self.completeness["eligible"]]
+            if not e.empty:
+                for tag, row in (("worst", e.loc[e["auroc"].idxmin()]), ("best", e.loc[e["auroc"].idxmax()])):
+                    sub = self.scores[(self.scores["site"] == row["site"]) & (self.scores["position"] == row["position"])
+                                      & (self.scores["query"] == row["query"])]
+                    path = plot_completeness(sub, out / f"completeness_{tag}.png", query=None,
+                                             epsilon=self.info.get("epsilon"),
+                                             title=f"{row['site']} @ {row['position']}: {row['text']} (AUROC {row['auroc']:.3f})")
+                    plots[f"Completeness scatter, {tag} AUROC"] = path.name
+        path = out / "report.md"
+        path.write_text(self.to_markdown(plots))
+        return path
+
+
+def _plot_faithfulness(df: pd.DataFrame, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    table = df.reset_index().pivot(index="site", columns="position", values="faithfulness")
+    table = table.reindex(index=list(dict.fromkeys(df.index.get_level_values("site"))),
+                          columns=list(dict.fromkeys(df.index.get_level_values("position"))))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * table.shape[1], 0.8 + 0.4 * table.shape[0]), dpi=120)
+    im = ax.imshow(table.to_numpy(float), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns])
+    ax.set_yticks(range(table.shape[0]), [str(i) for i in table.index], fontsize=7)
+    for (i, j), v in np.ndenumerate(table.to_numpy(float)):
+        if not math.isnan(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.6 else "k")
+    fig.colorbar(im, ax=ax, label="faithfulness rate")
+    ax.set_xlabel("position")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _plot_auroc(df: pd.DataFrame, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    sites = list(dict.fromkeys(df["site"]))
+    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.35 * len(sites)), dpi=120)
+    for i, s in enumerate(sites):
+        sub = df[df["site"] == s]
+        ok = sub["eligible"].to_numpy(bool)
+        ax.scatter(sub["auroc"][ok], np.full(ok.sum(), i), s=12, c="tab:blue", label="eligible" if i == 0 else None)
+        ax.scatter(sub["auroc"][~ok], np.full((~ok).sum(), i), s=12, facecolors="none", edgecolors="tab:gray",
+                   label="< min members" if i == 0 else None)
+    ax.axvline(0.95, ls="--", c="k", lw=0.8)
+    ax.set_yticks(range(len(sites)), sites, fontsize=7)
+    ax.set_xlabel("AUROC of decoder log p(x | z_q), preimage members vs non-members")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _resolvable(task: Any, tokens: Tensor, position: PositionLike) -> tuple[Tensor, Tensor]:
+    """Rows of ``tokens`` where ``position`` exists, and its index in each (e.g. A4 exists only
+    for 4-digit sums).
+
+    Raises:
+        PositionError: no row has the position (or the name is unknown).
+    """
+    try:
+        return tokens, task.resolve_position(tokens, position)
+    except PositionError:
+        keep, idx = [], []
+        for i in range(tokens.shape[0]):
+            try:
+                idx.append(int(task.resolve_position(tokens[i : i + 1], position)[0]))
+                keep.append(i)
+            except PositionError:
+                continue
+        if not keep:
+            raise
+        return tokens[keep], torch.tensor(idx, dtype=torch.long)
+
+
+def evaluate(
+    model: Any,
+    bank: Any,
+    task: Any,
+    eval_data: Tensor,
+    plan: EvalPlan | None = None,
+    *,
+    sites: Sequence[Any] | None = None,
+    n_faithfulness: int = 200,
+    n_queries: int = 16,
+    n_repeats: int = 1,
+    n_bos_samples: int = 256,
+    n_random: int = 20000,
+    max_candidates: int | None = 20000,
+    n_samples: int = 256,
+    epsilon: float | None = None,
+    metric: str = "l2",
+    seed: int = 0,
+    progress: bool = True,
+) -> EvaluationReport:
+    """Measure a decoder bank per site and position (faithfulness, consistency, completeness).
+
+    Args:
+        model: the probed model (``HookedTransformer`` or ``TransformerBridge``).
+        bank: a :class:`~tl_inversion.bank.DecoderBank` trained on ``model``.
+        task: the task (positions, grammar, special ids).
+        eval_data: held-out inputs ``[n, n_ctx]`` (e.g. the test split); faithfulness
+            activations, pool queries and the random baseline are drawn from it.
+        plan: what to measure; ``None``: :func:`default_plan` of ``task.name``.
+        sites: a subset of the bank's sites (default: all).
+        n_faithfulness: held-out activations per (site, position) (paper 200).
+        n_queries: pool queries per (site, position) for pool fractions and consistency.
+        n_repeats: repeats of the paper's 4-setting schedule per pool (1 -> 256 samples).
+        n_bos_samples: samples from the BOS activation per site (consistency baseline).
+        n_random: random inputs for the chance baseline.
+        max_candidates, n_samples: completeness scoring cap and recall samples
+            (:func:`~tl_inversion.completeness.completeness`).
+        epsilon: membership threshold (``None``: 0.1 for l2, 0.25 for cosine); metric: l2 or cosine.
+        seed: seed of every random choice.
+        progress: one tqdm bar over (site, stage).
+
+    Returns:
+        :class:`EvaluationReport`.
+
+    Raises:
+        ModelMismatchError: the bank was trained on another model.
+        SiteError: a site the bank does not cover. PositionError: a position the task lacks.
+
+    Source: InversionView App. C (faithfulness rate), Sec. 3 (completeness picture),
+    Sec. 4 (readings as features shared by the preimage).
+    """
+    plan = plan or default_plan(task.name)
+    eps = default_epsilon(metric) if epsilon is None else float(epsilon)
+    bank.check_model(model)
+    use_sites = list(bank.sites) if sites is None else [parse_site(s) for s in sites]
+    for s in use_sites:
+        bank.lookup(s)  # SiteError listing the bank's sites
+    g = torch.Generator().manual_seed(seed)
+    shuffled = eval_data[torch.randperm(eval_data.shape[0], generator=g)]
+    per_pos = {p: _resolvable(task, shuffled[: max(4 * (n_faithfulness + n_queries), 2000)], p) for p in plan.positions}
+    random_inputs = shuffled[:n_random]
+    completeness_on = bool(plan.completeness_queries) and plan.candidates is not None
+    stages = 1 + len(plan.positions) * (1 + len(use_sites)) + (len(use_sites) if completeness_on else 0)
+    bar = tqdm(total=stages, disable=not progress, desc="evaluate", unit="stage")
+
+    faith_rows = []
+    # the paper's rate: a random trainable position per held-out input (App. C)
+    held = shuffled[:n_faithfulness]
+    df = measure_faithfulness(bank, model, task, held, sample_positions(task, held, g, 0.0),
+                              epsilon=eps, metric=metric, seed=seed)
+    df = df.loc[[str(s) for s in use_sites]]
+    df["position"] = RANDOM
+    faith_rows.append(df.reset_index())
+    for p in plan.positions:
+        toks, idx = per_pos[p]
+        df = measure_faithfulness(bank, model, task, toks[:n_faithfulness], idx[:n_faithfulness],
+                                  epsilon=eps, metric=metric, seed=seed)
+        df = df.loc[[str(s) for s in use_sites]]
+        df["position"] = str(p)
+        faith_rows.append(df.reset_index())
+        bar.update(1)
+    faith = pd.concat(faith_rows, ignore_index=True)
+
+    cons_rows, pool_rows = [], []
+    for site in use_sites:
+        bos_samples = _bos_samples(bank, model, task, site, shuffled[:1], n_bos_samples, seed)
+        for p in plan.positions:
+            toks, idx = per_pos[p]
+            q, qi = toks[n_faithfulness : n_faithfulness + n_queries], idx[n_faithfulness : n_faithfulness + n_queries]
+            if q.shape[0] == 0:
+                q, qi = toks[:n_queries], idx[:n_queries]
+            results = sample_many(bank, model, task, q, site, qi, n_repeats=n_repeats, epsilon=eps, metric=metric,
+                                  seed=seed, colour=False)
+            pool = pd.concat([r.df for r in results])
+            pool_rows.append({"site": str(site), "position": str(p), "pool_in_preimage": float(pool["in_preimage"].mean()),
+                              "pool_valid": float(pool["valid"].mean()), "pool_size": int(len(pool))})
+            for name, fn in plan.features.items():
+                fc = feature_consistency(results, fn)
+                cons_rows.append({
+                    "site": str(site), "position": str(p), "feature": name,
+                    "consistency": float(fc["consistency"].mean(skipna=True)) if fc["n"].sum() else math.nan,
+                    "bos_baseline": _agreement(fn, bos_samples, q),
+                    "random_baseline": baseline_consistency(random_inputs, q, fn),
+                    "n_samples": int(fc["n"].sum()), "n_queries": int(q.shape[0]),
+                })
+            bar.update(1)
+    faith = faith.merge(pd.DataFrame(pool_rows), on=["site", "position"], how="left").set_index(["site", "position"])
+    consistency = pd.DataFrame(cons_rows)
+    if not consistency.empty:
+        consistency = consistency.set_index(["site", "position", "feature"])
+
+    comp_frames, score_frames = [], []
+    n_candidates = 0
+    if completeness_on:
+        candidates = plan.candidates()
+        n_candidates = int(candidates.shape[0])
+        cq = task.encode(list(plan.completeness_queries))
+        queries = cq.repeat(len(plan.completeness_positions), 1)
+        positions = torch.cat([task.resolve_position(cq, p) for p in plan.completeness_positions])
+        names = [str(p) for p in plan.completeness_positions for _ in range(cq.shape[0])]
+        for site in use_sites:
+            res = completeness(model, bank, task, site, queries, positions, candidates, epsilon=eps, metric=metric,
+                               max_candidates=max_candidates, n_samples=n_samples, class_fn=plan.class_fn,
+                               seed=seed, progress=False)
+            s = res.summary.rename(columns={"position": "position_index"})
+            s.insert(0, "position", [names[i] for i in s["query"]])
+            s.insert(0, "site", str(site))
+            s["eligible"] = s["n_members"] >= plan.min_members
+            comp_frames.append(s)
+            sc = res.scores.copy()
+            sc["site"] = str(site)
+            sc["position"] = [names[i] for i in sc["query"]]
+            score_frames.append(sc)
+            bar.update(1)
+    bar.close()
+    info = {
+        "task": task.name, "n_sites": len(use_sites), "positions": [str(p) for p in plan.positions], "epsilon": eps,
+        "metric": metric, "n_faithfulness": n_faithfulness, "n_queries": n_queries,
+        "pool_per_query": 256 * n_repeats, "n_candidates": n_candidates, "min_members": plan.min_members,
+        "max_candidates": max_candidates, "seed": seed, "device": str(hooked.model_device(model)),
+    }
+    return EvaluationReport(
+        faithfulness=faith,
+        consistency=consistency,
+        completeness=pd.concat(comp_frames, ignore_index=True) if comp_frames else pd.DataFrame(),
+        scores=pd.concat(score_frames, ignore_index=True) if score_frames else pd.DataFrame(),
+        info=info,
+    )
+
+
+def _bos_samples(bank: Any, model: Any, task: Any, site: Any, one_input: Tensor, n: int, seed: int) -> Tensor:
+    """Well-formed samples decoded (temperature 1) from the site's BOS activation."""
+    if n <= 0:
+        return one_input[:0]
+    z = hooked.harvest(model, one_input, [site], validate=False)[site][0, 0]
+    dec, idx = bank.lookup(site)
+    gen = torch.Generator(device=bank.device).manual_seed(seed)
+    was = dec.training
+    dec.eval()
+    samples = dec.generate(bank.pad(z.reshape(1, -1).expand(n, -1), site), idx, temperature=1.0, generator=gen).cpu()
+    dec.train(was)
+    if samples.shape[-1] < one_input.shape[-1]:
+        samples = torch.nn.functional.pad(samples, (0, one_input.shape[-1] - samples.shape[-1]), value=task.pad_id)
+    return samples[task.is_valid(samples)]
+
+
+def _agreement(fn: Feature, samples: Tensor, queries: Tensor) -> float:
+    """Mean over queries of the fraction of ``samples`` with the query's feature value."""
+    if samples.shape[0] == 0:
+        return math.nan
+    return baseline_consistency(samples, queries, fn)
