@@ -8,7 +8,9 @@
 #
 # Arguments: task, probed-model folder, output folder, training seconds per group.
 # Environment: TLI (the CLI, default "tl-inversion"), BATCH (4096), LR (2e-3),
-# EVAL_ARGS (extra arguments of `tl-inversion evaluate`).
+# GPU_A / GPU_B (CUDA devices of the two groups; default 0 and 1, or 0 and 0 on one GPU),
+# EVAL_GPU (default GPU_A), EVAL_ARGS (extra arguments of `tl-inversion evaluate`),
+# OMP_NUM_THREADS (CPU threads per process; default: a quarter of the cores).
 # Writes <out>/group_a, <out>/group_b (training runs with bank/ and log.jsonl),
 # <out>/*.log and the report <out>/report/report.md.
 set -euo pipefail
@@ -36,7 +38,10 @@ addition)
 esac
 mkdir -p "$out"
 ngpu=$(nvidia-smi -L 2>/dev/null | wc -l || true)
-gpu_b=$([ "${ngpu:-0}" -ge 2 ] && echo 1 || echo 0)
+GPU_A=${GPU_A:-0}
+GPU_B=${GPU_B:-$([ "${ngpu:-0}" -ge 2 ] && echo 1 || echo 0)}
+EVAL_GPU=${EVAL_GPU:-$GPU_A}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( ($(nproc) + 3) / 4 ))}
 
 train_group() {  # name, CUDA device, sites...
     local name=$1 dev=$2
@@ -47,9 +52,9 @@ train_group() {  # name, CUDA device, sites...
 }
 
 start=$(date +%s)
-train_group group_a 0 "${group_a[@]}" &
+train_group group_a "$GPU_A" "${group_a[@]}" &
 pid_a=$!
-train_group group_b "$gpu_b" "${group_b[@]}" &
+train_group group_b "$GPU_B" "${group_b[@]}" &
 pid_b=$!
 status=0
 wait $pid_a || status=$?
@@ -58,5 +63,5 @@ echo "training: $(($(date +%s) - start)) s on ${ngpu:-0} GPU(s); exit $status"
 tail -n 3 "$out/group_a.log" "$out/group_b.log"
 [ "$status" -eq 0 ] || exit "$status"
 # shellcheck disable=SC2086
-CUDA_VISIBLE_DEVICES=0 $TLI evaluate --model "$model" --task "$task" --bank "$out/group_a/bank" "$out/group_b/bank" \
+CUDA_VISIBLE_DEVICES=$EVAL_GPU $TLI evaluate --model "$model" --task "$task" --bank "$out/group_a/bank" "$out/group_b/bank" \
     --out "$out/report" ${EVAL_ARGS:-}

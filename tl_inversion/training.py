@@ -45,6 +45,7 @@ from .tasks.base import CharTask
 from .verify import membership
 
 LATEST = "latest.json"
+LOG_EVERY = 50  # steps between log records (losses are read from the GPU only then)
 
 
 @dataclass
@@ -140,17 +141,35 @@ def resolve_device(device: str) -> torch.device:
 
 
 def sample_positions(
-    task: CharTask, tokens: Int[Tensor, "batch n_ctx"], generator: torch.Generator, bos_prob: float
+    task: CharTask,
+    tokens: Int[Tensor, "batch n_ctx"],
+    generator: torch.Generator,
+    bos_prob: float,
+    *,
+    check: bool = True,
 ) -> Int[Tensor, " batch"]:
-    """One random trainable position per row; BOS (0) with probability ``bos_prob``."""
+    """One random trainable position per row; BOS (0) with probability ``bos_prob``.
+
+    ``tokens`` and ``generator`` must be on the same device; the positions are on it too.
+    ``check=False`` skips the test that every row has a trainable position (a host sync;
+    :func:`train` runs it once over the whole training set instead).
+
+    Raises:
+        ValueError: a row has no trainable position (with ``check``).
+    """
     mask = task.train_position_mask(tokens).float()
-    if bool((mask.sum(-1) == 0).any()):
-        raise ValueError("an input has no trainable position (check the task's position policy)")
+    if check:
+        _check_trainable(mask)
     pos = torch.multinomial(mask, 1, generator=generator).squeeze(-1)
     if bos_prob > 0:
-        to_bos = torch.rand(tokens.shape[0], generator=generator) < bos_prob
+        to_bos = torch.rand(tokens.shape[0], generator=generator, device=tokens.device) < bos_prob
         pos = torch.where(to_bos, torch.zeros_like(pos), pos)
     return pos
+
+
+def _check_trainable(mask: Tensor) -> None:
+    if bool((mask.sum(-1) == 0).any()):
+        raise ValueError("an input has no trainable position (check the task's position policy)")
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "cosine") -> float:
@@ -192,7 +211,8 @@ class _Run:
         )
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg))
         self.step = 0
-        self.data_gen = torch.Generator().manual_seed(cfg.seed)
+        # the data pipeline runs where the decoders train (no host work or copies per step)
+        self.data_gen = torch.Generator(device=device).manual_seed(cfg.seed)
         self.history: list[dict[str, Any]] = []
         self.rates: dict[str, float] = {}
 
@@ -240,7 +260,13 @@ class _Run:
         blob = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
         self.opt.load_state_dict(blob["optimizer"])
         self.sched.load_state_dict(blob["scheduler"])
-        self.data_gen.set_state(blob["data_gen"])
+        try:
+            self.data_gen.set_state(blob["data_gen"])
+        except RuntimeError as e:
+            raise ValueError(
+                f"cannot resume {path} on {self.device}: its data generator was saved on another device type "
+                "(resume on the device type the run started on)"
+            ) from e
         torch.set_rng_state(blob["torch_rng"])
         if blob.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(blob["cuda_rng"])
@@ -380,7 +406,8 @@ def train(
             final bank (``bank/``); ``None`` keeps everything in memory.
         resume: continue from the newest checkpoint in ``out_dir`` when there is one.
         progress: show a tqdm progress bar.
-        callback: called as ``callback(step, record)`` after every step (e.g. to stop).
+        callback: called as ``callback(step, record)`` after every step (e.g. to stop); on
+            steps that are not logged the record's losses are still 0-dim tensors.
         save_dtype: dtype of the final bank's weights on disk (e.g. ``torch.float16``).
 
     Returns:
@@ -459,17 +486,19 @@ def train(
         log = (out / "log.jsonl").open("a")
     held_tokens, held_pos = _held_out(task, eval_data, cfg.eval_n, cfg.seed)
     amp = cfg.amp and device.type == "cuda"
-    site_idx_all = torch.arange(len(sites))
+    site_idx_all = torch.arange(len(sites), device=device)
+    data = train_data.to(device)
+    for start in range(0, data.shape[0], 65536):
+        _check_trainable(task.train_position_mask(data[start : start + 65536]))
+    rows = torch.arange(cfg.batch_size, device=device)
     t0, start_step = time.perf_counter(), run.step
     bar = tqdm(total=cfg.steps, initial=run.step, disable=not progress, desc="train decoders", unit="step")
     try:
         while run.step < cfg.steps:
-            idx = torch.randint(train_data.shape[0], (cfg.batch_size,), generator=run.data_gen)
-            tokens = train_data[idx]
-            pos = sample_positions(task, tokens, run.data_gen, cfg.bos_prob)
-            acts = hooked.harvest(model, tokens, sites, validate=False)
-            rows = torch.arange(cfg.batch_size)
-            tokens_d = tokens.to(device)
+            idx = torch.randint(data.shape[0], (cfg.batch_size,), generator=run.data_gen, device=device)
+            tokens_d = data[idx]
+            pos = sample_positions(task, tokens_d, run.data_gen, cfg.bos_prob, check=False)
+            acts = hooked.harvest(model, tokens_d, sites, validate=False)
             record: dict[str, Any] = {"step": run.step + 1}
             losses = []
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
@@ -482,16 +511,17 @@ def train(
                         losses.append(loss)
                         record[f"loss/{site}"] = loss.detach()
                 else:
-                    probs = _site_probs(sites, run.rates, cfg)
+                    probs = _site_probs(sites, run.rates, cfg).to(device)
                     choice = torch.multinomial(probs, cfg.batch_size, replacement=True, generator=run.data_gen)
                     d_act = bank.decoders[0].cfg.d_act
                     z = torch.zeros(cfg.batch_size, d_act, device=device)
                     for j, site in enumerate(sites):
                         sel = choice == j
-                        if bool(sel.any()):
-                            a = acts[site]
-                            z[sel.to(device)] = bank.pad(a[rows[sel].to(a.device), pos[sel].to(a.device)], site)
-                    loss = bank.decoders[0].loss(tokens_d, z, site_idx_all[choice].to(device))
+                        a = acts[site]
+                        # every row reads site j; only rows assigned to it keep the value (no host sync)
+                        z_j = bank.pad(a[rows.to(a.device), pos.to(a.device)], site)
+                        z = torch.where(sel[:, None], z_j, z)
+                    loss = bank.decoders[0].loss(tokens_d, z, site_idx_all[choice])
                     losses.append(loss)
             if cfg.time_limit_s:
                 # with a time budget the schedule runs on whichever ends first: steps or time
@@ -507,11 +537,8 @@ def train(
             run.opt.step()
             run.sched.step()
             run.step += 1
-            record["loss"] = float(total.detach()) / len(losses)
+            record["loss"] = total.detach() / len(losses)
             record["lr"] = run.opt.param_groups[0]["lr"]
-            for k, v in list(record.items()):
-                if torch.is_tensor(v):
-                    record[k] = float(v)
             out_of_time = bool(cfg.time_limit_s) and time.perf_counter() - t0 > cfg.time_limit_s
             last = run.step == cfg.steps or out_of_time
             evaluate_now = (cfg.eval_every and run.step % cfg.eval_every == 0) or last
@@ -524,13 +551,17 @@ def train(
                 run.rates = {s: float(r) for s, r in faith["faithfulness"].items()}
                 record.update({f"faithfulness/{s}": r for s, r in run.rates.items()})
                 record["faithfulness"] = float(np.mean(list(run.rates.values())))
-            if evaluate_now or run.step % 50 == 0 or run.step == 1:
+            logged = evaluate_now or run.step % LOG_EVERY == 0 or run.step == 1
+            if logged:
+                # tensors become floats only here: other steps never wait for the GPU
+                record = {k: float(v) if torch.is_tensor(v) else v for k, v in record.items()}
                 run.history.append(record)
                 if log is not None:
                     log.write(json.dumps(record) + "\n")
                     log.flush()
+                bar.set_postfix(loss=f"{record['loss']:.3f}",
+                                faith=f"{np.mean(list(run.rates.values())):.3f}" if run.rates else "-", refresh=False)
             bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", faith=f"{np.mean(list(run.rates.values())):.3f}" if run.rates else "-")
             if out is not None and ((cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0) or last):
                 run.save(out / "checkpoints")
             if callback is not None:

@@ -195,7 +195,7 @@ class CharTask:
         if self.train_position_names is None:
             return ~self.special_mask(tokens)
         m = torch.zeros_like(tokens, dtype=torch.bool)
-        rows = torch.arange(tokens.shape[0])
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
         for name in self.train_position_names:
             m[rows, self.resolve_position(tokens, name)] = True
         return m
