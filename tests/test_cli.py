@@ -48,3 +48,23 @@ def test_malformed_query_warns():
     with pytest.warns(QueryFormatWarning, match="do(es)? not follow the counting format"):
         sample_preimage(bank, model, counting.make_task(), "ddkdkkxdk|k:5", "blocks.1.attn.hook_result[0]", ":",
                         n_repeats=1, batch_size=4)
+
+
+def test_evaluate_writes_a_report(capsys, tmp_path):
+    site = "blocks.1.attn.hook_result[0]"
+    args = ["evaluate", "--model", str(asset_dir() / "probed"), "--bank", str(asset_dir() / "decoders"),
+            "--task", "counting", "--out", str(tmp_path / "rep"), "--sites", site, "--n-faithfulness", "6",
+            "--n-queries", "2", "--positions", ":"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "mean_faithfulness" in out
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert site in text and "query_count" in text
+
+
+def test_evaluate_refuses_a_bank_given_twice(capsys, tmp_path):
+    bank = str(asset_dir() / "decoders")
+    args = ["evaluate", "--model", str(asset_dir() / "probed"), "--bank", bank, bank, "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "merged sites must be disjoint" in err and err.count("\n") == 1

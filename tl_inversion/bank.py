@@ -252,7 +252,9 @@ class DecoderBank:
         arch = [p for p in hooked.compare_fingerprints(expected, actual) if p.startswith("architecture")]
         bad_sites: list[str] = []
         if not arch and "probe" in self.meta:
-            bad_sites = hooked.compare_probe(self.meta["probe"], hooked.probe_signature(model, self.sites))
+            mine = {str(s) for s in self.sites}
+            expected_probe = {k: v for k, v in self.meta["probe"].items() if k in mine}
+            bad_sites = hooked.compare_probe(expected_probe, hooked.probe_signature(model, self.sites))
         if not arch and not bad_sites:
             return
         problems = hooked.compare_fingerprints(expected, actual)

@@ -39,7 +39,7 @@ from . import hooked
 from .completeness import completeness, plot_completeness
 from .distance import default_epsilon
 from .evaluation import baseline_consistency, feature_consistency
-from .sampling import sample_many
+from .sampling import PAPER_SCHEDULE, sample_many
 from .sites import parse_site
 from .tasks.base import PositionError
 from .training import measure_faithfulness, sample_positions
@@ -170,7 +170,7 @@ class EvaluationReport:
         c = self.completeness
         if c.empty:
             return pd.DataFrame()
-        e = c[c["eligible"]]
+        e = c[c["eligible"] & c["auroc"].notna()]
         if e.empty:
             return pd.DataFrame({"rows": [0]}, index=pd.Index(["all"], name="site"))
 
@@ -264,7 +264,7 @@ class EvaluationReport:
         plots = {"Faithfulness rate per site and position": _plot_faithfulness(self.faithfulness, out / "faithfulness.png").name}
         if not self.completeness.empty:
             plots["Completeness AUROC per site"] = _plot_auroc(self.completeness, out / "completeness_auroc.png").name
-            e = self.completeness[self.completeness["eligible"]]
+            e = self.completeness[self.completeness["eligible"] & self.completeness["auroc"].notna()]
             if not e.empty:
                 for tag, row in (("worst", e.loc[e["auroc"].idxmin()]), ("best", e.loc[e["auroc"].idxmax()])):
                     sub = self.scores[(self.scores["site"] == row["site"]) & (self.scores["position"] == row["position"])
@@ -359,6 +359,7 @@ def evaluate(
     n_faithfulness: int = 200,
     n_queries: int = 16,
     n_repeats: int = 1,
+    schedule: Sequence[tuple[float, float]] = PAPER_SCHEDULE,
     n_bos_samples: int = 256,
     n_random: int = 20000,
     max_candidates: int | None = 20000,
@@ -380,7 +381,8 @@ def evaluate(
         sites: a subset of the bank's sites (default: all).
         n_faithfulness: held-out activations per (site, position) (paper 200).
         n_queries: pool queries per (site, position) for pool fractions and consistency.
-        n_repeats: repeats of the paper's 4-setting schedule per pool (1 -> 256 samples).
+        n_repeats: repeats of the schedule per pool (paper's 4 settings x 64: 256 samples each).
+        schedule: the pool's ``(temperature, noise)`` settings (default: the paper's).
         n_bos_samples: samples from the BOS activation per site (consistency baseline).
         n_random: random inputs for the chance baseline.
         max_candidates, n_samples: completeness scoring cap and recall samples
@@ -439,8 +441,8 @@ def evaluate(
             q, qi = toks[n_faithfulness : n_faithfulness + n_queries], idx[n_faithfulness : n_faithfulness + n_queries]
             if q.shape[0] == 0:
                 q, qi = toks[:n_queries], idx[:n_queries]
-            results = sample_many(bank, model, task, q, site, qi, n_repeats=n_repeats, epsilon=eps, metric=metric,
-                                  seed=seed, colour=False)
+            results = sample_many(bank, model, task, q, site, qi, schedule=schedule, n_repeats=n_repeats,
+                                  epsilon=eps, metric=metric, seed=seed, colour=False)
             pool = pd.concat([r.df for r in results])
             pool_rows.append({"site": str(site), "position": str(p), "pool_in_preimage": float(pool["in_preimage"].mean()),
                               "pool_valid": float(pool["valid"].mean()), "pool_size": int(len(pool))})
@@ -486,7 +488,7 @@ def evaluate(
     info = {
         "task": task.name, "n_sites": len(use_sites), "positions": [str(p) for p in plan.positions], "epsilon": eps,
         "metric": metric, "n_faithfulness": n_faithfulness, "n_queries": n_queries,
-        "pool_per_query": 256 * n_repeats, "n_candidates": n_candidates, "min_members": plan.min_members,
+        "pool_per_query": 64 * len(schedule) * n_repeats, "n_candidates": n_candidates, "min_members": plan.min_members,
         "max_candidates": max_candidates, "seed": seed, "device": str(hooked.model_device(model)),
     }
     return EvaluationReport(
