@@ -7,7 +7,7 @@ path patching. Works on ``HookedTransformer`` (TL 2.x/3.x) and ``TransformerBrid
 
 Data flows one way: task -> probed model (:mod:`.hooked`) -> activations -> decoders
 (:mod:`.training`, :mod:`.sampling`) -> probed model again (:mod:`.verify`) -> results
-(:mod:`.evaluation`, :mod:`.viewer`) -> causal verification (:mod:`.patching`).
+(:mod:`.evaluation`, :mod:`.completeness`, :mod:`.report`, :mod:`.viewer`) -> causal verification (:mod:`.patching`).
 """
 
 from .bank import DecoderBank, ModelMismatchError
@@ -15,9 +15,10 @@ from .decoder import Decoder, DecoderConfig
 from .evaluation import feature_consistency
 from .hooked import harvest
 from .loading import load_hf_gpt2
+from .report import EvalPlan, EvaluationReport, evaluate
 from .sampling import PreimageResult, sample_many, sample_preimage
 from .sites import Site, SiteError, parse_site, validate_site
-from .tasks import get_task
+from .tasks import get_task, task_data
 from .tasks.base import PositionError
 from .training import TrainConfig, measure_faithfulness, train
 
@@ -27,12 +28,15 @@ __all__ = [
     "Decoder",
     "DecoderBank",
     "DecoderConfig",
+    "EvalPlan",
+    "EvaluationReport",
     "ModelMismatchError",
     "PositionError",
     "PreimageResult",
     "Site",
     "SiteError",
     "TrainConfig",
+    "evaluate",
     "feature_consistency",
     "get_task",
     "harvest",
@@ -41,6 +45,7 @@ __all__ = [
     "parse_site",
     "sample_many",
     "sample_preimage",
+    "task_data",
     "train",
     "validate_site",
 ]

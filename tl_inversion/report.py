@@ -248,8 +248,10 @@ class EvaluationReport:
             cols = ["site", "position", "text", "n_members", "auroc", "recall", "class_recall", "sample_faithfulness"]
             cols = [k for k in cols if k in self.completeness.columns]
             parts += ["", "All rows:", "", self.completeness[cols].to_markdown(index=False, floatfmt=fmt)]
+        if plots:
+            parts += ["", "## Plots"]
         for caption, rel in (plots or {}).items():
-            parts += ["", f"## {caption}", "", f"![{caption}]({rel})"]
+            parts += ["", f"### {caption}", "", f"![{caption}]({rel})"]
         return "\n".join(parts) + "\n"
 
     def write(self, out_dir: str | Path) -> Path:
