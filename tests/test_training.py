@@ -48,20 +48,25 @@ class _Kill(Exception):
     pass
 
 
-@pytest.mark.parametrize("topology", ["per_hook", "shared"])
-def test_resume_after_kill_matches_uninterrupted(counting_model, data, tmp_path, topology):
+SAME_WIDTH = ["blocks.0.hook_resid_mid", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+
+
+@pytest.mark.parametrize("topology, sites", [("per_hook", None), ("shared", None), ("per_hook", SAME_WIDTH)],
+                         ids=["per_hook", "shared", "per_hook-stacked"])
+def test_resume_after_kill_matches_uninterrupted(counting_model, data, tmp_path, topology, sites):
     tr, te = data
     task = counting.make_task()
-    full = train(counting_model, task, tr, te, _cfg(topology=topology), out_dir=tmp_path / "a", progress=False)
+    over = {"topology": topology, **({"sites": sites} if sites else {})}
+    full = train(counting_model, task, tr, te, _cfg(**over), out_dir=tmp_path / "a", progress=False)
 
     def kill(step, record):
         if step == 5:  # after the checkpoint of step 4, before the one of step 6
             raise _Kill
 
     with pytest.raises(_Kill):
-        train(counting_model, task, tr, te, _cfg(topology=topology), out_dir=tmp_path / "b", progress=False, callback=kill)
+        train(counting_model, task, tr, te, _cfg(**over), out_dir=tmp_path / "b", progress=False, callback=kill)
     assert latest_checkpoint(tmp_path / "b").name == "step_00000004"
-    resumed = train(counting_model, task, tr, te, _cfg(topology=topology), out_dir=tmp_path / "b", progress=False)
+    resumed = train(counting_model, task, tr, te, _cfg(**over), out_dir=tmp_path / "b", progress=False)
     a, b = full.bank.state_dict(), resumed.bank.state_dict()
     assert a.keys() == b.keys()
     for k in a:
@@ -148,3 +153,15 @@ def test_lr_factor_by_hand():
     assert lr_factor(60, 10, 110) == pytest.approx(0.55)  # half-way: 0.1 + 0.9 * 0.5
     assert lr_factor(110, 10, 110) == pytest.approx(0.1)  # floor
     assert lr_factor(60, 10, 110, "constant") == 1.0
+
+
+def test_stacked_training_equals_one_decoder_at_a_time(counting_model, data):
+    """The vectorised per-hook step (stack=True) is the sequential step's mathematics."""
+    tr, te = data
+    task = counting.make_task()
+    runs = [train(counting_model, task, tr, te, _cfg(sites=SAME_WIDTH, stack=stack, eval_every=0, steps=5), progress=False)
+            for stack in (True, False)]
+    a, b = (r.bank.state_dict() for r in runs)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert runs[0].history["loss"].tolist() == pytest.approx(runs[1].history["loss"].tolist(), rel=1e-5)

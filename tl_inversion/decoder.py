@@ -589,6 +589,20 @@ class Decoder(nn.Module):
             TypeError: on wrong dtypes.
         """
         z, site, tokens = self._check_inputs(z, site, tokens, min_len=2)
+        return self.unchecked_loss(tokens, z, site)
+
+    def unchecked_loss(
+        self,
+        tokens: Int[Tensor, "batch seq"],
+        z: Float[Tensor, "batch d_act"],
+        site: Int[Tensor, " batch"],
+    ) -> Float[Tensor, ""]:
+        """:meth:`loss` without input validation: no host sync, traceable by ``torch.func``.
+
+        For training loops whose inputs are valid by construction (``tokens`` on this
+        decoder's device, ``2 <= seq <= n_ctx``, ids in range; ``site`` a ``[batch]`` long
+        tensor). Wrong inputs give wrong numbers or an indexing error, not a clear message.
+        """
         logits = self._logits(tokens[:, :-1], self._condition(z, site))
         return F.cross_entropy(
             logits.float().flatten(0, 1),

@@ -41,6 +41,7 @@ from . import hooked
 from .bank import BANK_JSON, WEIGHTS, DecoderBank
 from .io import atomic_write_dir, atomic_write_json
 from .sites import Site, validate_sites
+from .stacking import stack_same_shaped
 from .tasks.base import CharTask
 from .verify import membership
 
@@ -74,6 +75,8 @@ class TrainConfig:
         seed: seed of initialisation, data order and evaluation samples.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         amp: bf16 autocast on CUDA.
+        stack: ``per_hook``: train decoders of one shape as one vectorised module
+            (:mod:`tl_inversion.stacking`; same mathematics, far fewer kernel launches).
         time_limit_s: stop (evaluate, checkpoint, save) once this many seconds have passed
             in this call, even before ``steps``; the learning-rate schedule then follows
             elapsed time (so a time-limited run is not bit-reproducible); 0 means no limit.
@@ -102,6 +105,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    stack: bool = True
     time_limit_s: float = 0.0
     decoder: dict[str, Any] = field(default_factory=lambda: {"d_model": 256, "n_layers": 2, "n_heads": 4})
 
@@ -201,14 +205,16 @@ class _Run:
         self.bank = bank
         self.cfg = cfg
         self.device = device
-        params = [p for d in bank.decoders for p in d.parameters()]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        self.opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr,
-            fused=device.type == "cuda",
-        )
+        if cfg.topology == "per_hook" and cfg.stack:
+            self.stacks, self.singles = stack_same_shaped(bank.decoders)
+        else:
+            self.stacks, self.singles = [], list(bank.decoders)
+        params = [p for d in self.singles for p in d.parameters()]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        for stack in self.stacks:
+            groups += stack.param_groups(cfg.weight_decay)
+        self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=device.type == "cuda")
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg))
         self.step = 0
         # the data pipeline runs where the decoders train (no host work or copies per step)
@@ -216,8 +222,20 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.rates: dict[str, float] = {}
 
+    def push(self) -> None:
+        """Make the bank's decoder objects current (stacked parameters are the trained ones)."""
+        for stack in self.stacks:
+            stack.push()
+
+    def clip(self, max_norm: float) -> None:
+        for dec in self.singles:
+            torch.nn.utils.clip_grad_norm_(dec.parameters(), max_norm)
+        for stack in self.stacks:
+            stack.clip_grad_norm_(max_norm)
+
     # checkpoints --------------------------------------------------------------------
     def save(self, folder: Path) -> Path:
+        self.push()
         name = f"step_{self.step:08d}"
         state = {
             "step": self.step,
@@ -255,6 +273,8 @@ class _Run:
         for i, dec in enumerate(self.bank.decoders):
             prefix = f"decoder{i}."
             dec.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        for stack in self.stacks:
+            stack.pull()
         saved = json.loads((path / BANK_JSON).read_text())
         self.bank.meta = saved["meta"]
         blob = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
@@ -491,6 +511,7 @@ def train(
     for start in range(0, data.shape[0], 65536):
         _check_trainable(task.train_position_mask(data[start : start + 65536]))
     rows = torch.arange(cfg.batch_size, device=device)
+    site_zero = torch.zeros(cfg.batch_size, dtype=torch.long, device=device)
     t0, start_step = time.perf_counter(), run.step
     bar = tqdm(total=cfg.steps, initial=run.step, disable=not progress, desc="train decoders", unit="step")
     try:
@@ -503,13 +524,18 @@ def train(
             losses = []
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 if cfg.topology == "per_hook":
-                    for site in sites:
-                        dec, _ = bank.lookup(site)
-                        a = acts[site]
-                        z = bank.pad(a[rows.to(a.device), pos.to(a.device)], site)
-                        loss = dec.loss(tokens_d, z, 0)
+                    z_of = {dec: bank.pad(acts[g[0]][rows.to(acts[g[0]].device), pos.to(acts[g[0]].device)], g[0])
+                            for dec, g in zip(bank.decoders, bank.groups)}
+                    site_of = {dec: g[0] for dec, g in zip(bank.decoders, bank.groups)}
+                    for stack in run.stacks:
+                        stacked = stack.loss(tokens_d, torch.stack([z_of[d] for d in stack.decoders]))
+                        for dec, loss in zip(stack.decoders, stacked):
+                            losses.append(loss)
+                            record[f"loss/{site_of[dec]}"] = loss.detach()
+                    for dec in run.singles:
+                        loss = dec.unchecked_loss(tokens_d, z_of[dec], site_zero)
                         losses.append(loss)
-                        record[f"loss/{site}"] = loss.detach()
+                        record[f"loss/{site_of[dec]}"] = loss.detach()
                 else:
                     probs = _site_probs(sites, run.rates, cfg).to(device)
                     choice = torch.multinomial(probs, cfg.batch_size, replacement=True, generator=run.data_gen)
@@ -521,7 +547,7 @@ def train(
                         # every row reads site j; only rows assigned to it keep the value (no host sync)
                         z_j = bank.pad(a[rows.to(a.device), pos.to(a.device)], site)
                         z = torch.where(sel[:, None], z_j, z)
-                    loss = bank.decoders[0].loss(tokens_d, z, site_idx_all[choice])
+                    loss = bank.decoders[0].unchecked_loss(tokens_d, z, site_idx_all[choice])
                     losses.append(loss)
             if cfg.time_limit_s:
                 # with a time budget the schedule runs on whichever ends first: steps or time
@@ -532,8 +558,7 @@ def train(
             total = torch.stack(losses).sum()
             run.opt.zero_grad(set_to_none=True)
             total.backward()
-            for dec in bank.decoders:
-                torch.nn.utils.clip_grad_norm_(dec.parameters(), cfg.grad_clip)
+            run.clip(cfg.grad_clip)
             run.opt.step()
             run.sched.step()
             run.step += 1
@@ -543,6 +568,7 @@ def train(
             last = run.step == cfg.steps or out_of_time
             evaluate_now = (cfg.eval_every and run.step % cfg.eval_every == 0) or last
             if evaluate_now:
+                run.push()
                 faith = measure_faithfulness(
                     bank, model, task, held_tokens, held_pos, epsilon=cfg.epsilon, metric=cfg.metric, seed=cfg.seed + run.step
                 )
@@ -573,6 +599,7 @@ def train(
         if log is not None:
             log.close()
     seconds = time.perf_counter() - t0
+    run.push()
     bank.meta["faithfulness"] = run.rates
     bank.meta["steps"] = run.step
     bank.eval()
