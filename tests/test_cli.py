@@ -68,3 +68,30 @@ def test_evaluate_refuses_a_bank_given_twice(capsys, tmp_path):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "merged sites must be disjoint" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--n-faithfulness", "-3"], "--n-faithfulness must be >= 1"),
+        (["--n-queries", "0"], "--n-queries must be >= 1"),
+        (["--max-candidates", "-1"], "--max-candidates must be 0 (all) or >= 2"),
+        (["--task", "addition"], "trained on task 'counting', not 'addition'"),
+    ],
+)
+def test_evaluate_bad_arguments_are_one_line(capsys, tmp_path, extra, message):
+    args = ["evaluate", "--model", str(asset_dir() / "probed"), "--bank", str(asset_dir() / "decoders"),
+            "--out", str(tmp_path / "r"), "--no-completeness"] + extra
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_evaluate_out_must_be_a_folder(capsys, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    for out in (f, f / "sub"):
+        args = ["evaluate", "--model", str(asset_dir() / "probed"), "--bank", str(asset_dir() / "decoders"),
+                "--out", str(out)]
+        assert main(args) == 2
+        assert "is a file" in capsys.readouterr().err

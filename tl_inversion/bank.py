@@ -271,6 +271,27 @@ class DecoderBank:
         else:
             raise ModelMismatchError(msg)
 
+    def check_task(self, task: Any) -> None:
+        """Refuse a task other than the one the decoders were trained on.
+
+        Raises:
+            ValueError: the task's name, vocabulary or input length differs from the bank's
+                record (the decoders would read and write other token ids).
+        """
+        saved = self.meta.get("task")
+        if not saved:
+            return
+        problems = []
+        if saved.get("vocab_sha256") and saved["vocab_sha256"] != task.vocab_hash():
+            problems.append("vocabulary")
+        if saved.get("n_ctx") is not None and int(saved["n_ctx"]) != int(task.n_ctx):
+            problems.append(f"input length ({saved['n_ctx']} vs {task.n_ctx})")
+        if problems:
+            raise ValueError(
+                f"these decoders were trained on task {saved.get('name')!r}, not {task.name!r} "
+                f"({', '.join(problems)} differ); use the task the bank was trained on"
+            )
+
     # disk -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Tensor]:
         """``{"decoder<i>.<param>": tensor}`` on the CPU (the safetensors payload)."""

@@ -133,6 +133,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .report import EvalPlan, default_plan, evaluate
     from .tasks import get_task, task_data
 
+    _check_out_dir(args.out, "--out")
+    for flag, value, low in (("--n-faithfulness", args.n_faithfulness, 1), ("--n-queries", args.n_queries, 1),
+                             ("--n-repeats", args.n_repeats, 1), ("--n-samples", args.n_samples, 0)):
+        if value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
+    if args.max_candidates == 1 or args.max_candidates < 0:
+        raise ValueError(f"--max-candidates must be 0 (all) or >= 2, got {args.max_candidates}")
+    if args.epsilon is not None and not args.epsilon > 0:
+        raise ValueError(f"--epsilon must be positive, got {args.epsilon}")
     model = _load_model(args)
     bank = _load_bank(args.bank, model)
     task = get_task(args.task)
@@ -161,8 +170,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_out_dir(path: str, flag: str) -> None:
+    """A report folder: refuse a path that is (or lies under) an existing file, before any work."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise ValueError(f"{flag} must be a folder (existing or new), but {q} is a file")
+            break
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+
+    if args.html and Path(args.html).is_dir():
+        raise ValueError(f"--html must be a file path, but {args.html} is a folder")
+    if args.top < 1:
+        raise ValueError(f"--top must be >= 1, got {args.top}")
 
     run_demo(html=args.html, n_repeats=args.n_repeats, top=args.top)
     return 0
@@ -269,7 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ModelMismatchError as e:
-        msg = str(e).replace("pass allow_mismatch=True", "pass --allow-mismatch")
+        if hasattr(args, "allow_mismatch"):
+            msg = str(e).replace("pass allow_mismatch=True", "pass --allow-mismatch")
+        else:  # no override here: numbers on another model would be meaningless
+            msg = str(e).replace(", or pass allow_mismatch=True to proceed with a warning", "")
         print(f"tl-inversion {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except (SiteError, PositionError, LoadError, ValueError, FileNotFoundError, FileExistsError) as e:

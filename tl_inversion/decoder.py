@@ -231,6 +231,10 @@ class _Block(nn.Module):
         self.cond_proj = nn.Linear(cfg.d_cond, d)
         self.cond_ln = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
+        # True: attention as explicit matmul + masked softmax instead of the fused kernel
+        # (set by tl_inversion.stacking: under torch.func.vmap the fused CUDA kernel rejects
+        # the batched mask's alignment, "attn_bias is not correctly aligned")
+        self.explicit_attention = False
 
     def cond_kv(self, a: Tensor) -> tuple[Tensor, Tensor]:
         """Keys/values of the condition slot, each ``[batch, n_heads, 1, d_head]``."""
@@ -262,7 +266,10 @@ class _Block(nn.Module):
         k = torch.cat([ck, k], dim=2)
         v = torch.cat([cv, v], dim=2)
         p = self.p_drop if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        if self.explicit_attention:
+            y = _masked_attention(q, k, v, mask, p, self.training)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self._finish(x, y, dropout=self.training and self.p_drop > 0)
 
     def step(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, slot: int) -> Tensor:
@@ -274,6 +281,15 @@ class _Block(nn.Module):
             q, k_cache[:, :, : slot + 1], v_cache[:, :, : slot + 1]
         )
         return self._finish(x, y, dropout=False)
+
+
+def _masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p_drop: float, training: bool) -> Tensor:
+    """softmax(q k^T / sqrt(d_head) masked) v, written out (the fused kernel's mathematics)."""
+    scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    if training and p_drop > 0:
+        weights = F.dropout(weights, p_drop)
+    return weights @ v
 
 
 class _KVCache:

@@ -85,7 +85,8 @@ def default_plan(task_name: str) -> EvalPlan:
       completeness for the issue's queries 615+861=1476, 925+398=1323, 101+539=640,
       556+280=836 at ``= A1 A2 A3`` over all 810,000 inputs, classes = the sum.
     * ``counting``: positions ``c`` (the query letter) and ``:``; features: the query
-      letter's count, the query letter, the string length; no completeness by default.
+      letter's count, the query letter, the string length; completeness (only for queries
+      given) against the 390,000 inputs of the test split, classes = (letter, count).
     * any other task: every non-special position index is not enumerable, so positions
       must be given; no features.
 
@@ -130,10 +131,15 @@ def default_plan(task_name: str) -> EvalPlan:
         def letter(t: Tensor) -> Tensor:
             return t.gather(1, task.resolve_position(t, "c")[:, None])[:, 0]
 
+        def letter_and_count(t: Tensor) -> Tensor:
+            return torch.stack([letter(t), counting.query_counts(t)], dim=-1)
+
         return EvalPlan(
             positions=["c", ":"],
             features={"query_count": counting.query_counts, "query_letter": letter,
                       "string_length": counting.string_lengths},
+            candidates=lambda: counting.paper_split("test"),
+            class_fn=letter_and_count,
         )
     raise ValueError(f"no default evaluation plan for task {task_name!r}; give an EvalPlan with positions")
 
@@ -238,7 +244,8 @@ class EvaluationReport:
             wide = wide.reindex(index=list(dict.fromkeys(zip(c["site"], c["position"]))),
                                 columns=list(dict.fromkeys(c["feature"])))
             parts += ["", "## Feature consistency (in-preimage samples sharing the query's feature)", "",
-                      wide.to_markdown(floatfmt=fmt)]
+                      wide.reset_index().to_markdown(index=False, floatfmt=fmt), "",
+                      "nan: no well-formed in-preimage sample to compare (see `n_samples` in consistency.csv)."]
             base = c.groupby("feature", sort=False)[["bos_baseline", "random_baseline"]].mean()
             parts += ["", "Baselines (mean over sites and positions):", "", base.to_markdown(floatfmt=fmt)]
         if not self.completeness.empty:
@@ -299,7 +306,7 @@ def _plot_faithfulness(df: pd.DataFrame, path: Path) -> Path:
     fig.colorbar(im, ax=ax, label="faithfulness rate")
     ax.set_xlabel("position")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -323,7 +330,7 @@ def _plot_auroc(df: pd.DataFrame, path: Path) -> Path:
     ax.set_xlabel("AUROC of decoder log p(x | z_q), preimage members vs non-members")
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -405,7 +412,16 @@ def evaluate(
     """
     plan = plan or default_plan(task.name)
     eps = default_epsilon(metric) if epsilon is None else float(epsilon)
+    _check_counts(n_faithfulness=(n_faithfulness, 1), n_queries=(n_queries, 1), n_repeats=(n_repeats, 1),
+                  n_bos_samples=(n_bos_samples, 0), n_random=(n_random, 1), n_samples=(n_samples, 0))
+    if max_candidates is not None and max_candidates < 2:
+        raise ValueError(f"max_candidates must be >= 2 (or None for all), got {max_candidates}")
+    if not eps > 0:
+        raise ValueError(f"epsilon must be a positive distance (paper: 0.1 for l2, 0.25 for cosine), got {epsilon}")
+    if plan.completeness_queries and plan.candidates is None:
+        raise ValueError("completeness queries need an enumerated input space: the plan has no candidates")
     bank.check_model(model)
+    bank.check_task(task)
     use_sites = list(bank.sites) if sites is None else [parse_site(s) for s in sites]
     for s in use_sites:
         bank.lookup(s)  # SiteError listing the bank's sites
@@ -500,6 +516,13 @@ def evaluate(
         scores=pd.concat(score_frames, ignore_index=True) if score_frames else pd.DataFrame(),
         info=info,
     )
+
+
+def _check_counts(**values: tuple[int, int]) -> None:
+    """Raise a ValueError naming the first count below its minimum."""
+    for name, (value, low) in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _bos_samples(bank: Any, model: Any, task: Any, site: Any, one_input: Tensor, n: int, seed: int) -> Tensor:

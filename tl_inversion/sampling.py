@@ -449,6 +449,7 @@ def sample_many(
     decoder, site_idx = bank.lookup(site)
     site = validate_site(site, model)
     bank.check_model(model, allow_mismatch=allow_mismatch)
+    bank.check_task(task)
     qtok = _query_tokens(task, queries)
     _check_query_format(task, qtok)
     pos = _resolve_positions(task, qtok, positions)

@@ -62,7 +62,10 @@ class StackedDecoders:
         params, buffers = stack_module_state(decoders)
         self.params: dict[str, Tensor] = params  # leaf tensors [n, *shape], requires_grad
         self.buffers: dict[str, Tensor] = buffers
-        self._core = _LossCore(copy.deepcopy(decoders[0]).to("meta"))
+        base = copy.deepcopy(decoders[0]).to("meta")
+        for block in base.blocks:
+            block.explicit_attention = True  # vmap-safe attention (see decoder._Block)
+        self._core = _LossCore(base)
         self._loss = vmap(self._one, in_dims=(0, 0, 0, None, None), randomness="different")
 
     def __len__(self) -> int:
