@@ -185,8 +185,9 @@ class EvaluationReport:
             return pd.Series({"rows": len(a), "min": a.min(), "p10": a.quantile(0.1), "median": a.median(),
                               "max": a.max(), "frac_ge_0.95": float((a >= 0.95).mean())})
 
-        per_site = e.groupby("site", sort=False).apply(stats, include_groups=False)
-        return pd.concat([per_site, stats(e).to_frame("all").T.rename_axis("site")])
+        rows = {site: stats(df) for site, df in e.groupby("site", sort=False)}
+        rows["all"] = stats(e)
+        return pd.DataFrame(rows).T.rename_axis("site")
 
     def _wide(self, column: str) -> pd.DataFrame:
         """``column`` as a site x position table in evaluation order."""
