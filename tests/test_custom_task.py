@@ -100,3 +100,32 @@ def test_training_runs_two_steps_with_a_text_task(tok):
     assert res.bank.meta["task"]["name"] == "digits"
     assert res.bank.meta["special_ids"] == {"bos": P, "eos": 0, "pad": 9}
     assert len(res.history) >= 1
+
+
+def test_gpt2_like_special_ids_train_and_sample(tok):
+    """One token for BOS, EOS and PAD (as GPT-2's <|endoftext|>): the decoders get two extra ids
+    and everything the probed model or the task sees is in the task's own ids."""
+    from tl_inversion.sampling import sample_preimage
+    from tl_inversion.training import TrainConfig, train
+
+    model = build_variant(model_variants()[0], TINY_CFG)
+    g = torch.Generator().manual_seed(1)
+    texts = [" ".join(str(int(d)) for d in torch.randint(0, 10, (int(n),), generator=g)) for n in torch.randint(2, 9, (40,), generator=g)]
+    task = TextTask.from_strings(texts, tok, n_ctx=TINY_CFG["n_ctx"], name="digits")
+    assert task.bos_id == task.eos_id == task.pad_id == P
+    tr, te = task.split(0.75)
+    cfg = TrainConfig(sites=["blocks.0.hook_resid_post"], steps=2, batch_size=4, eval_every=100, eval_n=4,
+                      checkpoint_every=100, decoder={"d_model": 16, "n_layers": 1, "n_heads": 2, "n_cond_blocks": 1},
+                      device="cpu")
+    bank = train(model, task, tr, te, cfg, progress=False).bank
+    v = TINY_CFG["d_vocab"]
+    assert bank.meta["decoder_ids"] == {"bos": P, "eos": v, "pad": v + 1, "task_bos": P, "task_eos": P, "task_pad": P}
+    assert bank.decoders[0].cfg.vocab_size == v + 2
+    # by hand: [P 3 4 P P] -> [P 3 4 EOS PAD] and back
+    row = torch.tensor([[P, 3, 4, P, P]])
+    assert bank.to_decoder_tokens(row).tolist() == [[P, 3, 4, v, v + 1]]
+    assert torch.equal(bank.to_task_tokens(bank.to_decoder_tokens(row)), row)
+    res = sample_preimage(bank, model, task, tr[0], "blocks.0.hook_resid_post", 1, n_repeats=1, batch_size=4)
+    for toks in res.df["tokens"]:
+        assert max(toks) < v and toks[0] == P  # only the task's ids leave the sampler
+    assert res.df["distance"].notna().all()

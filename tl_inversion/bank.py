@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -84,6 +84,11 @@ class DecoderBank:
             widths: activation width per site string.
             topology: ``"per_hook"`` (a decoder per site) or ``"shared"`` (one decoder).
             vocab_size, n_ctx, bos_id, eos_id, pad_id: the probed model's vocabulary facts.
+                When the three special ids are not all different (GPT-2's
+                ``<|endoftext|>`` is BOS, EOS and PAD), the decoders get two extra ids
+                (``vocab_size`` and ``vocab_size + 1``) for EOS and PAD, recorded in
+                ``meta["decoder_ids"]``; :meth:`to_decoder_tokens` and
+                :meth:`to_task_tokens` translate at the decoder's boundary.
             meta: metadata to record.
             **decoder_kwargs: further :class:`DecoderConfig` fields (``d_model``, ``n_layers``...).
 
@@ -99,20 +104,25 @@ class DecoderBank:
             groups = [list(sites)]
         else:
             raise ValueError(f"topology must be 'per_hook' or 'shared', got {topology!r}")
+        meta = dict(meta or {})
+        dec_vocab, dec_eos, dec_pad = vocab_size, eos_id, pad_id
+        if len({bos_id, eos_id, pad_id}) < 3:
+            dec_vocab, dec_eos, dec_pad = vocab_size + 2, vocab_size, vocab_size + 1
+            meta["decoder_ids"] = {"bos": bos_id, "eos": dec_eos, "pad": dec_pad,
+                                   "task_bos": bos_id, "task_eos": eos_id, "task_pad": pad_id}
         decoders = []
         for group in groups:
             cfg = DecoderConfig(
-                vocab_size=vocab_size,
+                vocab_size=dec_vocab,
                 n_ctx=n_ctx,
                 d_act=max(widths[str(s)] for s in group),
                 bos_id=bos_id,
-                eos_id=eos_id,
-                pad_id=pad_id,
+                eos_id=dec_eos,
+                pad_id=dec_pad,
                 n_sites=len(group),
                 **decoder_kwargs,
             )
             decoders.append(Decoder(cfg))
-        meta = dict(meta or {})
         meta["topology"] = topology
         return cls(decoders, groups, {str(s): int(widths[str(s)]) for s in sites}, meta)
 
@@ -214,6 +224,32 @@ class DecoderBank:
         if z.shape[-1] < d_act:
             z = torch.nn.functional.pad(z, (0, d_act - z.shape[-1]))
         return z
+
+    # token ids at the decoder's boundary -------------------------------------------------
+    def to_decoder_tokens(self, tokens: Int[Tensor, "batch n_ctx"]) -> Int[Tensor, "batch n_ctx"]:
+        """Task rows ``[BOS] x [EOS] PAD..`` in the decoders' ids (identity unless the task's
+        special ids coincide: then the first special token after BOS becomes the decoders'
+        EOS and every later one their PAD)."""
+        ids = self.meta.get("decoder_ids")
+        if not ids:
+            return tokens
+        special = torch.tensor(sorted({ids["task_bos"], ids["task_eos"], ids["task_pad"]}), device=tokens.device)
+        body = tokens[:, 1:]
+        is_special = torch.isin(body, special)
+        seen = is_special.long().cumsum(1)
+        out = tokens.clone()
+        out[:, 1:] = torch.where(is_special & (seen == 1), ids["eos"], torch.where(seen >= 1, ids["pad"], body))
+        return out
+
+    def to_task_tokens(self, tokens: Int[Tensor, "batch n_ctx"]) -> Int[Tensor, "batch n_ctx"]:
+        """Decoder output in the task's (probed model's) ids; identity unless remapped."""
+        ids = self.meta.get("decoder_ids")
+        if not ids:
+            return tokens
+        out = tokens.clone()
+        out[tokens == ids["eos"]] = ids["task_eos"]
+        out[tokens == ids["pad"]] = ids["task_pad"]
+        return out
 
     def to(self, device: str | torch.device) -> "DecoderBank":
         """Move every decoder to ``device``; returns the bank."""

@@ -175,7 +175,7 @@ def decoder_logprobs(
     try:
         with torch.inference_mode():
             for start in tqdm(range(0, candidates.shape[0], batch_size), disable=not progress, desc="decoder log p"):
-                x = candidates[start : start + batch_size].to(bank.device)
+                x = bank.to_decoder_tokens(candidates[start : start + batch_size].to(bank.device))
                 lp = dec.token_logprobs(x, z.expand(x.shape[0], -1), idx)
                 out[start : start + x.shape[0]] = lp.sum(-1).float().cpu()
     finally:
@@ -326,7 +326,7 @@ def completeness(
             z = bank.pad(z_q[qi].reshape(1, -1).expand(n_samples, -1), site)
             was_training = dec.training
             dec.eval()
-            samples = dec.generate(z, site_idx, temperature=temperature, generator=gen).cpu()
+            samples = bank.to_task_tokens(dec.generate(z, site_idx, temperature=temperature, generator=gen)).cpu()
             dec.train(was_training)
             s_dist, _ = membership(model, samples, site, z_q[qi], task.special_ids, metric, batch_size)
             keys = _row_keys(candidates[torch.from_numpy(members)]) if len(members) else []

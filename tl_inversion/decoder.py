@@ -32,7 +32,8 @@ Conventions the caller must follow:
   is on the right, PAD never influences a non-PAD position.
 * ``bos_id``, ``eos_id`` and ``pad_id`` must be three different ids. Probed vocabularies
   that reuse one token for all three (GPT-2's ``<|endoftext|>``) need extra ids appended
-  to the decoder vocabulary (``vocab_size`` larger than the probed model's).
+  to the decoder vocabulary (``vocab_size`` larger than the probed model's):
+  :meth:`tl_inversion.bank.DecoderBank.create` does this and translates at the boundary.
 * Activations narrower than ``d_act`` (e.g. a per-head ``hook_z`` next to a residual
   site) must be zero-padded to ``d_act`` by the caller.
 

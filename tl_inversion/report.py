@@ -535,7 +535,8 @@ def _bos_samples(bank: Any, model: Any, task: Any, site: Any, one_input: Tensor,
     gen = torch.Generator(device=bank.device).manual_seed(seed)
     was = dec.training
     dec.eval()
-    samples = dec.generate(bank.pad(z.reshape(1, -1).expand(n, -1), site), idx, temperature=1.0, generator=gen).cpu()
+    z_rows = bank.pad(z.reshape(1, -1).expand(n, -1), site)
+    samples = bank.to_task_tokens(dec.generate(z_rows, idx, temperature=1.0, generator=gen)).cpu()
     dec.train(was)
     if samples.shape[-1] < one_input.shape[-1]:
         samples = torch.nn.functional.pad(samples, (0, one_input.shape[-1] - samples.shape[-1]), value=task.pad_id)

@@ -517,10 +517,14 @@ def sample_many(
             0, inverse, torch.arange(total), reduce="amin"
         )
         duplicate = torch.arange(total) != first[inverse]
-        u_dist, u_pos = membership(model, u_tok, site, z_q[u_q.to(z_q.device)], task.special_ids, metric, max_batch)
-        u_valid = task.is_valid(u_tok)
-        u_text = task.decode(u_tok)
-        u_tokens = [_trim(r, pad_id) for r in u_tok.tolist()]
+        # u_tok is in the decoders' ids (for colour); the probed model and the task read u_task
+        u_task = bank.to_task_tokens(u_tok)
+        u_dist, u_pos = membership(model, u_task, site, z_q[u_q.to(z_q.device)], task.special_ids, metric, max_batch)
+        u_valid = task.is_valid(u_task)
+        u_text = task.decode(u_task)
+        remap = bank.meta.get("decoder_ids") or {}
+        back = {remap["eos"]: remap["task_eos"], remap["pad"]: remap["task_pad"]} if remap else {}
+        u_tokens = [[back.get(t, t) for t in _trim(r, pad_id)] for r in u_tok.tolist()]
 
         # 4. colour: p(tok | prefix, z_q) - p(tok | prefix, z_BOS), teacher-forced
         u_colour: list[list[float] | None] = [None] * uniq.shape[0]

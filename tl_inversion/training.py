@@ -374,7 +374,7 @@ def measure_faithfulness(
         g = torch.Generator(device=bank.device).manual_seed(seed)
         was_training = dec.training
         dec.eval()
-        samples = dec.generate(bank.pad(z_q, site), idx, temperature=temperature, generator=g)
+        samples = bank.to_task_tokens(dec.generate(bank.pad(z_q, site), idx, temperature=temperature, generator=g))
         dec.train(was_training)
         dist, _ = membership(model, samples, site, z_q, task.special_ids, metric=metric)
         dist = dist.float().cpu()
@@ -520,6 +520,7 @@ def train(
             tokens_d = data[idx]
             pos = sample_positions(task, tokens_d, run.data_gen, cfg.bos_prob, check=False)
             acts = hooked.harvest(model, tokens_d, sites, validate=False)
+            dec_tokens = bank.to_decoder_tokens(tokens_d)  # the decoders' ids (differ only for GPT-2-like vocabularies)
             record: dict[str, Any] = {"step": run.step + 1}
             losses = []
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
@@ -528,12 +529,12 @@ def train(
                             for dec, g in zip(bank.decoders, bank.groups)}
                     site_of = {dec: g[0] for dec, g in zip(bank.decoders, bank.groups)}
                     for stack in run.stacks:
-                        stacked = stack.loss(tokens_d, torch.stack([z_of[d] for d in stack.decoders]))
+                        stacked = stack.loss(dec_tokens, torch.stack([z_of[d] for d in stack.decoders]))
                         for dec, loss in zip(stack.decoders, stacked):
                             losses.append(loss)
                             record[f"loss/{site_of[dec]}"] = loss.detach()
                     for dec in run.singles:
-                        loss = dec.unchecked_loss(tokens_d, z_of[dec], site_zero)
+                        loss = dec.unchecked_loss(dec_tokens, z_of[dec], site_zero)
                         losses.append(loss)
                         record[f"loss/{site_of[dec]}"] = loss.detach()
                 else:
@@ -547,7 +548,7 @@ def train(
                         # every row reads site j; only rows assigned to it keep the value (no host sync)
                         z_j = bank.pad(a[rows.to(a.device), pos.to(a.device)], site)
                         z = torch.where(sel[:, None], z_j, z)
-                    loss = bank.decoders[0].unchecked_loss(tokens_d, z, site_idx_all[choice])
+                    loss = bank.decoders[0].unchecked_loss(dec_tokens, z, site_idx_all[choice])
                     losses.append(loss)
             if cfg.time_limit_s:
                 # with a time budget the schedule runs on whichever ends first: steps or time

@@ -254,9 +254,9 @@ def faithfulness_rate(
     for start in range(0, n, batch_size):
         rows = tokens[start : start + batch_size]
         z = query_activations(model, rows, positions[start : start + batch_size], site, batch_size)
-        samples = decoder.generate(
+        samples = bank.to_task_tokens(decoder.generate(
             bank.pad(z, site).to(dec_device), site_idx, temperature=temperature, generator=generator
-        )
+        ))
         d, _ = membership(model, samples, site, z, task.special_ids, metric, batch_size)
         dists.append(d)
     distances = torch.cat(dists) if dists else torch.empty(0)

@@ -13,12 +13,11 @@ post-processor. ``add_bos``/``add_eos`` switch them off. Positions are token ind
 ``"first"`` and ``"last"`` name the first and last non-special token of each row.
 Decoders train on every non-special position (InversionView Sec. 3).
 
-The decoders of :mod:`tl_inversion.decoder` need three *different* special ids inside the
-probed model's vocabulary (the training data is run through the probed model as is). A
-tokenizer that uses one token for all three (GPT-2's ``<|endoftext|>``) gives a task that
-works for membership and sampling checks, but for decoder training pass ``bos_id``,
-``eos_id`` and ``pad_id`` explicitly, choosing tokens that never occur in the texts (a
-warning says when one does).
+A tokenizer that uses one token for BOS, EOS and PAD (GPT-2's ``<|endoftext|>``) works as
+is: the probed model sees the rows as the tokenizer made them, and a decoder bank gives
+its decoders two extra ids for EOS and PAD
+(:meth:`~tl_inversion.bank.DecoderBank.to_decoder_tokens`). Explicit ``bos_id``,
+``eos_id`` and ``pad_id`` are still accepted (a warning says when one occurs in the texts).
 """
 
 from __future__ import annotations
