@@ -61,11 +61,13 @@ def run_demo(html: str | Path | None = "tl_inversion_demo.html", *, n_repeats: i
     for query, site, position, note in DEMO_QUERIES:
         r = sample_preimage(bank, model, task, query, site, position, n_repeats=n_repeats, seed=0)
         s = r.summary()
-        cons = feature_consistency([r], counting.query_counts)["consistency"].iloc[0]
+        fc = feature_consistency([r], counting.query_counts).iloc[0]
         headline = f"{query!r}  site {site}  position {position!r} ({note})"
-        stats = (f"{s['n_candidates']} samples, {s['in_preimage_fraction']:.0%} within epsilon {s['epsilon']}, "
-                 f"{s['valid_fraction']:.0%} well-formed; in-preimage samples with the query's count: "
-                 + ("n/a" if cons != cons else f"{cons:.0%}"))
+        n_in = int(r.df["in_preimage"].sum())
+        same = round(fc["consistency"] * fc["n"]) if fc["n"] else 0
+        stats = (f"{s['n_candidates']} samples, {n_in} within epsilon {s['epsilon']} ({n_in / s['n_candidates']:.1%}), "
+                 f"{s['valid_fraction']:.0%} well-formed; in-preimage well-formed samples with the query's count: "
+                 f"{same} of {int(fc['n'])}")
         print(f"\n== {headline}\n   {stats}")
         view = r.df.drop_duplicates("text")[["text", "distance", "in_preimage", "valid"]].head(top)
         print(view.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
