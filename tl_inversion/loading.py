@@ -15,6 +15,9 @@ depend on it, logits do not.
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import json
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -136,7 +139,9 @@ def load_hf_gpt2(
         model = hooked_from_hf(hf, processing)
     else:
         model = bridge_from_hf(hf, processing, tokenizer=tokenizer)
-    return model.to(device).eval()
+    with contextlib.redirect_stdout(io.StringIO()):  # TL prints "Moving model to device" on every move
+        model = model.to(device)
+    return model.eval()
 
 
 def hooked_from_hf(hf: Any, processing: Processing = "default") -> Any:
@@ -155,7 +160,8 @@ def hooked_from_hf(hf: Any, processing: Processing = "default") -> Any:
         ) from e
 
     cfg = hooked_config_from_hf(hf.config)
-    model = HookedTransformer(cfg)
+    with contextlib.redirect_stdout(io.StringIO()):  # TL prints "Moving model to device" on every build
+        model = HookedTransformer(cfg)
     state = {k: v.detach().clone() for k, v in convert_gpt2_weights(hf, cfg).items()}
     flags = DEFAULT_PROCESSING if processing == "default" else NO_PROCESSING
     model.load_and_process_state_dict(state, **flags)
