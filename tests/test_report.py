@@ -196,3 +196,14 @@ def test_bad_inputs_are_named(model, table):
         evaluate(model, bank, TASK, table, EvalPlan(positions=["nowhere"]), progress=False)
     with pytest.raises(ValueError, match="no default evaluation plan"):
         default_plan("sentiment")
+
+
+def test_plan_and_data_errors_come_first(model, table):
+    bank = _bank(model, lambda cfg, s: ConstantOracle(cfg, table[0]))
+    with pytest.raises(ValueError, match="no positions"):
+        evaluate(model, bank, TASK, table, EvalPlan(positions=[]), progress=False)
+    with pytest.raises(ValueError, match="both queries and positions"):
+        evaluate(model, bank, TASK, table, EvalPlan(positions=["="], completeness_queries=["615+861=1476"],
+                                                     candidates=lambda: table), progress=False)
+    with pytest.raises(ValueError, match=r"eval_data must be \[n >= 1, 14\]"):
+        evaluate(model, bank, TASK, table[:, :8], EvalPlan(positions=["="]), progress=False)

@@ -165,3 +165,12 @@ def test_stacked_training_equals_one_decoder_at_a_time(counting_model, data):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
     assert runs[0].history["loss"].tolist() == pytest.approx(runs[1].history["loss"].tolist(), rel=1e-5)
+
+
+def test_bad_training_data_is_named(counting_model, data):
+    tr, te = data
+    task = counting.make_task()
+    with pytest.raises(ValueError, match="the model's vocabulary is 0..39"):
+        train(counting_model, task, torch.full_like(tr, 45), te, _cfg(steps=1), progress=False)
+    with pytest.raises(ValueError, match="at least one input"):
+        train(counting_model, task, tr[:0], te, _cfg(steps=1), progress=False)

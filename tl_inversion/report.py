@@ -419,8 +419,20 @@ def evaluate(
         raise ValueError(f"max_candidates must be >= 2 (or None for all), got {max_candidates}")
     if not eps > 0:
         raise ValueError(f"epsilon must be a positive distance (paper: 0.1 for l2, 0.25 for cosine), got {epsilon}")
+    if not plan.positions:
+        raise ValueError("the plan has no positions: give at least one (a task-named position or an index)")
+    if eval_data.ndim != 2 or eval_data.shape[-1] != task.n_ctx or eval_data.shape[0] == 0:
+        raise ValueError(f"eval_data must be [n >= 1, {task.n_ctx}] token ids of task {task.name!r}, "
+                         f"got shape {tuple(eval_data.shape)}")
+    if bool(plan.completeness_queries) != bool(plan.completeness_positions):
+        raise ValueError("completeness needs both queries and positions (completeness_queries and "
+                         "completeness_positions; CLI --completeness-queries and --completeness-positions)")
     if plan.completeness_queries and plan.candidates is None:
         raise ValueError("completeness queries need an enumerated input space: the plan has no candidates")
+    if plan.completeness_queries:  # bad queries or positions fail now, not after the other stages
+        cq = task.encode(list(plan.completeness_queries))
+        for p in plan.completeness_positions:
+            task.resolve_position(cq, p)
     bank.check_model(model)
     bank.check_task(task)
     use_sites = list(bank.sites) if sites is None else [parse_site(s) for s in sites]
@@ -433,77 +445,79 @@ def evaluate(
     completeness_on = bool(plan.completeness_queries) and plan.candidates is not None
     stages = 1 + len(plan.positions) * (1 + len(use_sites)) + (len(use_sites) if completeness_on else 0)
     bar = tqdm(total=stages, disable=not progress, desc="evaluate", unit="stage")
+    try:
 
-    faith_rows = []
-    # the paper's rate: a random trainable position per held-out input (App. C)
-    held = shuffled[:n_faithfulness]
-    df = measure_faithfulness(bank, model, task, held, sample_positions(task, held, g, 0.0),
-                              epsilon=eps, metric=metric, seed=seed)
-    df = df.loc[[str(s) for s in use_sites]]
-    df["position"] = RANDOM
-    faith_rows.append(df.reset_index())
-    for p in plan.positions:
-        toks, idx = per_pos[p]
-        df = measure_faithfulness(bank, model, task, toks[:n_faithfulness], idx[:n_faithfulness],
+        faith_rows = []
+        # the paper's rate: a random trainable position per held-out input (App. C)
+        held = shuffled[:n_faithfulness]
+        df = measure_faithfulness(bank, model, task, held, sample_positions(task, held, g, 0.0),
                                   epsilon=eps, metric=metric, seed=seed)
         df = df.loc[[str(s) for s in use_sites]]
-        df["position"] = str(p)
+        df["position"] = RANDOM
         faith_rows.append(df.reset_index())
-        bar.update(1)
-    faith = pd.concat(faith_rows, ignore_index=True)
-
-    cons_rows, pool_rows = [], []
-    for site in use_sites:
-        bos_samples = _bos_samples(bank, model, task, site, shuffled[:1], n_bos_samples, seed)
         for p in plan.positions:
             toks, idx = per_pos[p]
-            q, qi = toks[n_faithfulness : n_faithfulness + n_queries], idx[n_faithfulness : n_faithfulness + n_queries]
-            if q.shape[0] == 0:
-                q, qi = toks[:n_queries], idx[:n_queries]
-            results = sample_many(bank, model, task, q, site, qi, schedule=schedule, n_repeats=n_repeats,
-                                  epsilon=eps, metric=metric, seed=seed, colour=False)
-            pool = pd.concat([r.df for r in results])
-            pool_rows.append({"site": str(site), "position": str(p), "pool_in_preimage": float(pool["in_preimage"].mean()),
-                              "pool_valid": float(pool["valid"].mean()), "pool_size": int(len(pool))})
-            for name, fn in plan.features.items():
-                fc = feature_consistency(results, fn)
-                cons_rows.append({
-                    "site": str(site), "position": str(p), "feature": name,
-                    "consistency": float(fc["consistency"].mean(skipna=True)) if fc["n"].sum() else math.nan,
-                    "bos_baseline": _agreement(fn, bos_samples, q),
-                    "random_baseline": baseline_consistency(random_inputs, q, fn),
-                    "n_samples": int(fc["n"].sum()), "n_queries": int(q.shape[0]),
-                })
+            df = measure_faithfulness(bank, model, task, toks[:n_faithfulness], idx[:n_faithfulness],
+                                      epsilon=eps, metric=metric, seed=seed)
+            df = df.loc[[str(s) for s in use_sites]]
+            df["position"] = str(p)
+            faith_rows.append(df.reset_index())
             bar.update(1)
-    faith = faith.merge(pd.DataFrame(pool_rows), on=["site", "position"], how="left").set_index(["site", "position"])
-    consistency = pd.DataFrame(cons_rows)
-    if not consistency.empty:
-        consistency = consistency.set_index(["site", "position", "feature"])
+        faith = pd.concat(faith_rows, ignore_index=True)
 
-    comp_frames, score_frames = [], []
-    n_candidates = 0
-    if completeness_on:
-        candidates = plan.candidates()
-        n_candidates = int(candidates.shape[0])
-        cq = task.encode(list(plan.completeness_queries))
-        queries = cq.repeat(len(plan.completeness_positions), 1)
-        positions = torch.cat([task.resolve_position(cq, p) for p in plan.completeness_positions])
-        names = [str(p) for p in plan.completeness_positions for _ in range(cq.shape[0])]
+        cons_rows, pool_rows = [], []
         for site in use_sites:
-            res = completeness(model, bank, task, site, queries, positions, candidates, epsilon=eps, metric=metric,
-                               max_candidates=max_candidates, n_samples=n_samples, class_fn=plan.class_fn,
-                               seed=seed, progress=False)
-            s = res.summary.rename(columns={"position": "position_index"})
-            s.insert(0, "position", [names[i] for i in s["query"]])
-            s.insert(0, "site", str(site))
-            s["eligible"] = s["n_members"] >= plan.min_members
-            comp_frames.append(s)
-            sc = res.scores.copy()
-            sc["site"] = str(site)
-            sc["position"] = [names[i] for i in sc["query"]]
-            score_frames.append(sc)
-            bar.update(1)
-    bar.close()
+            bos_samples = _bos_samples(bank, model, task, site, shuffled[:1], n_bos_samples, seed)
+            for p in plan.positions:
+                toks, idx = per_pos[p]
+                q, qi = toks[n_faithfulness : n_faithfulness + n_queries], idx[n_faithfulness : n_faithfulness + n_queries]
+                if q.shape[0] == 0:
+                    q, qi = toks[:n_queries], idx[:n_queries]
+                results = sample_many(bank, model, task, q, site, qi, schedule=schedule, n_repeats=n_repeats,
+                                      epsilon=eps, metric=metric, seed=seed, colour=False)
+                pool = pd.concat([r.df for r in results])
+                pool_rows.append({"site": str(site), "position": str(p), "pool_in_preimage": float(pool["in_preimage"].mean()),
+                                  "pool_valid": float(pool["valid"].mean()), "pool_size": int(len(pool))})
+                for name, fn in plan.features.items():
+                    fc = feature_consistency(results, fn)
+                    cons_rows.append({
+                        "site": str(site), "position": str(p), "feature": name,
+                        "consistency": float(fc["consistency"].mean(skipna=True)) if fc["n"].sum() else math.nan,
+                        "bos_baseline": _agreement(fn, bos_samples, q),
+                        "random_baseline": baseline_consistency(random_inputs, q, fn),
+                        "n_samples": int(fc["n"].sum()), "n_queries": int(q.shape[0]),
+                    })
+                bar.update(1)
+        faith = faith.merge(pd.DataFrame(pool_rows), on=["site", "position"], how="left").set_index(["site", "position"])
+        consistency = pd.DataFrame(cons_rows)
+        if not consistency.empty:
+            consistency = consistency.set_index(["site", "position", "feature"])
+
+        comp_frames, score_frames = [], []
+        n_candidates = 0
+        if completeness_on:
+            candidates = plan.candidates()
+            n_candidates = int(candidates.shape[0])
+            cq = task.encode(list(plan.completeness_queries))
+            queries = cq.repeat(len(plan.completeness_positions), 1)
+            positions = torch.cat([task.resolve_position(cq, p) for p in plan.completeness_positions])
+            names = [str(p) for p in plan.completeness_positions for _ in range(cq.shape[0])]
+            for site in use_sites:
+                res = completeness(model, bank, task, site, queries, positions, candidates, epsilon=eps, metric=metric,
+                                   max_candidates=max_candidates, n_samples=n_samples, class_fn=plan.class_fn,
+                                   seed=seed, progress=False)
+                s = res.summary.rename(columns={"position": "position_index"})
+                s.insert(0, "position", [names[i] for i in s["query"]])
+                s.insert(0, "site", str(site))
+                s["eligible"] = s["n_members"] >= plan.min_members
+                comp_frames.append(s)
+                sc = res.scores.copy()
+                sc["site"] = str(site)
+                sc["position"] = [names[i] for i in sc["query"]]
+                score_frames.append(sc)
+                bar.update(1)
+    finally:
+        bar.close()
     info = {
         "task": task.name, "n_sites": len(use_sites), "positions": [str(p) for p in plan.positions], "epsilon": eps,
         "metric": metric, "n_faithfulness": n_faithfulness, "n_queries": n_queries,

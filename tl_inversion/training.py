@@ -323,7 +323,7 @@ def _check_resumable(ckpt: Path, cfg: TrainConfig) -> None:
         raise ValueError(
             f"cannot resume {ckpt}: the training config differs from the checkpoint's in "
             + ", ".join(f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in sorted(diff.items()))
-            + f". Only {', '.join(RESUMABLE_CHANGES)} may change; use another out_dir for a new run."
+            + f". Only {', '.join(RESUMABLE_CHANGES)} may change; use another out_dir (CLI: --out) for a new run."
         )
 
 
@@ -445,6 +445,14 @@ def train(
     sites = validate_sites(cfg.sites, model)
     if train_data.shape[-1] != task.n_ctx or eval_data.shape[-1] != task.n_ctx:
         raise ValueError(f"inputs must be [n, {task.n_ctx}] token ids of task {task.name!r}")
+    if train_data.shape[0] == 0 or eval_data.shape[0] == 0:
+        raise ValueError("train_data and eval_data need at least one input each")
+    if task.n_ctx > int(model.cfg.n_ctx):
+        raise ValueError(f"task inputs have {task.n_ctx} positions but the model's context is {model.cfg.n_ctx}")
+    for name, d in (("train_data", train_data), ("eval_data", eval_data)):
+        lo, hi = int(d.min()), int(d.max())
+        if lo < 0 or hi >= int(model.cfg.d_vocab):
+            raise ValueError(f"{name} holds token ids {lo}..{hi}; the model's vocabulary is 0..{int(model.cfg.d_vocab) - 1}")
     torch.manual_seed(cfg.seed)
     probe = train_data[:64]
     first_acts = hooked.harvest(model, probe, sites, validate=False)
@@ -493,7 +501,7 @@ def train(
                 raise ValueError(
                     f"cannot resume {ckpt}: the probed model computes other activations than the one this run "
                     f"started on (at {', '.join(changed)}): another model or other weight processing. "
-                    "Resume with the same model and processing, or use another out_dir."
+                    "Resume with the same model and processing, or use another out_dir (CLI: --out)."
                 )
             run.load(ckpt)
             if progress:
