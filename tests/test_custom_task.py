@@ -129,3 +129,8 @@ def test_gpt2_like_special_ids_train_and_sample(tok):
     for toks in res.df["tokens"]:
         assert max(toks) < v and toks[0] == P  # only the task's ids leave the sampler
     assert res.df["distance"].notna().all()
+
+
+def test_one_string_is_refused(tok):
+    with pytest.raises(TypeError, match="got one string"):
+        TextTask.from_strings("1 2 3", tok)

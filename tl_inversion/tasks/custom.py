@@ -125,9 +125,12 @@ class TextTask:
             The task, data in :attr:`tokens` ``[len(strings), n_ctx]``.
 
         Raises:
+            TypeError: one string instead of a sequence of strings.
             ValueError: no strings, an empty text, a text that does not fit ``n_ctx``
                 (unless ``truncate``), or a tokenizer without BOS/EOS ids and none given.
         """
+        if isinstance(strings, (str, bytes)):
+            raise TypeError("strings must be a list (or other sequence) of texts, got one string; wrap it: [text]")
         strings = list(strings)
         if not strings:
             raise ValueError("no input strings given")
