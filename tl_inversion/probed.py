@@ -8,7 +8,6 @@ next-token cross-entropy on the answer tokens only (the task's ``answer_mask``).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path

@@ -166,13 +166,9 @@ class CharTask:
             PositionError: an index outside ``-n_ctx..n_ctx-1``, or an unknown name (the
                 message lists the valid names).
         """
-        n = tokens.shape[-1]
-        if isinstance(position, str) and position.lstrip("-").isdigit():
-            position = int(position)
-        if isinstance(position, int):
-            if not -n <= position < n:
-                raise PositionError(f"position {position} out of range for inputs of length {n}: valid -{n}..{n - 1}")
-            return torch.full((tokens.shape[0],), position % n, dtype=torch.long)
+        by_index = index_position(tokens, position)
+        if by_index is not None:
+            return by_index
         if position not in self.named_positions:
             raise PositionError(
                 f"{self.name} has no position named {position!r}; named positions: "
@@ -199,6 +195,33 @@ class CharTask:
         for name in self.train_position_names:
             m[rows, self.resolve_position(tokens, name)] = True
         return m
+
+
+def index_position(tokens: Int[Tensor, "batch n_ctx"], position: PositionLike) -> Int[Tensor, " batch"] | None:
+    """``position`` as an index into every row, or ``None`` when it is a name.
+
+    An int (or a string of digits, e.g. ``"-1"`` from a command line) counts from the start,
+    a negative one from the end of the row, as in Python.
+
+    Returns:
+        ``[batch]`` absolute indices (int64), or ``None`` for a named position.
+
+    Raises:
+        PositionError: an index outside ``-n_ctx..n_ctx-1`` (the message gives the range).
+    """
+    n = tokens.shape[-1]
+    if isinstance(position, str) and position.lstrip("-").isdigit():
+        position = int(position)
+    if not isinstance(position, int):
+        return None
+    if not -n <= position < n:
+        raise PositionError(f"position {position} out of range for inputs of length {n}: valid -{n}..{n - 1}")
+    return torch.full((tokens.shape[0],), position % n, dtype=torch.long)
+
+
+def distinct_special_ids(bos_id: int, eos_id: int, pad_id: int) -> tuple[int, ...]:
+    """(BOS, EOS, PAD) without repeats (GPT-2 uses one id for all three)."""
+    return tuple(dict.fromkeys((bos_id, eos_id, pad_id)))
 
 
 def eos_offset(task_eos_id: int, offset: int) -> Callable[[Tensor], Tensor]:

@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from .base import PositionError, PositionLike
+from .base import PositionError, PositionLike, distinct_special_ids, index_position
 
 __all__ = ["TextTask"]
 
@@ -245,7 +245,7 @@ class TextTask:
     @property
     def special_ids(self) -> tuple[int, ...]:
         """(BOS, EOS, PAD) without repeats: positions masked out of preimage membership."""
-        return tuple(dict.fromkeys((self.bos_id, self.eos_id, self.pad_id)))
+        return distinct_special_ids(self.bos_id, self.eos_id, self.pad_id)
 
     @property
     def vocab(self) -> list[str]:
@@ -354,12 +354,9 @@ class TextTask:
                 non-special token.
         """
         n = tokens.shape[-1]
-        if isinstance(position, str) and position.lstrip("-").isdigit():
-            position = int(position)
-        if isinstance(position, int):
-            if not -n <= position < n:
-                raise PositionError(f"position {position} out of range for inputs of length {n}: valid -{n}..{n - 1}")
-            return torch.full((tokens.shape[0],), position % n, dtype=torch.long)
+        by_index = index_position(tokens, position)
+        if by_index is not None:
+            return by_index
         if position not in ("first", "last"):
             raise PositionError(f"{self.name} has no position named {position!r}; named positions: 'first', 'last', "
                                 "or an integer index")

@@ -37,7 +37,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from .base import PositionError, PositionLike
+from .base import PositionError, PositionLike, distinct_special_ids, index_position
 
 __all__ = ["IOITask", "IOIPrompt", "IOIBatch", "TEMPLATES", "NAMES", "PLACES", "OBJECTS", "POSITION_NAMES"]
 
@@ -253,7 +253,7 @@ class IOITask:
 
     @property
     def special_ids(self) -> tuple[int, ...]:
-        return tuple(dict.fromkeys((self.bos_id, self.eos_id, self.pad_id)))
+        return distinct_special_ids(self.bos_id, self.eos_id, self.pad_id)
 
     @property
     def vocab(self) -> list[str]:
@@ -333,13 +333,9 @@ class IOITask:
             PositionError: index out of range, unknown name, or a row that does not hold
                 exactly three name tokens of two names (S twice, IO once).
         """
-        n = tokens.shape[-1]
-        if isinstance(position, str) and position.lstrip("-").isdigit():
-            position = int(position)
-        if isinstance(position, int):
-            if not -n <= position < n:
-                raise PositionError(f"position {position} out of range for inputs of length {n}: valid -{n}..{n - 1}")
-            return torch.full((tokens.shape[0],), position % n, dtype=torch.long)
+        by_index = index_position(tokens, position)
+        if by_index is not None:
+            return by_index
         if position not in POSITION_NAMES:
             raise PositionError(f"ioi has no position named {position!r}; named positions: "
                                 f"{', '.join(repr(k) for k in POSITION_NAMES)}, or an integer index")
