@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Per-hook decoders for a task's paper sites, trained as two groups in parallel (one
-# process per GPU; both processes share the GPU when there is one), then merged and
-# evaluated: the commands behind the README's counting and addition numbers.
+# Per-hook decoders for a task's paper sites, trained in one process (SPLIT=0) or as two
+# groups in parallel (SPLIT=1, the default: one process per GPU; both share the GPU when
+# there is one), then merged and evaluated: the commands behind the README's counting and
+# addition numbers.
 #
 #   bash benchmarks/paper_decoders.sh counting ../shared/models/paper_counting runs/counting 470
 #   bash benchmarks/paper_decoders.sh addition runs/addition_probed runs/addition 400
 #
 # Arguments: task, probed-model folder, output folder, training seconds per group.
-# Environment: TLI (the CLI, default "tl-inversion"), BATCH (4096), LR (2e-3),
+# Environment: TLI (the CLI, default "tl-inversion"), SPLIT (1), BATCH (4096), LR (2e-3),
 # GPU_A / GPU_B (CUDA devices of the two groups; default 0 and 1, or 0 and 0 on one GPU),
 # EVAL_GPU (default GPU_A), EVAL_ARGS (extra arguments of `tl-inversion evaluate`),
 # TRAIN_ARGS (extra arguments of `tl-inversion train`, e.g. --no-stack),
@@ -19,6 +20,7 @@ task=$1 model=$2 out=$3 seconds=$4
 TLI=${TLI:-tl-inversion}
 BATCH=${BATCH:-4096}
 LR=${LR:-2e-3}
+SPLIT=${SPLIT:-1}
 case $task in
 counting)
     # the four sites that learn slowest get a GPU of their own
@@ -37,6 +39,10 @@ addition)
     exit 2
     ;;
 esac
+if [ "$SPLIT" = 0 ]; then
+    group_a+=("${group_b[@]}")
+    group_b=()
+fi
 mkdir -p "$out"
 ngpu=$(nvidia-smi -L 2>/dev/null | wc -l || true)
 GPU_A=${GPU_A:-0}
@@ -57,14 +63,19 @@ train_group() {  # name, CUDA device, sites...
 start=$(date +%s)
 train_group group_a "$GPU_A" "${group_a[@]}" &
 pid_a=$!
-train_group group_b "$GPU_B" "${group_b[@]}" &
-pid_b=$!
+banks=("$out/group_a/bank")
 status=0
+if [ ${#group_b[@]} -gt 0 ]; then
+    train_group group_b "$GPU_B" "${group_b[@]}" &
+    pid_b=$!
+    banks+=("$out/group_b/bank")
+    wait $pid_b || status=$?
+fi
 wait $pid_a || status=$?
-wait $pid_b || status=$?
 echo "training: $(($(date +%s) - start)) s on ${ngpu:-0} GPU(s); exit $status"
-tail -n 3 "$out/group_a.log" "$out/group_b.log"
+tail -n 3 "$out"/group_*.log
 [ "$status" -eq 0 ] || exit "$status"
 # shellcheck disable=SC2086
-CUDA_VISIBLE_DEVICES=$EVAL_GPU $TLI evaluate --model "$model" --task "$task" --bank "$out/group_a/bank" "$out/group_b/bank" \
+CUDA_VISIBLE_DEVICES=$EVAL_GPU $TLI evaluate --model "$model" --task "$task" --bank "${banks[@]}" \
     --out "$out/report" ${EVAL_ARGS:-}
+echo "evaluation: $(($(date +%s) - start)) s since the start"

@@ -155,6 +155,21 @@ def test_lr_factor_by_hand():
     assert lr_factor(60, 10, 110, "constant") == 1.0
 
 
+def test_logged_learning_rate_is_the_one_each_step_used(counting_model, data):
+    # warm-up 4 steps then cosine to step 8, written out by hand: step k (1-based) used
+    # lr * k/4 during warm-up, then 0.1 + 0.9 * 0.5 * (1 + cos(pi * (k-1-4) / 4))
+    tr, te = data
+    logged: list[float] = []
+    cfg = _cfg(steps=8, warmup_steps=4, schedule="cosine", lr=1e-3, eval_every=0, checkpoint_every=0,
+               sites=["blocks.0.hook_resid_post"])
+    result = train(counting_model, counting.make_task(), tr, te, cfg, progress=False,
+                   callback=lambda step, rec: logged.append(float(rec["lr"])))
+    expected = [1e-3 * k / 4 for k in (1, 2, 3, 4)]
+    expected += [1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi * j / 4))) for j in (0, 1, 2, 3)]
+    assert logged == pytest.approx(expected)
+    assert result.history.set_index("step")["lr"].loc[1] == pytest.approx(1e-3 / 4)
+
+
 def test_stacked_training_equals_one_decoder_at_a_time(counting_model, data):
     """The vectorised per-hook step (stack=True) is the sequential step's mathematics."""
     tr, te = data

@@ -568,11 +568,11 @@ def train(
             run.opt.zero_grad(set_to_none=True)
             total.backward()
             run.clip(cfg.grad_clip)
+            record["lr"] = run.opt.param_groups[0]["lr"]  # the rate this step used
             run.opt.step()
             run.sched.step()
             run.step += 1
             record["loss"] = total.detach() / len(losses)
-            record["lr"] = run.opt.param_groups[0]["lr"]
             out_of_time = bool(cfg.time_limit_s) and time.perf_counter() - t0 > cfg.time_limit_s
             last = run.step == cfg.steps or out_of_time
             evaluate_now = (cfg.eval_every and run.step % cfg.eval_every == 0) or last
