@@ -6,6 +6,7 @@ Prints a table of median milliseconds per step (after warm-up) for each number o
 decoders, batch size and mode.
 
     python benchmarks/step_time.py --device cuda --decoders 1 4 9 --batch-sizes 512 4096
+    python benchmarks/step_time.py --device cuda --decoders 9 --modes stacked stacked+compiled
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[512, 4096])
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--modes", nargs="+", default=["one-by-one", "stacked"],
+                    choices=["one-by-one", "stacked", "stacked+compiled"],
+                    help="step variants; stacked+compiled uses torch.compile (its compile time is excluded)")
     args = ap.parse_args()
     cls = "hooked"
     try:
@@ -51,7 +55,10 @@ def main() -> None:
     rows = []
     for n in args.decoders:
         for bs in args.batch_sizes:
-            for stack in ([False] if n == 1 else [False, True]):
+            for mode in args.modes:
+                stack = mode.startswith("stacked")
+                if stack and n == 1:
+                    continue
                 times: list[float] = []
                 last = [time.perf_counter()]
 
@@ -63,10 +70,11 @@ def main() -> None:
                     last[0] = now
 
                 cfg = TrainConfig(sites=SITES[:n], steps=args.steps, batch_size=bs, eval_every=0, eval_n=4, checkpoint_every=0,
-                                  device=args.device, stack=stack, decoder={"d_model": args.d_model})
+                                  device=args.device, stack=stack, compile=mode.endswith("compiled"),
+                                  decoder={"d_model": args.d_model})
                 train(model, task, data, data, cfg, progress=False, callback=tick)
                 ms = 1000 * statistics.median(times[5:-1])
-                rows.append({"decoders": n, "batch": bs, "mode": "stacked" if stack else "one by one",
+                rows.append({"decoders": n, "batch": bs, "mode": mode,
                              "ms_per_step": ms, "inputs_per_s": bs / ms * 1000})
                 print(rows[-1], flush=True)
     df = pd.DataFrame(rows)

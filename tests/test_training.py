@@ -182,6 +182,29 @@ def test_stacked_training_equals_one_decoder_at_a_time(counting_model, data):
     assert runs[0].history["loss"].tolist() == pytest.approx(runs[1].history["loss"].tolist(), rel=1e-5)
 
 
+def test_compiled_training_equals_eager(counting_model, data, monkeypatch):
+    """compile=True routes every loss (a stack and a lone decoder) through torch.compile
+    and changes nothing else. The aot_eager backend stands in for Inductor here (it
+    traces and differentiates the same graphs; Inductor's CPU code generation is slow)."""
+    compiled = []
+    real = torch.compile
+
+    def spy(fn, **kw):
+        compiled.append(fn)
+        return real(fn, backend="aot_eager", dynamic=kw.get("dynamic"))
+
+    monkeypatch.setattr(torch, "compile", spy)
+    tr, te = data
+    task = counting.make_task()
+    sites = SAME_WIDTH[:2] + ["blocks.0.attn.hook_z[0]"]  # two stack, one does not
+    runs = [train(counting_model, task, tr, te, _cfg(sites=sites, compile=c, eval_every=0, steps=4), progress=False)
+            for c in (True, False)]
+    assert len(compiled) == 2  # the stack's vmapped loss and the lone decoder's loss
+    a, b = (r.bank.state_dict() for r in runs)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
 def test_bad_training_data_is_named(counting_model, data):
     tr, te = data
     task = counting.make_task()

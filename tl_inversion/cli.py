@@ -88,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         sites=_sites(args, model), topology=args.topology, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup_steps, schedule=args.schedule, eval_every=args.eval_every, eval_n=args.eval_n,
         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, rebalance=not args.no_rebalance,
-        decoder=decoder, time_limit_s=args.time_limit, stack=not args.no_stack,
+        decoder=decoder, time_limit_s=args.time_limit, stack=not args.no_stack, compile=args.compile,
     )
     import torch
 
@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-rebalance", action="store_true")
     p.add_argument("--no-stack", action="store_true",
                    help="per_hook: train decoders one by one instead of as one vmapped module (same mathematics)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile each step's loss with torch.compile (CUDA: Triton; slow first steps)")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue from checkpoints in --out (error if there are any)")
     p.add_argument("--time-limit", type=float, default=0.0, help="stop after this many seconds (0: no limit)")
     p.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float32",

@@ -68,6 +68,10 @@ class StackedDecoders:
         self._core = _LossCore(base)
         self._loss = vmap(self._one, in_dims=(0, 0, 0, None, None), randomness="different")
 
+    def compile(self) -> None:
+        """Compile the vmapped loss (forward and backward) with ``torch.compile``."""
+        self._loss = torch.compile(self._loss, dynamic=False)
+
     def __len__(self) -> int:
         return len(self.decoders)
 
