@@ -19,7 +19,6 @@ import time
 import pandas as pd
 import torch
 
-from tl_inversion.cli import default_model_class
 from tl_inversion.evaluation import baseline_consistency, feature_consistency
 from tl_inversion.loading import load_hf_gpt2
 from tl_inversion.sampling import sample_many
@@ -48,8 +47,7 @@ def main() -> None:
     args = ap.parse_args()
 
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
-    cls = default_model_class()
-    model = load_hf_gpt2(args.model, cls, "default" if cls == "hooked" else "compat", device=device)
+    model = load_hf_gpt2(args.model, device=device)
     task = counting.make_task()
     train_data, test_data = counting.paper_split("train"), counting.paper_split("test")
     cfg = TrainConfig(

@@ -19,7 +19,6 @@ import time
 import pandas as pd
 import torch
 
-from tl_inversion.cli import default_model_class
 from tl_inversion.demo import asset_dir
 from tl_inversion.loading import load_hf_gpt2
 from tl_inversion.sampling import sample_many
@@ -39,9 +38,8 @@ def main() -> None:
     ap.add_argument("--n-repeats", type=int, default=1)
     args = ap.parse_args()
 
-    cls = default_model_class()
     folder = args.model or asset_dir() / "probed"
-    model = load_hf_gpt2(folder, cls, "default" if cls == "hooked" else "compat", device=args.device)
+    model = load_hf_gpt2(folder, device=args.device)
     task = counting.make_task()
     tr, te = counting.paper_split("train"), counting.paper_split("test")
     cfg = TrainConfig(sites=args.sites, steps=args.steps, batch_size=args.batch_size, eval_every=0, eval_n=16,

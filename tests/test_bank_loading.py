@@ -89,6 +89,15 @@ def test_hooked_default_and_bridge_compat_are_interchangeable(tmp_path):
     _bank_for(ht).check_model(br)  # same activations: accepted
 
 
+def test_loader_defaults_pick_the_class_this_version_has(tmp_path):
+    # TL < 4 has HookedTransformer (default processing); TL 4 only the bridge (compat mode)
+    model = load_hf_gpt2(write_gpt2(tmp_path / "m"))
+    expected = "HookedTransformer" if HAS_HOOKED else "TransformerBridge"
+    assert type(model).__name__ == expected
+    explicit = load_counting_shaped(tmp_path / "m", "hooked" if HAS_HOOKED else "bridge")
+    _bank_for(explicit).check_model(model)  # same activations as the explicit call
+
+
 @pytest.mark.paper
 @pytest.mark.skipif(
     os.environ.get("TL_INVERSION_ENV") not in (None, "tl39"),

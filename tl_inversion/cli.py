@@ -21,16 +21,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-def default_model_class() -> str:
-    """``"hooked"`` where HookedTransformer exists (TL < 4), else ``"bridge"``."""
-    try:
-        from transformer_lens import HookedTransformer  # noqa: F401
-
-        return "hooked"
-    except Exception:
-        return "bridge"
-
-
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="folder of a Hugging Face GPT-2 checkpoint (config.json + weights)")
     p.add_argument("--model-class", choices=["hooked", "bridge"], default=None, help="default: hooked on TL<4, else bridge")
@@ -44,10 +34,8 @@ def _load_model(args: argparse.Namespace) -> Any:
 
     from .loading import load_hf_gpt2
 
-    cls = args.model_class or default_model_class()
-    processing = args.processing or ("default" if cls == "hooked" else "compat")
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
-    return load_hf_gpt2(args.model, cls, processing, device=device)
+    return load_hf_gpt2(args.model, args.model_class, args.processing, device=device)
 
 
 def _sites(args: argparse.Namespace, model: Any) -> list[str]:

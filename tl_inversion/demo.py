@@ -35,10 +35,7 @@ def asset_dir() -> Path:
 
 def load_demo(model_class: str | None = None) -> tuple[Any, DecoderBank]:
     """The embedded probed model (HookedTransformer on TL<4, else TransformerBridge) and its decoders."""
-    from .cli import default_model_class
-
-    cls = model_class or default_model_class()
-    model = load_hf_gpt2(asset_dir() / "probed", cls, "default" if cls == "hooked" else "compat")
+    model = load_hf_gpt2(asset_dir() / "probed", model_class)
     bank = DecoderBank.load(asset_dir() / "decoders", model)
     return model, bank
 

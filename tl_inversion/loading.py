@@ -97,10 +97,20 @@ def hooked_config_from_hf(hf_config: Any) -> Any:
     )
 
 
+def default_model_class() -> ModelClass:
+    """``"hooked"`` where this TransformerLens has ``HookedTransformer`` (TL < 4), else ``"bridge"``."""
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+
+        return "hooked"
+    except Exception:
+        return "bridge"
+
+
 def load_hf_gpt2(
     path: str | Path,
-    model_class: ModelClass = "hooked",
-    processing: Processing = "default",
+    model_class: ModelClass | None = None,
+    processing: Processing | None = None,
     *,
     device: str | torch.device = "cpu",
     tokenizer: Any = None,
@@ -110,11 +120,13 @@ def load_hf_gpt2(
     Args:
         path: folder with ``config.json`` and ``pytorch_model.bin`` or ``model.safetensors``.
         model_class: ``"hooked"`` for a ``HookedTransformer`` (TL < 4) or ``"bridge"`` for a
-            ``TransformerBridge`` (TL >= 3).
+            ``TransformerBridge`` (TL >= 3); ``None`` (default): :func:`default_model_class`.
         processing: ``"default"``: HookedTransformer's default weight processing (fold_ln,
             center_writing_weights, center_unembed, fold_value_biases; the paper's
             activations); ``"none"``: raw weights; ``"compat"``: the bridge's compatibility
-            mode (bridge only; equals ``"default"`` processing).
+            mode (bridge only; equals ``"default"`` processing). ``None`` (default):
+            ``"default"`` for a HookedTransformer, ``"compat"`` for a bridge (the same
+            activations either way).
         device: where to put the model.
         tokenizer: a tokenizer for the bridge; a tiny character tokenizer is built from the
             vocabulary size when omitted (we work on token ids, never strings).
@@ -128,6 +140,10 @@ def load_hf_gpt2(
         ValueError: unknown ``model_class`` or ``processing``.
     """
     path = Path(path)
+    if model_class is None:
+        model_class = default_model_class()
+    if processing is None:
+        processing = "default" if model_class == "hooked" else "compat"
     if model_class not in ("hooked", "bridge"):
         raise ValueError(f"model_class must be 'hooked' or 'bridge', got {model_class!r}")
     if processing not in ("default", "none", "compat"):
