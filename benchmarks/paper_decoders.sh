@@ -23,10 +23,10 @@ LR=${LR:-2e-3}
 SPLIT=${SPLIT:-1}
 case $task in
 counting)
-    # the four sites that learn slowest get a GPU of their own
-    group_a=("blocks.1.attn.hook_result[0]" blocks.1.hook_resid_mid blocks.1.hook_mlp_out blocks.1.hook_resid_post)
+    # the three sites that learned slowest (README) get a GPU of their own
+    group_a=("blocks.1.attn.hook_result[0]" blocks.1.hook_mlp_out blocks.1.hook_resid_post)
     group_b=(blocks.0.hook_resid_pre "blocks.0.attn.hook_result[0]" blocks.0.hook_resid_mid blocks.0.hook_mlp_out
-             blocks.0.hook_resid_post)
+             blocks.0.hook_resid_post blocks.1.hook_resid_mid)
     ;;
 addition)
     group_a=(blocks.0.hook_resid_pre "blocks.0.attn.hook_result[0]" "blocks.0.attn.hook_result[1]"

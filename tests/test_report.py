@@ -207,3 +207,20 @@ def test_plan_and_data_errors_come_first(model, table):
                                                      candidates=lambda: table), progress=False)
     with pytest.raises(ValueError, match=r"eval_data must be \[n >= 1, 14\]"):
         evaluate(model, bank, TASK, table[:, :8], EvalPlan(positions=["="]), progress=False)
+
+
+def test_positions_holding_special_tokens_are_left_out():
+    from tl_inversion.report import _resolvable
+    from tl_inversion.tasks import counting
+    from tl_inversion.tasks.base import PositionError
+
+    task = counting.make_task()
+    rows = task.encode(["ab|a:1", "abcdefgh|a:1", "abcdefghij|b:1"])
+    # index 9 is the '|' of row 1, the letter 'i' of row 2 and PAD in row 0: rows 1 and 2 remain
+    assert rows[0, 9] == task.pad_id
+    toks, idx = _resolvable(task, rows, 9)
+    assert torch.equal(toks, rows[1:]) and idx.tolist() == [9, 9]
+    with pytest.raises(PositionError, match="BOS, EOS or PAD"):
+        _resolvable(task, rows, 0)  # BOS in every row
+    with pytest.raises(PositionError, match="BOS, EOS or PAD"):
+        _resolvable(task, rows[:1], 20)  # PAD

@@ -337,25 +337,33 @@ def _plot_auroc(df: pd.DataFrame, path: Path) -> Path:
 
 
 def _resolvable(task: Any, tokens: Tensor, position: PositionLike) -> tuple[Tensor, Tensor]:
-    """Rows of ``tokens`` where ``position`` exists, and its index in each (e.g. A4 exists only
-    for 4-digit sums).
+    """Rows of ``tokens`` where ``position`` exists and holds an input token (not BOS, EOS or
+    PAD, which membership never compares), and its index in each (e.g. A4 exists only for
+    4-digit sums; index 30 of a counting row is often PAD).
 
     Raises:
         PositionError: no row has the position (or the name is unknown).
     """
     try:
-        return tokens, task.resolve_position(tokens, position)
+        keep, idx = torch.arange(tokens.shape[0]), task.resolve_position(tokens, position)
     except PositionError:
-        keep, idx = [], []
+        rows, found = [], []
         for i in range(tokens.shape[0]):
             try:
-                idx.append(int(task.resolve_position(tokens[i : i + 1], position)[0]))
-                keep.append(i)
+                found.append(int(task.resolve_position(tokens[i : i + 1], position)[0]))
+                rows.append(i)
             except PositionError:
                 continue
-        if not keep:
+        if not rows:
             raise
-        return tokens[keep], torch.tensor(idx, dtype=torch.long)
+        keep, idx = torch.tensor(rows, dtype=torch.long), torch.tensor(found, dtype=torch.long)
+    held = tokens[keep].gather(-1, idx[:, None].to(tokens.device)).squeeze(-1)
+    special = torch.tensor(sorted(set(task.special_ids)), dtype=held.dtype, device=held.device)
+    ok = ~torch.isin(held, special)
+    if not bool(ok.any()):
+        raise PositionError(f"position {position!r} holds BOS, EOS or PAD in every evaluation row; "
+                            "choose a position of the input's own tokens")
+    return tokens[keep[ok.cpu()]], idx[ok.cpu()]
 
 
 def evaluate(
