@@ -134,3 +134,24 @@ def test_gpt2_like_special_ids_train_and_sample(tok):
 def test_one_string_is_refused(tok):
     with pytest.raises(TypeError, match="got one string"):
         TextTask.from_strings("1 2 3", tok)
+
+
+def test_words_outside_the_vocabulary_are_reported():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[BOS]", "[EOS]", "[PAD]", "the", "cat", "sat", "[UNK]"])}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    words = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
+                                    unk_token="[UNK]")
+    with pytest.warns(UserWarning, match=r"1 of 2 texts hold the tokenizer's unknown token '\[UNK\]' \(id 6\)"):
+        task = TextTask.from_strings(["the cat sat", "the dog sat"], words)
+    assert task.tokens[1, 2] == 6  # 'dog' became [UNK], as the warning says
+    with pytest.warns(UserWarning, match="unknown token"):
+        task.encode("a cat")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        task.encode("the cat")  # every word known: silent

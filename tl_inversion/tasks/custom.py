@@ -42,6 +42,25 @@ def _ids_of(tokenizer: Any, attr: str) -> int | None:
     return int(v) if v is not None else None
 
 
+def _tokenize(tokenizer: Any, texts: Sequence[str], specials: set[int]) -> list[list[int]]:
+    """Token ids of each text (no special tokens added); warns when the tokenizer replaced
+    words outside its vocabulary by its unknown token (a word-level tokenizer does this
+    silently; byte-level ones such as GPT-2's never need to)."""
+    bodies = [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    unk = _ids_of(tokenizer, "unk_token_id")
+    if unk is not None and unk not in specials:
+        hits = [i for i, b in enumerate(bodies) if unk in b]
+        if hits:
+            warnings.warn(
+                f"{len(hits)} of {len(bodies)} texts hold the tokenizer's unknown token "
+                f"{getattr(tokenizer, 'unk_token', unk)!r} (id {unk}), first text {hits[0]}: "
+                "words outside the tokenizer's vocabulary were replaced by it",
+                UserWarning,
+                stacklevel=3,
+            )
+    return bodies
+
+
 class TextTask:
     """A task over the user's own inputs (token ids ``[n, n_ctx]``).
 
@@ -144,8 +163,8 @@ class TextTask:
             )
         pad = pad_id if pad_id is not None else _ids_of(tokenizer, "pad_token_id")
         pad = eos if pad is None else pad
-        bodies = [list(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in strings]
         special = {bos, eos, pad}
+        bodies = _tokenize(tokenizer, strings, special)
         hit = next((i for i, b in enumerate(bodies) if special.intersection(b)), None)
         if hit is not None:
             warnings.warn(
@@ -293,7 +312,7 @@ class TextTask:
             raise ValueError("this task was built from token ids and has no tokenizer; pass token tensors instead")
         if isinstance(texts, str):
             texts = [texts]
-        bodies = [list(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        bodies = _tokenize(self.tokenizer, texts, set(self.special_ids))
         other = self._from_bodies(bodies, self.n_ctx, self.bos_id, self.eos_id, self.pad_id, self.d_vocab,
                                   self.tokenizer, self.name, self.add_bos, self.add_eos, False)
         return other.tokens
