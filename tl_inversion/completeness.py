@@ -395,9 +395,9 @@ def plot_completeness(
         ax.axvline(eps, ls="--", c="k", lw=0.8, label=f"epsilon = {eps:g}")
     ax.set_xlabel("distance D(x, z_q)")
     ax.set_ylabel("decoder log p(x | z_q) [nats]")
-    ax.set_title(title or "completeness")
+    ax.set_title(title or "completeness", fontsize=10)
     ax.legend(loc="lower left", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")  # a long title widens the picture rather than being cut
     plt.close(fig)
     return path

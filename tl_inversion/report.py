@@ -281,7 +281,7 @@ class EvaluationReport:
                                       & (self.scores["query"] == row["query"])]
                     path = plot_completeness(sub, out / f"completeness_{tag}.png", query=None,
                                              epsilon=self.info.get("epsilon"),
-                                             title=f"{row['site']} @ {row['position']}: {row['text']} (AUROC {row['auroc']:.3f})")
+                                             title=f"{row['site']} @ {row['position']}\n{row['text']} (AUROC {row['auroc']:.3f})")
                     plots[f"Completeness scatter, {tag} AUROC"] = path.name
         path = out / "report.md"
         path.write_text(self.to_markdown(plots))
