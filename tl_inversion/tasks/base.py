@@ -224,6 +224,38 @@ def distinct_special_ids(bos_id: int, eos_id: int, pad_id: int) -> tuple[int, ..
     return tuple(dict.fromkeys((bos_id, eos_id, pad_id)))
 
 
+class TokenizerVocab:
+    """Vocabulary surface of a task whose tokens come from a (Hugging Face) tokenizer.
+
+    Needs ``bos_id``, ``eos_id``, ``pad_id``, ``d_vocab`` and ``tokenizer`` (may be
+    ``None``: ids are then shown as numbers) on the task.
+    """
+
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    d_vocab: int
+    tokenizer: object
+
+    @property
+    def chars(self) -> None:
+        """``None``: no character vocabulary (see :attr:`vocab`)."""
+        return None
+
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        """(BOS, EOS, PAD) without repeats: positions masked out of preimage membership."""
+        return distinct_special_ids(self.bos_id, self.eos_id, self.pad_id)
+
+    @property
+    def vocab(self) -> list[str]:
+        """Token strings by id (``str(id)`` without a tokenizer; ``<id>`` for unnamed ids)."""
+        if self.tokenizer is None:
+            return [str(i) for i in range(self.d_vocab)]
+        toks = self.tokenizer.convert_ids_to_tokens(list(range(self.d_vocab)))
+        return [t if t is not None else f"<{i}>" for i, t in enumerate(toks)]
+
+
 def eos_offset(task_eos_id: int, offset: int) -> Callable[[Tensor], Tensor]:
     """A named position ``offset`` tokens before the first EOS of each row."""
 

@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from .base import PositionError, PositionLike, distinct_special_ids, index_position
+from .base import PositionError, PositionLike, TokenizerVocab, index_position
 
 __all__ = ["TextTask"]
 
@@ -61,7 +61,7 @@ def _tokenize(tokenizer: Any, texts: Sequence[str], specials: set[int]) -> list[
     return bodies
 
 
-class TextTask:
+class TextTask(TokenizerVocab):
     """A task over the user's own inputs (token ids ``[n, n_ctx]``).
 
     Build one with :meth:`from_strings`, :meth:`from_file`, :meth:`from_iterator` or
@@ -205,26 +205,16 @@ class TextTask:
         return cls.from_strings(out, tokenizer, n_ctx, **kwargs)
 
     @classmethod
-    def from_tokens(
-        cls,
-        tokens: Int[Tensor, "n n_ctx"],
-        *,
-        bos_id: int,
-        eos_id: int,
-        pad_id: int,
-        d_vocab: int,
-        tokenizer: Any = None,
-        name: str = "custom",
-        add_bos: bool = True,
-        add_eos: bool = True,
-    ) -> "TextTask":
+    def from_tokens(cls, tokens: Int[Tensor, "n n_ctx"], **kwargs: Any) -> "TextTask":
         """Wrap ready token ids ``[n, n_ctx]`` laid out as ``[BOS] text [EOS] PAD...``.
+
+        Keyword arguments are the constructor's (``bos_id``, ``eos_id``, ``pad_id`` and
+        ``d_vocab`` are required).
 
         Raises:
             ValueError: as the constructor.
         """
-        return cls(tokens, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, d_vocab=d_vocab, tokenizer=tokenizer,
-                   name=name, add_bos=add_bos, add_eos=add_eos)
+        return cls(tokens, **kwargs)
 
     @classmethod
     def _from_bodies(cls, bodies, n_ctx, bos, eos, pad, d_vocab, tokenizer, name, add_bos, add_eos, truncate):
@@ -255,24 +245,6 @@ class TextTask:
     @property
     def n_ctx(self) -> int:
         return int(self.tokens.shape[1])
-
-    @property
-    def chars(self) -> None:
-        """``None``: a text task has no character vocabulary (see :attr:`vocab`)."""
-        return None
-
-    @property
-    def special_ids(self) -> tuple[int, ...]:
-        """(BOS, EOS, PAD) without repeats: positions masked out of preimage membership."""
-        return distinct_special_ids(self.bos_id, self.eos_id, self.pad_id)
-
-    @property
-    def vocab(self) -> list[str]:
-        """Token strings by id (``str(id)`` without a tokenizer)."""
-        if self.tokenizer is None:
-            return [str(i) for i in range(self.d_vocab)]
-        toks = self.tokenizer.convert_ids_to_tokens(list(range(self.d_vocab)))
-        return [t if t is not None else f"<{i}>" for i, t in enumerate(toks)]
 
     @property
     def handling(self) -> dict[str, Any]:

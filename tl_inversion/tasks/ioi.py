@@ -37,7 +37,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from .base import PositionError, PositionLike, distinct_special_ids, index_position
+from .base import PositionError, PositionLike, TokenizerVocab, index_position
 
 __all__ = ["IOITask", "IOIPrompt", "IOIBatch", "TEMPLATES", "NAMES", "PLACES", "OBJECTS", "POSITION_NAMES"]
 
@@ -94,7 +94,7 @@ class IOIBatch:
     prompts: list[IOIPrompt]
 
 
-class IOITask:
+class IOITask(TokenizerVocab):
     """IOI prompts tokenised by the probed model's tokenizer (a ``TokenTask``).
 
     Exposes the task surface used by sampling, verification and training (``name``,
@@ -245,21 +245,7 @@ class IOITask:
             prompts,
         )
 
-    # task surface -----------------------------------------------------------------------
-    @property
-    def chars(self) -> None:
-        """``None``: IOI has no character vocabulary (see :attr:`vocab`)."""
-        return None
-
-    @property
-    def special_ids(self) -> tuple[int, ...]:
-        return distinct_special_ids(self.bos_id, self.eos_id, self.pad_id)
-
-    @property
-    def vocab(self) -> list[str]:
-        return [t if t is not None else f"<{i}>" for i, t in
-                enumerate(self.tokenizer.convert_ids_to_tokens(list(range(self.d_vocab))))]
-
+    # task surface (chars, special_ids, vocab: TokenizerVocab) ---------------------------
     def vocab_hash(self) -> str:
         payload = json.dumps([self.vocab, self.bos_id, self.eos_id, self.pad_id, self.n_ctx])
         return hashlib.sha256(payload.encode()).hexdigest()
