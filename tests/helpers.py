@@ -249,3 +249,14 @@ def amplify(model):
                 if p.dim() >= 2:
                     p.mul_(10)
     return model
+
+
+def random_patching_data(seed: int, n: int = 6, n_pos: int = 12):
+    """Random clean and contrast rows ``[n, n_pos]`` over ids 0..9, answers ``[n]`` and
+    contrast answers that always differ from them."""
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, 10, (n, n_pos), generator=g)
+    contrast = torch.randint(0, 10, (n, n_pos), generator=g)
+    answers = torch.randint(0, 10, (n,), generator=g)
+    contrast_answers = (answers + 1 + torch.randint(0, 8, (n,), generator=g)) % 10
+    return clean, contrast, answers, contrast_answers

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import amplify
+from helpers import amplify, random_patching_data
 from tl_inversion.circuits import Circuit, NotationError
 from tl_inversion.patching import (
     AnswerLogProb,
@@ -44,12 +44,7 @@ def model(tiny_model):
 
 @pytest.fixture
 def data():
-    g = torch.Generator().manual_seed(7)
-    clean = torch.randint(0, 10, (N, POS), generator=g)
-    contrast = torch.randint(0, 10, (N, POS), generator=g)
-    answers = torch.randint(0, 10, (N,), generator=g)
-    contrast_answers = (answers + 1 + torch.randint(0, 8, (N,), generator=g)) % 10
-    return clean, contrast, answers, contrast_answers
+    return random_patching_data(7, N, POS)
 
 
 def ld_at_last(logits, a, b):

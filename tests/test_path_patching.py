@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import HAS_HOOKED
-from helpers import amplify
+from helpers import amplify, random_patching_data
 from tl_inversion.circuits import Edge
 from tl_inversion.patching import FromCache, run_patching
 from tl_inversion.path_patching import path_patch, run_path_patching, split_qkv_inputs
@@ -23,12 +23,7 @@ def model(tiny_model):
 
 @pytest.fixture
 def data():
-    g = torch.Generator().manual_seed(11)
-    clean = torch.randint(0, 10, (N, POS), generator=g)
-    contrast = torch.randint(0, 10, (N, POS), generator=g)
-    a = torch.randint(0, 10, (N,), generator=g)
-    b = (a + 1 + torch.randint(0, 8, (N,), generator=g)) % 10
-    return clean, contrast, a, b
+    return random_patching_data(11, N, POS)
 
 
 def kw(data, **extra):
