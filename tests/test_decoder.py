@@ -190,7 +190,8 @@ def test_causality():
             changed = tokens.clone()
             changed[:, i + 1:] = (changed[:, i + 1:] + 3) % 9
             out = model(changed, z, site)
-            torch.testing.assert_close(out[:, : i + 1], base[:, : i + 1], atol=1e-6, rtol=0)
+            # float32 rounding of differently shaped kernels stays near 1e-6; a leak is > 1e-4
+            torch.testing.assert_close(out[:, : i + 1], base[:, : i + 1], atol=1e-5, rtol=0)
             assert (out[:, i + 1:] - base[:, i + 1:]).abs().amax() > 1e-4
 
 
@@ -199,7 +200,7 @@ def test_shorter_sequence_equals_prefix():
     tokens, z, site = inputs(model.cfg)
     with torch.no_grad():
         torch.testing.assert_close(model(tokens[:, :4], z, site), model(tokens, z, site)[:, :4],
-                                   atol=1e-6, rtol=0)
+                                   atol=1e-5, rtol=0)  # rounding only (a later token leaking in is far larger)
 
 
 # -------------------------------------------------------------- objective
