@@ -224,3 +224,18 @@ def test_positions_holding_special_tokens_are_left_out():
         _resolvable(task, rows, 0)  # BOS in every row
     with pytest.raises(PositionError, match="BOS, EOS or PAD"):
         _resolvable(task, rows[:1], 20)  # PAD
+
+
+def test_rare_positions_are_searched_in_all_rows_and_shortfalls_reported():
+    from tl_inversion.report import _rows_for_position
+    from tl_inversion.tasks import counting
+
+    task = counting.make_task()
+    short = task.encode(["ab|a:1"] * 2000)
+    long = task.encode(["abcdefghijklmnopq|a:1", "bbcdefghijklmnopq|b:2", "cbcdefghijklmnopq|c:1"])
+    rows = torch.cat([short, long])  # index 15 is an input letter only in the last three rows
+    with pytest.warns(UserWarning, match=r"only 3 of 2003 evaluation rows: faithfulness uses 2 rows \(asked 4\)"):
+        toks, idx, n_f = _rows_for_position(task, rows, 15, n_faithfulness=4, n_queries=2)
+    assert torch.equal(toks, long) and idx.tolist() == [15, 15, 15] and n_f == 2  # round(3 * 4 / 6)
+    toks, idx, n_f = _rows_for_position(task, torch.cat([long, long]), 15, n_faithfulness=4, n_queries=2)
+    assert toks.shape[0] == 6 and n_f == 4  # enough rows: as asked, faithfulness rows first

@@ -25,6 +25,7 @@ For every site of the bank and every position of the plan:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -39,7 +40,7 @@ from . import hooked
 from .completeness import completeness, plot_completeness
 from .distance import default_epsilon
 from .evaluation import baseline_consistency, feature_consistency
-from .sampling import PAPER_SCHEDULE, sample_many
+from .sampling import PAPER_SCHEDULE, check_query_positions, sample_many
 from .sites import parse_site
 from .tasks.base import PositionError
 from .training import measure_faithfulness, sample_positions
@@ -366,6 +367,45 @@ def _resolvable(task: Any, tokens: Tensor, position: PositionLike) -> tuple[Tens
     return tokens[keep[ok.cpu()]], idx[ok.cpu()]
 
 
+def _rows_for_position(task: Any, shuffled: Tensor, position: PositionLike, n_faithfulness: int,
+                       n_queries: int) -> tuple[Tensor, Tensor, int]:
+    """Held-out rows for one position: ``(tokens, indices, n_f)``; the first ``n_f`` rows
+    measure faithfulness, the next ones are the pool queries (disjoint where possible).
+
+    Looks first at a prefix of the shuffled data, then at all of it when the position is
+    rare (an index beyond most inputs' length); warns when fewer rows than asked hold it,
+    and warns once (rather than per query) when it is a position the decoders were not
+    trained on.
+
+    Raises:
+        PositionError: no row holds the position as an input token.
+    """
+    need = n_faithfulness + n_queries
+    first = shuffled[: max(4 * need, 2000)]
+    try:
+        toks, idx = _resolvable(task, first, position)
+    except PositionError:
+        if first.shape[0] == shuffled.shape[0]:
+            raise
+        toks = first[:0]
+    if toks.shape[0] < need and first.shape[0] < shuffled.shape[0]:
+        toks, idx = _resolvable(task, shuffled, position)
+    toks, idx = toks[:need], idx[:need]
+    n = toks.shape[0]
+    n_f = n_faithfulness if n >= need else max(1, round(n * n_faithfulness / need))
+    if n < need:
+        warnings.warn(
+            f"position {position!r} holds an input token in only {n} of {shuffled.shape[0]} evaluation rows: "
+            f"faithfulness uses {n_f} rows (asked {n_faithfulness}) and the pools "
+            + (f"{n - n_f} other rows" if n > n_f else "that same row")
+            + f" (asked {n_queries})",
+            UserWarning,
+            stacklevel=3,
+        )
+    check_query_positions(task, toks[:1], idx[:1])  # once per position, not per query and stage
+    return toks, idx, n_f
+
+
 def evaluate(
     model: Any,
     bank: Any,
@@ -448,7 +488,7 @@ def evaluate(
         bank.lookup(s)  # SiteError listing the bank's sites
     g = torch.Generator().manual_seed(seed)
     shuffled = eval_data[torch.randperm(eval_data.shape[0], generator=g)]
-    per_pos = {p: _resolvable(task, shuffled[: max(4 * (n_faithfulness + n_queries), 2000)], p) for p in plan.positions}
+    per_pos = {p: _rows_for_position(task, shuffled, p, n_faithfulness, n_queries) for p in plan.positions}
     random_inputs = shuffled[:n_random]
     completeness_on = bool(plan.completeness_queries) and plan.candidates is not None
     stages = 1 + len(plan.positions) * (1 + len(use_sites)) + (len(use_sites) if completeness_on else 0)
@@ -464,9 +504,8 @@ def evaluate(
         df["position"] = RANDOM
         faith_rows.append(df.reset_index())
         for p in plan.positions:
-            toks, idx = per_pos[p]
-            df = measure_faithfulness(bank, model, task, toks[:n_faithfulness], idx[:n_faithfulness],
-                                      epsilon=eps, metric=metric, seed=seed)
+            toks, idx, n_f = per_pos[p]
+            df = measure_faithfulness(bank, model, task, toks[:n_f], idx[:n_f], epsilon=eps, metric=metric, seed=seed)
             df = df.loc[[str(s) for s in use_sites]]
             df["position"] = str(p)
             faith_rows.append(df.reset_index())
@@ -477,12 +516,12 @@ def evaluate(
         for site in use_sites:
             bos_samples = _bos_samples(bank, model, task, site, shuffled[:1], n_bos_samples, seed)
             for p in plan.positions:
-                toks, idx = per_pos[p]
-                q, qi = toks[n_faithfulness : n_faithfulness + n_queries], idx[n_faithfulness : n_faithfulness + n_queries]
-                if q.shape[0] == 0:
-                    q, qi = toks[:n_queries], idx[:n_queries]
+                toks, idx, n_f = per_pos[p]
+                q, qi = toks[n_f : n_f + n_queries], idx[n_f : n_f + n_queries]
+                if q.shape[0] == 0:  # a single row holds the position: it is also the query
+                    q, qi = toks[:1], idx[:1]
                 results = sample_many(bank, model, task, q, site, qi, schedule=schedule, n_repeats=n_repeats,
-                                      epsilon=eps, metric=metric, seed=seed, colour=False)
+                                      epsilon=eps, metric=metric, seed=seed, colour=False, warn_positions=False)
                 pool = pd.concat([r.df for r in results])
                 pool_rows.append({"site": str(site), "position": str(p), "pool_in_preimage": float(pool["in_preimage"].mean()),
                                   "pool_valid": float(pool["valid"].mean()), "pool_size": int(len(pool))})

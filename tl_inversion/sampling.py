@@ -339,7 +339,9 @@ def _resolve_positions(task: Any, tokens: Tensor, positions: Any) -> Tensor:
     return pos
 
 
-def _warn_positions(task: Any, tokens: Tensor, pos: Tensor) -> None:
+def check_query_positions(task: Any, tokens: Tensor, pos: Tensor) -> None:
+    """Warn (:class:`UntrainedPositionWarning`, at most three per kind) about queries whose
+    position holds BOS/EOS/PAD or is not one the task's decoders are trained on."""
     rows = torch.arange(tokens.shape[0])
     special = task.special_mask(tokens)[rows, pos]
     for i in torch.nonzero(special).flatten().tolist()[:3]:
@@ -413,6 +415,7 @@ def sample_many(
     colour: bool = True,
     allow_mismatch: bool = False,
     max_batch: int = 1024,
+    warn_positions: bool = True,
 ) -> list[PreimageResult]:
     """Sample and verify the preimages of many queries at one site, batched across queries.
 
@@ -431,6 +434,8 @@ def sample_many(
             query (sequence or ``[Q]`` tensor).
         schedule, n_repeats, batch_size, epsilon, metric, seed, colour, allow_mismatch,
             max_batch: as :func:`sample_preimage`.
+        warn_positions: warn (:class:`UntrainedPositionWarning`) about special or untrained
+            query positions (callers that warned once already pass ``False``).
 
     Returns:
         One :class:`PreimageResult` per query, in order.
@@ -453,7 +458,8 @@ def sample_many(
     qtok = _query_tokens(task, queries)
     _check_query_format(task, qtok)
     pos = _resolve_positions(task, qtok, positions)
-    _warn_positions(task, qtok, pos)
+    if warn_positions:
+        check_query_positions(task, qtok, pos)
     n_q, n_ctx = qtok.shape
     dec_device = next(decoder.parameters()).device
     pad_id = decoder.cfg.pad_id
