@@ -155,3 +155,39 @@ def test_merge_keeps_each_decoder_and_survives_a_round_trip(tmp_path):
                              {**parts[1].meta, "task": {"name": "addition"}})
     with pytest.raises(ValueError, match="another task"):
         DecoderBank.merge([parts[0], other_task])
+
+
+def test_loader_errors_name_the_problem(tmp_path):
+    import json
+
+    from tl_inversion.loading import LoadError
+
+    folder = write_gpt2(tmp_path / "m")
+    if not torch.cuda.is_available():
+        with pytest.raises(LoadError, match="sees no CUDA GPU"):
+            load_hf_gpt2(folder, device="cuda")
+    with pytest.raises(ValueError, match="device must be"):
+        load_hf_gpt2(folder, device="nonsense")
+    cfg = json.loads((folder / "config.json").read_text())
+    other = tmp_path / "llama"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
+    with pytest.raises(LoadError, match="holds a 'llama' checkpoint"):
+        load_hf_gpt2(other)
+    (other / "config.json").write_text("{not json")
+    with pytest.raises(LoadError, match="config.json is not valid JSON"):
+        load_hf_gpt2(other)
+
+
+@pytest.mark.skipif(not HAS_BRIDGE, reason="needs TransformerBridge")
+def test_bridge_refuses_an_in_memory_tokenizer_clearly(tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from tl_inversion.loading import LoadError
+
+    vocab = {f"t{i}": i for i in range(40)}
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0")),
+                                  bos_token="t1", eos_token="t2")
+    with pytest.raises(LoadError, match="save_pretrained"):
+        load_hf_gpt2(write_gpt2(tmp_path / "m"), "bridge", tokenizer=tok)

@@ -47,7 +47,14 @@ def _read_hf_gpt2(path: str | Path) -> Any:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise LoadError(f"{path} has no config.json: expected a Hugging Face GPT-2 checkpoint folder")
-    config = GPT2Config.from_dict(json.loads((path / "config.json").read_text()))
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise LoadError(f"{path / 'config.json'} is not valid JSON ({e})") from e
+    if raw.get("model_type", "gpt2") != "gpt2":
+        raise LoadError(f"{path} holds a {raw['model_type']!r} checkpoint; load_hf_gpt2 reads GPT-2 checkpoints "
+                        "(config.json model_type 'gpt2')")
+    config = GPT2Config.from_dict(raw)
     if (path / "model.safetensors").is_file():
         from safetensors.torch import load_file
 
@@ -136,8 +143,9 @@ def load_hf_gpt2(
         rounding.
 
     Raises:
-        LoadError: missing files, or a model class this TransformerLens version lacks.
-        ValueError: unknown ``model_class`` or ``processing``.
+        LoadError: missing files, invalid ``config.json``, a checkpoint that is not GPT-2,
+            CUDA asked for without a GPU, or a model class this TransformerLens lacks.
+        ValueError: unknown ``model_class``, ``processing`` or ``device``.
     """
     path = Path(path)
     if model_class is None:
@@ -148,6 +156,12 @@ def load_hf_gpt2(
         raise ValueError(f"model_class must be 'hooked' or 'bridge', got {model_class!r}")
     if processing not in ("default", "none", "compat"):
         raise ValueError(f"processing must be 'default', 'none' or 'compat', got {processing!r}")
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise LoadError(f"device {device!r}: this torch ({torch.__version__}) sees no CUDA GPU; use device='cpu'")
     hf = _read_hf_gpt2(path)
     if model_class == "hooked":
         if processing == "compat":
@@ -227,6 +241,14 @@ def bridge_from_hf(hf: Any, processing: Processing = "none", *, tokenizer: Any =
         special = lambda i: vocab[i] if isinstance(i, int) and 0 <= i < n else vocab[-1]  # noqa: E731
         tokenizer = char_tokenizer(
             vocab, bos=special(hf.config.bos_token_id), eos=special(hf.config.eos_token_id), pad=special(hf.config.pad_token_id)
+        )
+    elif getattr(tokenizer, "bos_token", None) is not None and "name_or_path" not in getattr(tokenizer, "init_kwargs", {}):
+        # TransformerLens re-creates a tokenizer by this name unless it already adds BOS
+        raise LoadError(
+            "the TransformerBridge needs a tokenizer that records where it came from "
+            "(tokenizer.init_kwargs['name_or_path']); an in-memory tokenizer lacks it: save it with "
+            "save_pretrained(folder) and load it with AutoTokenizer.from_pretrained(folder), or build it with "
+            "name_or_path=... and add_bos_token=True"
         )
     model = build_bridge(hf, tokenizer)
     if processing in ("compat", "default"):
