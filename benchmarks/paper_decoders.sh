@@ -7,7 +7,8 @@
 #   bash benchmarks/paper_decoders.sh counting ../shared/models/paper_counting runs/counting 470
 #   bash benchmarks/paper_decoders.sh addition runs/addition_probed runs/addition 400
 #
-# Arguments: task, probed-model folder, output folder, training seconds per group.
+# Arguments: task, probed-model folder, output folder, training seconds per group (counted
+# over all calls: the same command again after an interruption resumes each group).
 # Environment: TLI (the CLI, default "tl-inversion"), SPLIT (1), BATCH (4096), LR (2e-3),
 # GPU_A / GPU_B (CUDA devices of the two groups; default 0 and 1, or 0 and 0 on one GPU),
 # EVAL_GPU (default GPU_A), EVAL_ARGS (extra arguments of `tl-inversion evaluate`),
@@ -16,7 +17,16 @@
 # Writes <out>/group_a, <out>/group_b (training runs with bank/ and log.jsonl),
 # <out>/*.log and the report <out>/report/report.md.
 set -euo pipefail
+if [ $# -ne 4 ] || [ "$1" = -h ] || [ "$1" = --help ]; then
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
+    [ $# -eq 4 ] || echo "paper_decoders.sh: expected 4 arguments (task, model folder, output folder, seconds), got $#" >&2
+    exit 2
+fi
 task=$1 model=$2 out=$3 seconds=$4
+if ! [[ $seconds =~ ^[0-9]+([.][0-9]+)?$ ]] || [ "$(awk "BEGIN{print ($seconds > 0)}")" != 1 ]; then
+    echo "paper_decoders.sh: seconds must be a positive number (training seconds per group), got '$seconds'" >&2
+    exit 2
+fi
 TLI=${TLI:-tl-inversion}
 BATCH=${BATCH:-4096}
 LR=${LR:-2e-3}

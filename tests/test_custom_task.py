@@ -155,3 +155,11 @@ def test_words_outside_the_vocabulary_are_reported():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         task.encode("the cat")  # every word known: silent
+
+
+def test_a_raw_tokenizers_object_is_refused_clearly():
+    from tokenizers import Tokenizer, models
+
+    raw = Tokenizer(models.WordLevel(vocab={"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    with pytest.raises(TypeError, match="Hugging Face transformers tokenizer.*got Tokenizer"):
+        TextTask.from_strings(["a a"], raw)

@@ -212,3 +212,32 @@ def test_bad_training_data_is_named(counting_model, data):
         train(counting_model, task, torch.full_like(tr, 45), te, _cfg(steps=1), progress=False)
     with pytest.raises(ValueError, match="at least one input"):
         train(counting_model, task, tr[:0], te, _cfg(steps=1), progress=False)
+
+
+def test_time_limit_counts_over_resumed_calls(counting_model, data, tmp_path, monkeypatch):
+    """time_limit_s is a budget of training seconds over all calls, like `steps` is of steps:
+    a fake clock advances 10 s per step; the schedule follows the total time."""
+    import tl_inversion.training as training
+    from tl_inversion.training import lr_factor
+
+    clock = [0.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
+    tick = lambda step, rec: clock.__setitem__(0, clock[0] + 10.0)  # noqa: E731
+    tr, te = data
+    task = counting.make_task()
+    kw = dict(steps=100, warmup_steps=1, schedule="cosine", eval_every=0, checkpoint_every=0, sites=["blocks.0.hook_resid_post"])
+    # call 1, budget 25 s: the check after step 4 sees 30 s > 25 s; the checkpoint records 30 s
+    first = train(counting_model, task, tr, te, _cfg(time_limit_s=25, **kw), out_dir=tmp_path, progress=False, callback=tick)
+    assert first.steps_this_call == 4
+    # call 2, budget raised to 55 s: the clock goes on from 30 s: steps 5-8 (checks at 30, 40, 50, 60 s)
+    lrs = []
+    second = train(counting_model, task, tr, te, _cfg(time_limit_s=55, **kw), out_dir=tmp_path, progress=False,
+                   callback=lambda step, rec: (lrs.append(float(rec["lr"])), tick(step, rec)))
+    assert second.steps_this_call == 4 and second.bank.meta["steps"] == 8
+    # step 5 used the rate of progress max(4/100, 30/55): the schedule did not restart
+    assert lrs[0] == pytest.approx(1e-3 * lr_factor(int(30 / 55 * 100), 1, 100, "cosine"))
+    # call 3, same budget: already spent, nothing to train
+    third = train(counting_model, task, tr, te, _cfg(time_limit_s=55, **kw), out_dir=tmp_path, progress=False, callback=tick)
+    assert third.steps_this_call == 0
+    with pytest.raises(ValueError, match="time_limit_s must be >= 0"):
+        _cfg(time_limit_s=-1)

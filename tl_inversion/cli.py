@@ -83,8 +83,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(model, task, task_data(args.task, "train"), task_data(args.task, "test"), cfg, out_dir=args.out,
                    resume=not args.no_resume, save_dtype=getattr(torch, args.save_dtype))
     print(result.faithfulness.to_string())
-    print(f"mean faithfulness {result.faithfulness['faithfulness'].mean():.4f}; "
-          f"{result.samples_per_second:.0f} inputs/s; {result.seconds:.1f} s; bank: {Path(args.out) / 'bank'}")
+    if result.steps_this_call == 0:
+        print(f"nothing to train: the run in {args.out} had already reached step {result.bank.meta.get('steps')} "
+              f"(--steps {args.steps}); mean faithfulness {result.faithfulness['faithfulness'].mean():.4f}; "
+              f"bank: {Path(args.out) / 'bank'}")
+    else:
+        print(f"mean faithfulness {result.faithfulness['faithfulness'].mean():.4f}; {result.steps_this_call} steps, "
+              f"{result.samples_per_second:.0f} inputs/s, {result.seconds:.1f} s; bank: {Path(args.out) / 'bank'}")
     return 0
 
 
@@ -207,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train decoders for sites of a probed model")
     _add_model_args(p)
-    p.add_argument("--task", default="counting", help="registered task: counting or addition (default: counting)")
+    p.add_argument("--task", default="counting", help="registered task: counting or addition (default: counting); IOI and your own texts: Python API")
     p.add_argument("--sites", nargs="+", help="site strings, e.g. 'blocks.1.attn.hook_result[0]'")
     p.add_argument("--preset", choices=["paper", "paper-counting", "paper-addition"], help="the paper's site set")
     p.add_argument("--topology", choices=["per_hook", "shared"], default="per_hook")
@@ -229,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="compile each step's loss with torch.compile (CUDA: Triton; slow first steps)")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue from checkpoints in --out (error if there are any)")
-    p.add_argument("--time-limit", type=float, default=0.0, help="stop after this many seconds (0: no limit)")
+    p.add_argument("--time-limit", type=float, default=0.0, help="stop once the run has trained this many seconds, over all calls (0: no limit)")
     p.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="dtype of the final bank on disk")
     p.add_argument("--out", required=True)
@@ -238,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample and verify the preimage of one query")
     _add_model_args(p)
     p.add_argument("--bank", required=True, nargs="+", help="folder of a saved decoder bank (several: merged)")
-    p.add_argument("--task", default="counting", help="registered task: counting or addition (default: counting)")
+    p.add_argument("--task", default="counting", help="registered task: counting or addition (default: counting); IOI and your own texts: Python API")
     p.add_argument("--query", required=True, help="input text without B/E/P, e.g. 'ddkdkkxdk|k:4'")
     p.add_argument("--site", required=True)
     p.add_argument("--position", required=True, help="index or a task-named position such as ':'")
@@ -255,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="faithfulness, feature consistency and completeness per site and position: a report")
     _add_model_args(p)
     p.add_argument("--bank", required=True, nargs="+", help="folder of a saved decoder bank (several: merged)")
-    p.add_argument("--task", default="counting", help="registered task: counting or addition (default: counting)")
+    p.add_argument("--task", default="counting", help="registered task: counting or addition (default: counting); IOI and your own texts: Python API")
     p.add_argument("--out", required=True, help="report folder (report.md, CSV files, PNG plots)")
     p.add_argument("--sites", nargs="+", help="a subset of the bank's sites (default: all)")
     p.add_argument("--positions", nargs="+", help="positions (task names or indices); default: the task's plan")

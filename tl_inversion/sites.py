@@ -182,8 +182,9 @@ def validate_site(site: SiteLike, model: Any) -> Site:
             )
         n_heads = _n_heads_for(site, model)
         if not -n_heads <= site.head < n_heads:
+            heads = f"{n_heads} head" + ("s" if n_heads != 1 else "")
             raise SiteError(
-                f"head index {site.head} out of range for {site.hook!r}: this layer has {n_heads} heads, "
+                f"head index {site.head} out of range for {site.hook!r}: this layer has {heads}, "
                 f"valid heads are 0..{n_heads - 1}"
             )
         if site.head < 0:

@@ -80,9 +80,11 @@ class TrainConfig:
         compile: compile each step's loss (forward and backward) with ``torch.compile``
             (fuses elementwise work; the first steps are slow while it compiles; on CUDA
             it needs Triton). Off by default; the result is unchanged up to rounding.
-        time_limit_s: stop (evaluate, checkpoint, save) once this many seconds have passed
-            in this call, even before ``steps``; the learning-rate schedule then follows
-            elapsed time (so a time-limited run is not bit-reproducible); 0 means no limit.
+        time_limit_s: stop (evaluate, checkpoint, save) once the run has trained this many
+            seconds, counted over all calls (a resumed run continues the clock from its
+            checkpoint, as it continues the step count), even before ``steps``; the
+            learning-rate schedule then follows that time (so a time-limited run is not
+            bit-reproducible); 0 means no limit.
         decoder: :class:`~tl_inversion.decoder.DecoderConfig` fields (``d_model``,
             ``n_layers``, ``n_heads``, ``n_cond_blocks``...).
     """
@@ -123,6 +125,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "eval_n"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.time_limit_s < 0:
+            raise ValueError(f"time_limit_s must be >= 0 seconds (0: no limit), got {self.time_limit_s}")
         if not 0 <= self.bos_prob < 1:
             raise ValueError(f"bos_prob must be in [0, 1), got {self.bos_prob}")
 
@@ -139,6 +143,7 @@ class TrainResult:
     faithfulness: pd.DataFrame
     seconds: float
     samples_per_second: float
+    steps_this_call: int = 0  # optimizer steps taken by this call (0: the run had already finished)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -227,6 +232,8 @@ class _Run:
         self.opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=device.type == "cuda")
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg))
         self.step = 0
+        self.elapsed_s = 0.0  # training seconds of earlier calls (restored from checkpoints)
+        self.call_start = time.perf_counter()  # when this call's training began
         # the data pipeline runs where the decoders train (no host work or copies per step)
         self.data_gen = torch.Generator(device=device).manual_seed(cfg.seed)
         self.history: list[dict[str, Any]] = []
@@ -249,6 +256,7 @@ class _Run:
         name = f"step_{self.step:08d}"
         state = {
             "step": self.step,
+            "elapsed_s": self.elapsed_s + time.perf_counter() - self.call_start,
             "history": self.history,
             "rates": self.rates,
             "python_random": repr(random.getstate()),
@@ -303,6 +311,7 @@ class _Run:
         np.random.set_state(blob["numpy_rng"])
         info = json.loads((path / "trainer_state.json").read_text())
         self.step = int(info["step"])
+        self.elapsed_s = float(info.get("elapsed_s", 0.0))
         self.history = list(info["history"])
         self.rates = dict(info["rates"])
 
@@ -531,9 +540,16 @@ def train(
     rows = torch.arange(cfg.batch_size, device=device)
     site_zero = torch.zeros(cfg.batch_size, dtype=torch.long, device=device)
     t0, start_step = time.perf_counter(), run.step
+    run.call_start = t0
+
+    def trained_s() -> float:  # over all calls of this run
+        return run.elapsed_s + time.perf_counter() - run.call_start
+
     bar = tqdm(total=cfg.steps, initial=run.step, disable=not progress, desc="train decoders", unit="step")
     try:
-        while run.step < cfg.steps:
+        # a resumed run whose time budget is spent takes no step (like one that reached `steps`)
+        spent = bool(cfg.time_limit_s) and run.elapsed_s >= cfg.time_limit_s
+        while run.step < cfg.steps and not spent:
             idx = torch.randint(data.shape[0], (cfg.batch_size,), generator=run.data_gen, device=device)
             tokens_d = data[idx]
             pos = sample_positions(task, tokens_d, run.data_gen, cfg.bos_prob, check=False)
@@ -570,7 +586,7 @@ def train(
                     losses.append(loss)
             if cfg.time_limit_s:
                 # with a time budget the schedule runs on whichever ends first: steps or time
-                progress = max(run.step / cfg.steps, (time.perf_counter() - t0) / cfg.time_limit_s)
+                progress = max(run.step / cfg.steps, trained_s() / cfg.time_limit_s)
                 factor = _lr_lambda(cfg)(max(run.step, int(progress * cfg.steps)))
                 for group in run.opt.param_groups:
                     group["lr"] = cfg.lr * factor
@@ -583,7 +599,7 @@ def train(
             run.sched.step()
             run.step += 1
             record["loss"] = total.detach() / len(losses)
-            out_of_time = bool(cfg.time_limit_s) and time.perf_counter() - t0 > cfg.time_limit_s
+            out_of_time = bool(cfg.time_limit_s) and trained_s() > cfg.time_limit_s
             last = run.step == cfg.steps or out_of_time
             evaluate_now = (cfg.eval_every and run.step % cfg.eval_every == 0) or last
             if evaluate_now:
@@ -612,6 +628,9 @@ def train(
             if callback is not None:
                 callback(run.step, record)
             if out_of_time:
+                if progress:
+                    tqdm.write(f"time limit of {cfg.time_limit_s:g} s (over all calls) reached at step {run.step} "
+                               f"of {cfg.steps}")
                 break
     finally:
         bar.close()
@@ -627,7 +646,8 @@ def train(
     hist = pd.DataFrame(run.history)
     faith_df = pd.DataFrame({"faithfulness": run.rates}).rename_axis("site")
     done = run.step - start_step
-    return TrainResult(bank, hist, faith_df, seconds, done * cfg.batch_size / seconds if seconds > 0 else 0.0)
+    return TrainResult(bank, hist, faith_df, seconds, done * cfg.batch_size / seconds if seconds > 0 and done else 0.0,
+                       steps_this_call=done)
 
 
 def _site_probs(sites: Sequence[Site], rates: dict[str, float], cfg: TrainConfig) -> Tensor:

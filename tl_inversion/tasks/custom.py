@@ -144,7 +144,8 @@ class TextTask(TokenizerVocab):
             The task, data in :attr:`tokens` ``[len(strings), n_ctx]``.
 
         Raises:
-            TypeError: one string instead of a sequence of strings.
+            TypeError: one string instead of a sequence of strings, or a tokenizer that is
+                not a Hugging Face transformers tokenizer.
             ValueError: no strings, an empty text, a text that does not fit ``n_ctx``
                 (unless ``truncate``), or a tokenizer without BOS/EOS ids and none given.
         """
@@ -153,6 +154,11 @@ class TextTask(TokenizerVocab):
         strings = list(strings)
         if not strings:
             raise ValueError("no input strings given")
+        if not callable(tokenizer) or not hasattr(tokenizer, "convert_ids_to_tokens"):
+            raise TypeError(
+                f"tokenizer must be a Hugging Face transformers tokenizer (e.g. AutoTokenizer.from_pretrained(...) "
+                f"or PreTrainedTokenizerFast(tokenizer_object=...)), got {type(tokenizer).__name__}"
+            )
         tok_bos, tok_eos = _ids_of(tokenizer, "bos_token_id"), _ids_of(tokenizer, "eos_token_id")
         bos = bos_id if bos_id is not None else (tok_bos if tok_bos is not None else tok_eos)
         eos = eos_id if eos_id is not None else (tok_eos if tok_eos is not None else tok_bos)
