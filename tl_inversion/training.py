@@ -586,8 +586,8 @@ def train(
                     losses.append(loss)
             if cfg.time_limit_s:
                 # with a time budget the schedule runs on whichever ends first: steps or time
-                progress = max(run.step / cfg.steps, trained_s() / cfg.time_limit_s)
-                factor = _lr_lambda(cfg)(max(run.step, int(progress * cfg.steps)))
+                done_frac = max(run.step / cfg.steps, trained_s() / cfg.time_limit_s)
+                factor = _lr_lambda(cfg)(max(run.step, int(done_frac * cfg.steps)))
                 for group in run.opt.param_groups:
                     group["lr"] = cfg.lr * factor
             total = torch.stack(losses).sum()
