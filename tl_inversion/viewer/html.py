@@ -151,7 +151,9 @@ def render_preimage(result: Any, *, note: str = "") -> str:
     out.append(f'<div class="tli-head"><b>query</b> {query}</div>')
     out.append(
         "<table><thead><tr><th>#</th><th>sample</th><th>D</th><th>in &epsilon;</th>"
-        "<th>valid</th><th>T</th><th>noise</th><th>count</th></tr></thead><tbody>"
+        "<th>valid</th><th>T</th><th>noise</th>"
+        '<th title="how often this exact sample occurs in the pool (column count)">&times; in pool</th>'
+        "</tr></thead><tbody>"
     )
     has_colour = "colour" in df.columns
     for i, row in enumerate(df.itertuples(index=False)):
@@ -173,9 +175,11 @@ def render_preimage(result: Any, *, note: str = "") -> str:
             f"<td class=\"tli-num\">{float(row.noise):g}</td><td class=\"tli-num\">{int(row.count)}</td></tr>"
         )
     out.append("</tbody></table>")
+    scale = " ".join(f'<span class="tli-tok" style="{colour_css(v)}">{v:+g}</span>' for v in (-1, -0.5, -0.1, 0.1, 0.5, 1))
     out.append(
-        '<div class="tli-note">Token background: p(token | prefix, z_q) &minus; p(token | prefix, z_BOS) '
-        "(red positive, blue negative). Boxed: matched position. Query: highlighted position.</div>"
+        '<div class="tli-note">Token background: p(token | prefix, z_q) &minus; p(token | prefix, z_BOS), '
+        f"scale {scale} (the activation, rather than the decoder's prior, chose red tokens). "
+        "Boxed: matched position. Query: highlighted position.</div>"
     )
     out.append("</div>")
     return "\n".join(out)
