@@ -194,8 +194,9 @@ def test_bad_inputs_are_named(model, table):
         evaluate(model, bank, TASK, table, EvalPlan(positions=["="]), sites=["blocks.0.hook_mlp_out"], progress=False)
     with pytest.raises(PositionError, match="named positions"):
         evaluate(model, bank, TASK, table, EvalPlan(positions=["nowhere"]), progress=False)
-    with pytest.raises(ValueError, match="no default evaluation plan"):
+    with pytest.raises(ValueError, match="no default evaluation plan for task 'sentiment' \\(built-in plans"):
         default_plan("sentiment")
+    assert default_plan(TASK).completeness_positions == default_plan("addition").completeness_positions  # a task works too
 
 
 def test_plan_and_data_errors_come_first(model, table):

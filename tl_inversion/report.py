@@ -78,8 +78,8 @@ class EvalPlan:
     min_members: int = 10
 
 
-def default_plan(task_name: str) -> EvalPlan:
-    """The plan for a built-in task.
+def default_plan(task_name: str | Any) -> EvalPlan:
+    """The plan for a built-in task (give its name, or the task: its ``name`` is used).
 
     * ``addition``: positions ``+ = A1 A2 A3 A4``; features: hundreds, tens and ones digit of
       each operand, the carry into the tens and into the hundreds, the sum's length;
@@ -94,6 +94,7 @@ def default_plan(task_name: str) -> EvalPlan:
     Raises:
         ValueError: an unknown task name without positions.
     """
+    task_name = getattr(task_name, "name", task_name)
     if task_name == "addition":
         from .tasks import addition
 
@@ -142,7 +143,8 @@ def default_plan(task_name: str) -> EvalPlan:
             candidates=lambda: counting.paper_split("test"),
             class_fn=letter_and_count,
         )
-    raise ValueError(f"no default evaluation plan for task {task_name!r}; give an EvalPlan with positions")
+    raise ValueError(f"no default evaluation plan for task {task_name!r} (built-in plans: addition, counting); "
+                     "give an EvalPlan with positions")
 
 
 @dataclass
