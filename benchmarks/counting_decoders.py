@@ -24,7 +24,7 @@ from tl_inversion.loading import load_hf_gpt2
 from tl_inversion.sampling import sample_many
 from tl_inversion.sites import paper_counting_sites
 from tl_inversion.tasks import counting
-from tl_inversion.training import TrainConfig, train
+from tl_inversion.training import TrainConfig, resolve_device, train
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--save-dtype", default="float32")
     args = ap.parse_args()
 
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     model = load_hf_gpt2(args.model, device=device)
     task = counting.make_task()
     train_data, test_data = counting.paper_split("train"), counting.paper_split("test")

@@ -30,12 +30,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_model(args: argparse.Namespace) -> Any:
-    import torch
-
     from .loading import load_hf_gpt2
+    from .training import resolve_device
 
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
-    return load_hf_gpt2(args.model, args.model_class, args.processing, device=device)
+    return load_hf_gpt2(args.model, args.model_class, args.processing, device=resolve_device(args.device))
 
 
 def _sites(args: argparse.Namespace, model: Any) -> list[str]:

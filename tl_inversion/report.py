@@ -360,13 +360,12 @@ def _resolvable(task: Any, tokens: Tensor, position: PositionLike) -> tuple[Tens
         if not rows:
             raise
         keep, idx = torch.tensor(rows, dtype=torch.long), torch.tensor(found, dtype=torch.long)
-    held = tokens[keep].gather(-1, idx[:, None].to(tokens.device)).squeeze(-1)
-    special = torch.tensor(sorted(set(task.special_ids)), dtype=held.dtype, device=held.device)
-    ok = ~torch.isin(held, special)
+    kept = tokens[keep]
+    ok = ~task.special_mask(kept)[torch.arange(kept.shape[0]), idx.to(kept.device)].cpu()
     if not bool(ok.any()):
         raise PositionError(f"position {position!r} holds BOS, EOS or PAD in every evaluation row; "
                             "choose a position of the input's own tokens")
-    return tokens[keep[ok.cpu()]], idx[ok.cpu()]
+    return kept[ok], idx[ok]
 
 
 def _rows_for_position(task: Any, shuffled: Tensor, position: PositionLike, n_faithfulness: int,

@@ -339,9 +339,18 @@ def _resolve_positions(task: Any, tokens: Tensor, positions: Any) -> Tensor:
     return pos
 
 
-def check_query_positions(task: Any, tokens: Tensor, pos: Tensor) -> None:
-    """Warn (:class:`UntrainedPositionWarning`, at most three per kind) about queries whose
-    position holds BOS/EOS/PAD or is not one the task's decoders are trained on."""
+def check_query_positions(task: Any, tokens: Int[Tensor, "Q n_ctx"], pos: Int[Tensor, " Q"]) -> None:
+    """Warn about queries whose position cannot or was not trained to be inverted.
+
+    Args:
+        task: the task (``special_mask``; ``train_position_mask`` if it restricts positions).
+        tokens: query rows ``[Q, n_ctx]``; pos: one absolute position per query ``[Q]``.
+
+    Warns:
+        UntrainedPositionWarning: at most three per kind: the position holds BOS/EOS/PAD
+        (membership never compares those), or it is not a trained position (InversionView
+        App. C: decoders see only the task's trained positions and BOS).
+    """
     rows = torch.arange(tokens.shape[0])
     special = task.special_mask(tokens)[rows, pos]
     for i in torch.nonzero(special).flatten().tolist()[:3]:
