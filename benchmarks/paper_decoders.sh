@@ -12,7 +12,8 @@
 # Environment: TLI (the CLI, default "tl-inversion"), SPLIT (1), BATCH (4096), LR (2e-3),
 # GPU_A / GPU_B (CUDA devices of the two groups; default 0 and 1, or 0 and 0 on one GPU),
 # EVAL_GPU (default GPU_A), EVAL_ARGS (extra arguments of `tl-inversion evaluate`),
-# TRAIN_ARGS (extra arguments of `tl-inversion train`, e.g. --no-stack),
+# TRAIN_ARGS (extra arguments of `tl-inversion train`, e.g. --no-stack; a group that fails
+# with --compile resumes without it),
 # OMP_NUM_THREADS (CPU threads per process; default: a quarter of the cores).
 # Writes <out>/group_a, <out>/group_b (training runs with bank/ and log.jsonl),
 # <out>/*.log and the report <out>/report/report.md.
@@ -63,11 +64,16 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( ($(nproc) + 3) / 4 ))}
 train_group() {  # name, CUDA device, sites...
     local name=$1 dev=$2
     shift 2
+    local args=(--model "$model" --task "$task" --sites "$@" --steps 1000000 --batch-size "$BATCH" --lr "$LR"
+                --warmup-steps 200 --schedule cosine --time-limit "$seconds" --eval-every 1000
+                --checkpoint-every 1000 --save-dtype float16 --out "$out/$name")
     # shellcheck disable=SC2086
-    CUDA_VISIBLE_DEVICES=$dev $TLI train --model "$model" --task "$task" --sites "$@" --steps 1000000 \
-        --batch-size "$BATCH" --lr "$LR" --warmup-steps 200 --schedule cosine --time-limit "$seconds" \
-        --eval-every 1000 --checkpoint-every 1000 --save-dtype float16 --out "$out/$name" ${TRAIN_ARGS:-} \
-        >"$out/$name.log" 2>&1
+    CUDA_VISIBLE_DEVICES=$dev $TLI train "${args[@]}" ${TRAIN_ARGS:-} >"$out/$name.log" 2>&1 && return 0
+    # a run that fails with --compile continues eagerly from its last checkpoint (same time budget)
+    [[ " ${TRAIN_ARGS:-} " == *" --compile "* ]] || return 1
+    echo "paper_decoders.sh: $name failed with --compile; resuming without it" | tee -a "$out/$name.log" >&2
+    # shellcheck disable=SC2086
+    CUDA_VISIBLE_DEVICES=$dev $TLI train "${args[@]}" ${TRAIN_ARGS//--compile/} >>"$out/$name.log" 2>&1
 }
 
 start=$(date +%s)
