@@ -9,7 +9,7 @@
 #
 # Arguments: task, probed-model folder, output folder, training seconds per group (counted
 # over all calls: the same command again after an interruption resumes each group).
-# Environment: TLI (the CLI, default "tl-inversion"), SPLIT (1), BATCH (4096), LR (2e-3),
+# Environment: TLI (the CLI, default "tl-inversion"), SPLIT (1), BATCH (1024), LR (2e-3),
 # GPU_A / GPU_B (CUDA devices of the two groups; default 0 and 1, or 0 and 0 on one GPU),
 # EVAL_GPU (default GPU_A), EVAL_ARGS (extra arguments of `tl-inversion evaluate`),
 # TRAIN_ARGS (extra arguments of `tl-inversion train`, e.g. --no-stack; a group that fails
@@ -29,7 +29,7 @@ if ! [[ $seconds =~ ^[0-9]+([.][0-9]+)?$ ]] || [ "$(awk "BEGIN{print ($seconds >
     exit 2
 fi
 TLI=${TLI:-tl-inversion}
-BATCH=${BATCH:-4096}
+BATCH=${BATCH:-1024}
 LR=${LR:-2e-3}
 SPLIT=${SPLIT:-1}
 case $task in
