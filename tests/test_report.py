@@ -240,3 +240,28 @@ def test_rare_positions_are_searched_in_all_rows_and_shortfalls_reported():
     assert torch.equal(toks, long) and idx.tolist() == [15, 15, 15] and n_f == 2  # round(3 * 4 / 6)
     toks, idx, n_f = _rows_for_position(task, torch.cat([long, long]), 15, n_faithfulness=4, n_queries=2)
     assert toks.shape[0] == 6 and n_f == 4  # enough rows: as asked, faithfulness rows first
+
+
+def test_auroc_by_preimage_share_groups_rows_by_hand():
+    import pandas as pd
+
+    from tl_inversion.report import EvaluationReport
+
+    # shares 0.00005, 0.005, 0.05, 0.06, 0.1, 0.5; one ineligible row and one without an AUROC
+    comp = pd.DataFrame({
+        "site": ["s"] * 8,
+        "n_candidates": [20000, 1000, 1000, 1000, 1000, 1000, 1000, 1000],
+        "n_members": [1, 5, 50, 60, 100, 500, 3, 40],
+        "auroc": [0.99, 0.97, 0.90, 0.70, 0.60, 0.50, 0.10, float("nan")],
+        "eligible": [True, True, True, True, True, True, False, True],
+    })
+    rep = EvaluationReport(pd.DataFrame(), pd.DataFrame(), comp, pd.DataFrame())
+    got = rep.completeness_by_preimage_size()
+    assert list(got.index) == ["[0, 0.0001)", "[0.001, 0.01)", "[0.01, 0.1)", "[0.1, 1]"]
+    assert list(got["rows"]) == [1, 1, 2, 2]
+    assert got.loc["[0.01, 0.1)", "median"] == pytest.approx(0.80)  # (0.90 + 0.70) / 2
+    assert got.loc["[0.01, 0.1)", "min"] == pytest.approx(0.70)
+    assert got.loc["[0.1, 1]", "max"] == pytest.approx(0.60)  # share exactly 0.1 opens the last interval
+    assert list(got["frac_ge_0.95"]) == [1.0, 1.0, 0.0, 0.0]
+    assert rep.completeness_summary().loc["all", "rows"] == 6
+    assert EvaluationReport(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame()).completeness_by_preimage_size().empty

@@ -182,15 +182,33 @@ class EvaluationReport:
         e = c[c["eligible"] & c["auroc"].notna()]
         if e.empty:
             return pd.DataFrame({"rows": [0]}, index=pd.Index(["all"], name="site"))
+        rows = {site: _auroc_stats(df["auroc"]) for site, df in e.groupby("site", sort=False)}
+        rows["all"] = _auroc_stats(e["auroc"])
+        return pd.DataFrame(rows).T.astype({"rows": int}).rename_axis("site")
 
-        def stats(df: pd.DataFrame) -> pd.Series:
-            a = df["auroc"]
-            return pd.Series({"rows": len(a), "min": a.min(), "p10": a.quantile(0.1), "median": a.median(),
-                              "max": a.max(), "frac_ge_0.95": float((a >= 0.95).mean())})
+    def completeness_by_preimage_size(self) -> pd.DataFrame:
+        """AUROC distribution of eligible completeness rows, grouped by the true preimage's
+        share of the candidate space (``n_members / n_candidates``, in decades).
 
-        rows = {site: stats(df) for site, df in e.groupby("site", sort=False)}
-        rows["all"] = stats(e)
-        return pd.DataFrame(rows).T.rename_axis("site")
+        Returns:
+            One row per non-empty share interval (``preimage_share``, e.g. ``"[0.001, 0.01)"``)
+            with ``rows``, ``min``, ``p10``, ``median``, ``max``, ``frac_ge_0.95``; empty when
+            there are no completeness rows. Large shares mean a diffuse activation with many
+            candidates near the epsilon boundary, where log p separates members least.
+        """
+        c = self.completeness
+        if c.empty:
+            return pd.DataFrame()
+        e = c[c["eligible"] & c["auroc"].notna()]
+        share = e["n_members"] / e["n_candidates"]
+        groups = {}
+        for lo, hi in zip(SHARE_EDGES[:-1], SHARE_EDGES[1:]):
+            inside = (share >= lo) & (share < hi) if hi < 1 else (share >= lo)
+            if inside.any():
+                groups[f"[{lo:g}, {hi:g}{']' if hi == 1 else ')'}"] = _auroc_stats(e.loc[inside, "auroc"])
+        if not groups:
+            return pd.DataFrame()
+        return pd.DataFrame(groups).T.astype({"rows": int}).rename_axis("preimage_share")
 
     def _wide(self, column: str) -> pd.DataFrame:
         """``column`` as a site x position table in evaluation order."""
@@ -255,7 +273,12 @@ class EvaluationReport:
         if not self.completeness.empty:
             parts += ["", f"## Completeness (true preimage by brute force over {info.get('n_candidates')} inputs)", "",
                       f"AUROC of decoder log p(x | z_q), members vs non-members, rows with >= "
-                      f"{info.get('min_members')} members:", "", self.completeness_summary().to_markdown(floatfmt=fmt)]
+                      f"{info.get('min_members')} members:", "",
+                      self.completeness_summary().astype(object).to_markdown(floatfmt=fmt)]  # object: counts print as ints
+            by_share = self.completeness_by_preimage_size()
+            if not by_share.empty:
+                parts += ["", "The same rows by the true preimage's share of all inputs (diffuse activations, with "
+                          "large preimages, separate least):", "", by_share.astype(object).to_markdown(floatfmt=fmt)]
             cols = ["site", "position", "text", "n_members", "auroc", "recall", "class_recall", "sample_faithfulness"]
             cols = [k for k in cols if k in self.completeness.columns]
             parts += ["", "All rows:", "", self.completeness[cols].to_markdown(index=False, floatfmt=fmt)]
@@ -289,6 +312,15 @@ class EvaluationReport:
         path = out / "report.md"
         path.write_text(self.to_markdown(plots))
         return path
+
+
+SHARE_EDGES = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # preimage share intervals of the completeness report
+
+
+def _auroc_stats(a: pd.Series) -> pd.Series:
+    """Row count, min, 10th percentile, median, max and fraction >= 0.95 of AUROC values."""
+    return pd.Series({"rows": len(a), "min": a.min(), "p10": a.quantile(0.1), "median": a.median(),
+                      "max": a.max(), "frac_ge_0.95": float((a >= 0.95).mean())})
 
 
 def _plot_faithfulness(df: pd.DataFrame, path: Path) -> Path:
