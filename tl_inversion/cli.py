@@ -196,15 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-probed", help="train a probed model on a task (this project's recipe)")
     p.add_argument("--task", default="counting", help="counting or addition")
-    p.add_argument("--out", required=True)
-    p.add_argument("--n-layers", type=int, default=2)
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--n-heads", type=int, default=1)
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="folder for the model (config.json, model.safetensors, recipe.json)")
+    p.add_argument("--n-layers", type=int, default=2, help="layers of the probed model (default: %(default)s)")
+    p.add_argument("--d-model", type=int, default=64, help="residual width (default: %(default)s)")
+    p.add_argument("--n-heads", type=int, default=1, help="attention heads per layer (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=512, help="inputs per step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and batches (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--test-limit", type=int, default=0, help="measure test accuracy on the first N test inputs (0: all)")
     p.set_defaults(func=cmd_train_probed)
 
@@ -213,20 +213,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="counting", help="registered task: counting or addition (default: counting); IOI and your own texts: Python API")
     p.add_argument("--sites", nargs="+", help="site strings, e.g. 'blocks.1.attn.hook_result[0]'")
     p.add_argument("--preset", choices=["paper", "paper-counting", "paper-addition"], help="the paper's site set")
-    p.add_argument("--topology", choices=["per_hook", "shared"], default="per_hook")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup-steps", type=int, default=100)
-    p.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
-    p.add_argument("--eval-every", type=int, default=500)
-    p.add_argument("--eval-n", type=int, default=200)
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--n-layers", type=int, default=2)
-    p.add_argument("--n-heads", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-rebalance", action="store_true")
+    p.add_argument("--topology", choices=["per_hook", "shared"], default="per_hook",
+                   help="one decoder per site, or one site-conditioned decoder for all (the paper's) "
+                        "(default: %(default)s)")
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="inputs per step; each feeds every per-hook decoder (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default: %(default)s)")
+    p.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps (default: %(default)s)")
+    p.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                   help="after warm-up: constant, or cosine decay to 10%% over --steps or --time-limit "
+                        "(default: %(default)s)")
+    p.add_argument("--eval-every", type=int, default=500,
+                   help="steps between faithfulness measurements (0: only at the end) (default: %(default)s)")
+    p.add_argument("--eval-n", type=int, default=200,
+                   help="held-out activations per site for the faithfulness rate (paper: 200) (default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=500,
+                   help="steps between checkpoints (0: only at the end) (default: %(default)s)")
+    p.add_argument("--d-model", type=int, default=256, help="decoder width (paper: 256) (default: %(default)s)")
+    p.add_argument("--n-layers", type=int, default=2, help="decoder layers (paper: 2) (default: %(default)s)")
+    p.add_argument("--n-heads", type=int, default=4, help="decoder attention heads (paper: 4) (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and positions (default: %(default)s)")
+    p.add_argument("--no-rebalance", action="store_true",
+                   help="shared topology: sample sites uniformly instead of favouring low-faithfulness sites")
     p.add_argument("--no-stack", action="store_true",
                    help="per_hook: train decoders one by one instead of as one vmapped module (same mathematics)")
     p.add_argument("--compile", action="store_true",
@@ -234,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="refuse to continue from checkpoints in --out (error if there are any)")
     p.add_argument("--time-limit", type=float, default=0.0, help="stop once the run has trained this many seconds, over all calls (0: no limit)")
     p.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
-                   help="dtype of the final bank on disk")
-    p.add_argument("--out", required=True)
+                   help="dtype of the final bank on disk (default: %(default)s)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints/, log.jsonl, config.json and the final bank/")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="sample and verify the preimage of one query")
@@ -243,15 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bank", required=True, nargs="+", help="folder of a saved decoder bank (several: merged)")
     p.add_argument("--task", default="counting", help="registered task: counting or addition (default: counting); IOI and your own texts: Python API")
     p.add_argument("--query", required=True, help="input text without B/E/P, e.g. 'ddkdkkxdk|k:4'")
-    p.add_argument("--site", required=True)
+    p.add_argument("--site", required=True, help="a site of the bank, e.g. 'blocks.1.attn.hook_result[0]'")
     p.add_argument("--position", required=True, help="index or a task-named position such as ':'")
-    p.add_argument("--epsilon", type=float, default=0.1)
-    p.add_argument("--metric", choices=["l2", "cosine"], default="l2")
-    p.add_argument("--n-repeats", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top", type=int, default=20)
-    p.add_argument("--html", default=None)
+    p.add_argument("--epsilon", type=float, default=0.1,
+                   help="preimage threshold on the distance D (paper: 0.1) (default: %(default)s)")
+    p.add_argument("--metric", choices=["l2", "cosine"], default="l2",
+                   help="D: normalised L2 (paper) or 1 - cosine (default: %(default)s)")
+    p.add_argument("--n-repeats", type=int, default=4,
+                   help="repeats of the 4-setting temperature/noise schedule (paper: 4) (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per setting and repeat (paper: 64) (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    p.add_argument("--top", type=int, default=20, help="rows to print, nearest first (default: %(default)s)")
+    p.add_argument("--html", default=None, help="also write the samples as an HTML page to this file")
     p.add_argument("--allow-mismatch", action="store_true", help="warn instead of failing on a probed-model mismatch")
     p.set_defaults(func=cmd_sample)
 
@@ -269,12 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="query texts whose true preimage is enumerated (every input of the task's space is run "
                         "through the model per site: addition 810,000, counting 390,000; slow on CPU)")
     p.add_argument("--completeness-positions", nargs="*", help="positions of the completeness queries (needed with them)")
-    p.add_argument("--no-completeness", action="store_true")
+    p.add_argument("--no-completeness", action="store_true", help="skip the completeness stage")
     p.add_argument("--max-candidates", type=int, default=20000, help="candidates scored by the decoder per query (0: all)")
     p.add_argument("--n-samples", type=int, default=256, help="decoder samples per completeness query (recall)")
-    p.add_argument("--epsilon", type=float, default=None)
-    p.add_argument("--metric", choices=["l2", "cosine"], default="l2")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epsilon", type=float, default=None,
+                   help="preimage threshold on D (default: 0.1 for l2, 0.25 for cosine)")
+    p.add_argument("--metric", choices=["l2", "cosine"], default="l2", help="D (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of queries and samples (default: %(default)s)")
     p.set_defaults(func=cmd_evaluate)
     return parser
 
