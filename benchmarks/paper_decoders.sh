@@ -32,6 +32,12 @@ TLI=${TLI:-tl-inversion}
 BATCH=${BATCH:-1024}
 LR=${LR:-2e-3}
 SPLIT=${SPLIT:-1}
+fail() { echo "paper_decoders.sh: $*" >&2; exit 2; }
+[ -f "$model/config.json" ] || fail "no model folder with a config.json at '$model'"
+[[ $SPLIT =~ ^[01]$ ]] || fail "SPLIT must be 0 (one process) or 1 (two groups), got '$SPLIT'"
+[[ $BATCH =~ ^[1-9][0-9]*$ ]] || fail "BATCH must be a positive integer, got '$BATCH'"
+[[ $LR =~ ^[0-9]*[.]?[0-9]+([eE][-+]?[0-9]+)?$ ]] && [ "$(awk "BEGIN{print ($LR > 0)}")" = 1 ] \
+    || fail "LR must be a positive number, got '$LR'"
 case $task in
 counting)
     # the three sites that learned slowest (README) get a GPU of their own

@@ -24,7 +24,9 @@ def _sample_args(**over):
         ({"--bank": "/nonexistent/bank"}, "is not a decoder bank folder"),
         ({"--position": "colon"}, "named positions: 'c'"),
         ({"--query": "ddkdkkxdk|K:4"}, "are not input characters"),
-        ({"--site": "blocks.1.hook_resid_pots"}, "no decoder for site"),
+        ({"--site": "blocks.1.hook_resid_pots"}, "(closest: 'blocks.1.hook_resid_post'); this bank covers"),
+        ({"--top": "0"}, "--top must be >= 1"),
+        ({"--query": "", "--position": ":"}, "position ':' does not exist in 1 of 1 rows"),
         ({"--processing": "none"}, "--allow-mismatch"),
     ],
 )
@@ -95,3 +97,32 @@ def test_evaluate_out_must_be_a_folder(capsys, tmp_path):
                 "--out", str(out)]
         assert main(args) == 2
         assert "is a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train-probed", "--out", "OUT", "--steps", "-4"], "steps must be >= 1, got -4"),
+    (["train-probed", "--out", "OUT", "--batch-size", "0"], "batch_size must be >= 1, got 0"),
+    (["train-probed", "--out", "OUT", "--test-limit", "-3"], "--test-limit must be >= 0"),
+    (["train", "--model", str(asset_dir() / "probed"), "--out", "OUT"], "give --sites"),
+    (["train", "--model", str(asset_dir() / "probed"), "--out", "OUT", "--preset", "paper", "--device", "tpu"],
+     "unknown device 'tpu'"),
+    (["train", "--model", str(asset_dir() / "probed"), "--out", "OUT", "--preset", "paper", "--warmup-steps", "-3"],
+     "warmup_steps must be >= 0"),
+])
+def test_training_commands_refuse_bad_numbers(capsys, tmp_path, argv, message):
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_ctrl_c_says_how_to_resume(capsys, monkeypatch):
+    import tl_inversion.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_train", interrupted)
+    assert main(["train", "--model", "M", "--out", "O", "--preset", "paper"]) == 130
+    assert "interrupted (checkpoints are kept: run the same command to resume)" in capsys.readouterr().err

@@ -115,3 +115,37 @@ def test_positions_by_name_and_index_and_errors():
 def test_validate_sites_deduplicates(tiny_model):
     sites = validate_sites(["blocks.0.attn.hook_z[-1]", f"blocks.0.attn.hook_z[{tiny_model.cfg.n_heads - 1}]"], tiny_model)
     assert len(sites) == 1
+
+
+def test_harvest_names_bad_tokens(tiny_model):
+    n_ctx, d_vocab = tiny_model.cfg.n_ctx, tiny_model.cfg.d_vocab
+    site = ["blocks.0.hook_resid_post"]
+    with pytest.raises(ValueError, match=f"{n_ctx + 1} positions but the model's context is n_ctx={n_ctx}"):
+        hooked.harvest(tiny_model, torch.ones(2, n_ctx + 1, dtype=torch.long), site)
+    with pytest.raises(ValueError, match=f"token ids 1..{d_vocab} fall outside the model's vocabulary 0..{d_vocab - 1}"):
+        hooked.harvest(tiny_model, torch.tensor([[1, d_vocab]]), site)
+    with pytest.raises(ValueError, match="integer tensor"):
+        hooked.harvest(tiny_model, torch.ones(2, 3), site)
+    with pytest.raises(ValueError, match=r"\[batch, pos\]"):
+        hooked.harvest(tiny_model, torch.ones(3, dtype=torch.long), site)
+    assert _n_hooks(tiny_model) == 0
+
+
+def test_named_position_absent_from_a_row_is_named():
+    task = counting.make_task()
+    rows = torch.cat([task.encode(["ddkdkkxdk|k:4"]), task.encode([""])])
+    with pytest.raises(PositionError, match="position ':' does not exist in 1 of 2 rows \\(first: row 1\\)"):
+        task.resolve_position(rows, ":")
+    assert int(task.resolve_position(rows[:1], ":")[0]) == len("Bddkdkkxdk|k")  # index of ':' by hand
+
+
+def test_as_task_takes_a_name_or_a_task():
+    from tl_inversion.tasks import as_task
+
+    assert as_task("counting").name == "counting"
+    task = counting.make_task()
+    assert as_task(task) is task
+    with pytest.raises(ValueError, match="registered tasks: addition, counting"):
+        as_task("countng")
+    with pytest.raises(TypeError, match="expected a task"):
+        as_task(3)

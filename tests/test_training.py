@@ -241,3 +241,44 @@ def test_time_limit_counts_over_resumed_calls(counting_model, data, tmp_path, mo
     assert third.steps_this_call == 0
     with pytest.raises(ValueError, match="time_limit_s must be >= 0"):
         _cfg(time_limit_s=-1)
+
+
+def test_resume_refuses_another_task(counting_model, data, tmp_path):
+    from tl_inversion.tasks import addition
+
+    tr, te = data
+    train(counting_model, counting.make_task(), tr, te, _cfg(steps=2), out_dir=tmp_path, progress=False)
+    add = addition.make_task()
+    add_tr, add_te = addition.paper_split("train")[:200], addition.paper_split("test")[:50]
+    # the addition task also fits this model's vocabulary (15 <= 40) and context (14 <= 33): only the
+    # checkpoint's task record can tell; the vocabulary mismatch with the model is a warning first
+    with pytest.warns(UserWarning, match="task 'addition' has 15 tokens but the model's vocabulary has 40"):
+        with pytest.raises(ValueError, match="trained on task 'counting'.*this run has task 'addition'"):
+            train(counting_model, add, add_tr, add_te, _cfg(steps=4), out_dir=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"warmup_steps": -3}, "warmup_steps must be >= 0"),
+    ({"eval_every": -1}, "eval_every must be >= 0"),
+    ({"checkpoint_every": -2}, "checkpoint_every must be >= 0"),
+    ({"lr": 0.0}, "lr must be a positive learning rate"),
+])
+def test_config_refuses_bad_numbers(over, message):
+    with pytest.raises(ValueError, match=message):
+        _cfg(**over)
+
+
+def test_config_keeps_each_site_once_in_canonical_spelling():
+    cfg = _cfg(sites=["blocks.1.hook_resid_post", "blocks.0.attn.hook_z[0]", "blocks.1.hook_resid_post"])
+    assert cfg.sites == ["blocks.1.hook_resid_post", "blocks.0.attn.hook_z[0]"]
+
+
+def test_unknown_devices_are_named():
+    from tl_inversion.training import resolve_device
+
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            resolve_device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")

@@ -19,6 +19,7 @@ written atomically.
 
 from __future__ import annotations
 
+import difflib
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -210,8 +211,12 @@ class DecoderBank:
         for dec, group in zip(self.decoders, self.groups):
             if site in group:
                 return dec, group.index(site)
+        names = [str(s) for s in self.sites]
+        close = difflib.get_close_matches(str(site), names, n=3, cutoff=0.8)
         raise SiteError(
-            f"no decoder for site {str(site)!r}; this bank covers: {', '.join(str(s) for s in self.sites)}"
+            f"no decoder for site {str(site)!r}"
+            + (f" (closest: {', '.join(map(repr, close))})" if close else "")
+            + f"; this bank covers: {', '.join(names)}"
         )
 
     def pad(self, z: Float[Tensor, "batch d_site"], site: SiteLike) -> Float[Tensor, "batch d_act"]:

@@ -45,7 +45,8 @@ def _sites(args: argparse.Namespace, model: Any) -> list[str]:
         return [str(s) for s in paper_counting_sites(model.cfg.n_layers, model.cfg.n_heads)]
     if args.preset == "paper-addition" or (args.preset == "paper" and args.task == "addition"):
         return [str(s) for s in paper_addition_sites(model.cfg.n_layers, model.cfg.n_heads)]
-    raise SystemExit("give --sites or --preset (paper, paper-counting, paper-addition)")
+    raise ValueError("give --sites (site strings, e.g. 'blocks.1.attn.hook_result[0]') or --preset "
+                     "(paper, paper-counting, paper-addition)")
 
 
 def cmd_train_probed(args: argparse.Namespace) -> int:
@@ -53,6 +54,8 @@ def cmd_train_probed(args: argparse.Namespace) -> int:
     from .tasks import get_task, task_data
 
     task = get_task(args.task)
+    if args.test_limit < 0:
+        raise ValueError(f"--test-limit must be >= 0 (0: the whole test split), got {args.test_limit}")
     cfg = ProbedConfig(n_layers=args.n_layers, d_model=args.d_model, n_heads=args.n_heads, steps=args.steps,
                        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device)
     test = task_data(args.task, "test")
@@ -105,6 +108,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .sampling import sample_preimage
     from .tasks import get_task
 
+    if args.top < 1:
+        raise ValueError(f"--top must be >= 1 (rows to print), got {args.top}")
     model = _load_model(args)
     bank = _load_bank(args.bank, model, allow_mismatch=args.allow_mismatch)
     result = sample_preimage(bank, model, get_task(args.task), args.query, args.site, args.position,
@@ -312,6 +317,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SiteError, PositionError, LoadError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"tl-inversion {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        resume = " (checkpoints are kept: run the same command to resume)" if args.command == "train" else ""
+        print(f"\ntl-inversion {args.command}: interrupted{resume}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

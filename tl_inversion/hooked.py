@@ -78,7 +78,11 @@ def harvest(
 
     Raises:
         SiteError: a site does not fit the model (see :func:`~tl_inversion.sites.validate_site`).
+        ValueError: (with ``validate``) tokens that are not ``[batch, pos]`` integer ids,
+            longer than the model's context or outside its vocabulary.
     """
+    if validate:
+        check_tokens(model, tokens)
     sites = validate_sites(sites, model) if validate else [s if isinstance(s, Site) else Site(s) for s in sites]
     tokens = tokens.to(model_device(model))
     read = sorted({s.read_hook for s in sites})
@@ -99,6 +103,25 @@ def harvest(
             out[site] = value.reshape(value.shape[0], value.shape[1], -1).clone()
         del cache
     return out
+
+
+def check_tokens(model: Any, tokens: Tensor) -> None:
+    """Refuse token ids the model cannot run: not ``[batch, pos]`` integers, more positions
+    than ``n_ctx``, or ids outside ``0..d_vocab-1`` (torch would only say "index out of range").
+
+    Raises:
+        ValueError: what is wrong and the valid range.
+    """
+    if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+        raise ValueError(f"tokens must be an integer tensor [batch, pos] of token ids, got {shape}"
+                         + (f" {tokens.dtype}" if isinstance(tokens, Tensor) else ""))
+    n_ctx, d_vocab = int(model.cfg.n_ctx), int(model.cfg.d_vocab)
+    if tokens.shape[1] > n_ctx:
+        raise ValueError(f"tokens have {tokens.shape[1]} positions but the model's context is n_ctx={n_ctx}")
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab):
+        raise ValueError(f"token ids {int(tokens.min())}..{int(tokens.max())} fall outside the model's vocabulary "
+                         f"0..{d_vocab - 1}")
 
 
 def site_width(model: Any, site: SiteLike) -> int:

@@ -27,6 +27,10 @@ from .training import lr_factor, resolve_device
 class ProbedConfig:
     """Shape and optimisation of a probed model.
 
+    Raises:
+        ValueError: a size or step count below 1, ``d_model`` not a multiple of ``n_heads``,
+            a negative warm-up or a non-positive learning rate.
+
     Args:
         n_layers, d_model, n_heads, d_mlp: GPT-2 shape (``d_mlp`` None: 4 * d_model).
         steps, batch_size, lr, weight_decay, warmup_steps: AdamW with linear warm-up then
@@ -46,6 +50,19 @@ class ProbedConfig:
     warmup_steps: int = 100
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "d_model", "n_heads", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
+        if self.d_mlp is not None and self.d_mlp < 1:
+            raise ValueError(f"d_mlp must be >= 1 (None: 4 * d_model), got {self.d_mlp}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be a positive learning rate, got {self.lr}")
 
 
 def answer_accuracy(

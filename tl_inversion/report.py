@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from . import hooked
 from .completeness import completeness, plot_completeness
 from .distance import default_epsilon
+from .tasks import as_task
 from .evaluation import baseline_consistency, feature_consistency
 from .sampling import PAPER_SCHEDULE, check_query_positions, sample_many
 from .sites import parse_site
@@ -465,7 +466,7 @@ def evaluate(
     Args:
         model: the probed model (``HookedTransformer`` or ``TransformerBridge``).
         bank: a :class:`~tl_inversion.bank.DecoderBank` trained on ``model``.
-        task: the task (positions, grammar, special ids).
+        task: the task or its registered name (positions, grammar, special ids).
         eval_data: held-out inputs ``[n, n_ctx]`` (e.g. the test split); faithfulness
             activations, pool queries and the random baseline are drawn from it.
         plan: what to measure; ``None``: :func:`default_plan` of ``task.name``.
@@ -492,6 +493,7 @@ def evaluate(
     Source: InversionView App. C (faithfulness rate), Sec. 3 (completeness picture),
     Sec. 4 (readings as features shared by the preimage).
     """
+    task = as_task(task)
     plan = plan or default_plan(task.name)
     eps = default_epsilon(metric) if epsilon is None else float(epsilon)
     _check_counts(n_faithfulness=(n_faithfulness, 1), n_queries=(n_queries, 1), n_repeats=(n_repeats, 1),

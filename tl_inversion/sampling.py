@@ -43,6 +43,7 @@ from torch import Tensor
 from . import hooked
 from .distance import check_metric, default_epsilon
 from .sites import Site, SiteLike, validate_site
+from .tasks import as_task
 from .verify import membership
 
 __all__ = [
@@ -355,8 +356,9 @@ def check_query_positions(task: Any, tokens: Int[Tensor, "Q n_ctx"], pos: Int[Te
     special = task.special_mask(tokens)[rows, pos]
     for i in torch.nonzero(special).flatten().tolist()[:3]:
         warnings.warn(
-            f"query {i}: position {int(pos[i])} holds a special token (BOS/EOS/PAD); membership ignores "
-            "special positions, so no input, not even the query, can match there",
+            f"query {i}: position {int(pos[i])} holds a special token (BOS/EOS/PAD): decoders are not trained "
+            "on such activations, and membership compares samples only at their own non-special positions "
+            "(so the query is not in its own preimage)",
             UntrainedPositionWarning,
             stacklevel=3,
         )
@@ -436,7 +438,7 @@ def sample_many(
     Args:
         bank: a :class:`~tl_inversion.bank.DecoderBank` covering ``site``.
         model: the probed model (any device; the decoders may be on another).
-        task: the task (encoding, named positions, grammar, special ids).
+        task: the task or its registered name (encoding, named positions, grammar, special ids).
         queries: texts (encoded by ``task``) or token ids ``[Q, n_ctx]`` / ``[n_ctx]``.
         site: the queried site.
         positions: one position for all queries (int or task-named, e.g. ``":"``) or one per
@@ -452,6 +454,7 @@ def sample_many(
     Raises:
         As :func:`sample_preimage`.
     """
+    task = as_task(task)
     metric = check_metric(metric)
     eps = default_epsilon(metric) if epsilon is None else float(epsilon)
     if not eps > 0:
@@ -634,7 +637,7 @@ def sample_preimage(
     Args:
         bank: a :class:`~tl_inversion.bank.DecoderBank` covering ``site``.
         model: the probed model the bank was trained on (any device).
-        task: the task (encoding, named positions, grammar, special ids).
+        task: the task or its registered name (encoding, named positions, grammar, special ids).
         query: a text (encoded by ``task``) or token ids ``[n_ctx]`` / ``[1, n_ctx]``.
         site: the queried site, e.g. ``"blocks.0.attn.hook_result[0]"``.
         position: an absolute index (negative counts from the end) or a position name the
@@ -670,6 +673,7 @@ def sample_preimage(
         UntrainedPositionWarning: the position is special (BOS/EOS/PAD) or not one the
             task's decoders are trained on.
     """
+    task = as_task(task)
     if isinstance(query, Tensor) and query.ndim == 2 and query.shape[0] != 1:
         raise ValueError(f"sample_preimage takes one query, got {query.shape[0]} rows; use sample_many")
     if not isinstance(query, (str, Tensor)):

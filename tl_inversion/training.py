@@ -25,6 +25,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -40,9 +41,10 @@ from tqdm.auto import tqdm
 from . import hooked
 from .bank import BANK_JSON, WEIGHTS, DecoderBank
 from .io import atomic_write_dir, atomic_write_json
-from .sites import Site, validate_sites
+from .sites import Site, parse_sites, validate_sites
 from .stacking import stack_same_shaped
 from .tasks.base import CharTask
+from .tasks import as_task
 from .verify import membership
 
 LATEST = "latest.json"
@@ -54,7 +56,8 @@ class TrainConfig:
     """How to train decoders.
 
     Args:
-        sites: site strings to train decoders for (see :mod:`tl_inversion.sites`).
+        sites: site strings to train decoders for (see :mod:`tl_inversion.sites`); stored in
+            canonical spelling, a site given twice is kept once.
         topology: ``"per_hook"`` (one decoder per site, default) or ``"shared"``.
         steps: optimizer steps.
         batch_size: inputs per step (each decoder sees all of them in ``per_hook``).
@@ -125,6 +128,14 @@ class TrainConfig:
         for name in ("steps", "batch_size", "eval_n"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 steps (eval_every/checkpoint_every 0: only at the end), "
+                                 f"got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be a positive learning rate, got {self.lr}")
+        # one spelling per site, each once (like validate_sites), so a resumed run compares equal
+        self.sites = list(dict.fromkeys(str(s) for s in parse_sites(self.sites)))
         if self.time_limit_s < 0:
             raise ValueError(f"time_limit_s must be >= 0 seconds (0: no limit), got {self.time_limit_s}")
         if not 0 <= self.bos_prob < 1:
@@ -147,10 +158,21 @@ class TrainResult:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; any other string as ``torch.device``."""
+    """``"auto"`` -> CUDA when available, else CPU; any other string as ``torch.device``.
+
+    Raises:
+        ValueError: a string torch does not know as a device (e.g. ``"tpu"``), or CUDA asked
+            for where torch sees no GPU.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N' ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here: use 'cpu' or 'auto'")
+    return dev
 
 
 def sample_positions(
@@ -437,7 +459,7 @@ def train(
 
     Args:
         model: the probed ``HookedTransformer`` or ``TransformerBridge`` (any device).
-        task: the task (vocabulary, special tokens, trainable positions).
+        task: the task or its registered name (vocabulary, special tokens, trainable positions).
         train_data: training inputs ``[n, n_ctx]`` (token ids, BOS first, right-padded).
         eval_data: held-out inputs for the faithfulness rate.
         cfg: the training configuration.
@@ -460,6 +482,7 @@ def train(
     Source: InversionView Sec. 3 and App. C (objective, BOS baseline, faithfulness rate,
     rebalancing).
     """
+    task = as_task(task)
     device = resolve_device(cfg.device)
     sites = validate_sites(cfg.sites, model)
     if train_data.shape[-1] != task.n_ctx or eval_data.shape[-1] != task.n_ctx:
@@ -472,6 +495,13 @@ def train(
         lo, hi = int(d.min()), int(d.max())
         if lo < 0 or hi >= int(model.cfg.d_vocab):
             raise ValueError(f"{name} holds token ids {lo}..{hi}; the model's vocabulary is 0..{int(model.cfg.d_vocab) - 1}")
+    if task.d_vocab != int(model.cfg.d_vocab):
+        warnings.warn(
+            f"task {task.name!r} has {task.d_vocab} tokens but the model's vocabulary has {int(model.cfg.d_vocab)}: "
+            "is this the model that was trained on this task? (Tokenizer tasks on models with a padded "
+            "vocabulary differ legitimately.)",
+            stacklevel=2,
+        )
     torch.manual_seed(cfg.seed)
     probe = train_data[:64]
     first_acts = hooked.harvest(model, probe, sites, validate=False)
@@ -514,8 +544,17 @@ def train(
             )
         if ckpt is not None:
             _check_resumable(ckpt, cfg)
-            saved_probe = json.loads((ckpt / BANK_JSON).read_text())["meta"].get("probe", {})
-            changed = hooked.compare_probe(saved_probe, bank.meta["probe"])
+            saved_meta = json.loads((ckpt / BANK_JSON).read_text())["meta"]
+            saved_task, now_task = saved_meta.get("task", {}), bank.meta["task"]
+            if {k: saved_task.get(k) for k in ("name", "vocab_sha256", "n_ctx")} != {
+                    k: now_task.get(k) for k in ("name", "vocab_sha256", "n_ctx")}:
+                raise ValueError(
+                    f"cannot resume {ckpt}: it was trained on task {saved_task.get('name')!r} "
+                    f"(vocabulary {saved_task.get('vocab_sha256', '?')[:12]}, {saved_task.get('n_ctx')} positions), "
+                    f"this run has task {now_task['name']!r} (vocabulary {now_task['vocab_sha256'][:12]}, "
+                    f"{now_task['n_ctx']} positions). Use the checkpoint's task, or another out_dir (CLI: --out)."
+                )
+            changed = hooked.compare_probe(saved_meta.get("probe", {}), bank.meta["probe"])
             if changed:
                 raise ValueError(
                     f"cannot resume {ckpt}: the probed model computes other activations than the one this run "

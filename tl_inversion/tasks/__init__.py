@@ -48,10 +48,25 @@ def get_task(name: str) -> CharTask:
     return _TASKS[name][0]()
 
 
+def as_task(task: str | CharTask) -> CharTask:
+    """``task`` itself, or the registered task of that name.
+
+    Raises:
+        ValueError: an unknown task name (the message lists the registered tasks).
+        TypeError: neither a name nor a task object (one with ``encode`` and ``vocab_hash``).
+    """
+    if isinstance(task, str):
+        return get_task(task)
+    if not (hasattr(task, "encode") and hasattr(task, "vocab_hash")):
+        raise TypeError(f"expected a task (e.g. get_task('counting')) or a registered task name "
+                        f"({', '.join(task_names())}), got {type(task).__name__}")
+    return task
+
+
 def task_data(name: str, split: str) -> Tensor:
     """Token ids of a task's ``"train"`` or ``"test"`` split."""
     get_task(name)
     return _TASKS[name][1](split)
 
 
-__all__ = ["CharTask", "PositionError", "get_task", "register", "task_data", "task_names"]
+__all__ = ["CharTask", "PositionError", "as_task", "get_task", "register", "task_data", "task_names"]

@@ -163,8 +163,9 @@ class CharTask:
                 name the task defines (see ``named_positions``).
 
         Raises:
-            PositionError: an index outside ``-n_ctx..n_ctx-1``, or an unknown name (the
-                message lists the valid names).
+            PositionError: an index outside ``-n_ctx..n_ctx-1``, an unknown name (the
+                message lists the valid names), or a name absent from a row (e.g. ``:`` in an
+                empty counting input).
         """
         by_index = index_position(tokens, position)
         if by_index is not None:
@@ -174,7 +175,14 @@ class CharTask:
                 f"{self.name} has no position named {position!r}; named positions: "
                 f"{', '.join(repr(k) for k in self.named_positions)}, or an integer index"
             )
-        return self.named_positions[position](tokens).long()
+        idx = self.named_positions[position](tokens).long()
+        outside = torch.nonzero((idx < 0) | (idx >= tokens.shape[-1])).flatten()
+        if outside.numel():
+            raise PositionError(
+                f"position {position!r} does not exist in {outside.numel()} of {tokens.shape[0]} rows (first: row "
+                f"{int(outside[0])}): the input is too short or lacks what defines it; check its {self.name} format"
+            )
+        return idx
 
     def answer_mask(self, tokens: Int[Tensor, "batch n_ctx"]) -> Bool[Tensor, "batch n_ctx"]:
         """True at the answer tokens of each row.
