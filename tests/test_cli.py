@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tl_inversion.cli import main
 from tl_inversion.demo import asset_dir, load_demo
@@ -108,6 +109,9 @@ def test_evaluate_out_must_be_a_folder(capsys, tmp_path):
      "unknown device 'tpu'"),
     (["train", "--model", str(asset_dir() / "probed"), "--out", "OUT", "--preset", "paper", "--warmup-steps", "-3"],
      "warmup_steps must be >= 0"),
+    (["train-probed", "--out", "OUT", "--lr", "inf"], "lr must be a positive, finite learning rate"),
+    pytest.param(["train-probed", "--out", "OUT", "--device", "mps"], "no usable MPS backend",
+                 marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
 ])
 def test_training_commands_refuse_bad_numbers(capsys, tmp_path, argv, message):
     argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]

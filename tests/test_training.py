@@ -261,7 +261,9 @@ def test_resume_refuses_another_task(counting_model, data, tmp_path):
     ({"warmup_steps": -3}, "warmup_steps must be >= 0"),
     ({"eval_every": -1}, "eval_every must be >= 0"),
     ({"checkpoint_every": -2}, "checkpoint_every must be >= 0"),
-    ({"lr": 0.0}, "lr must be a positive learning rate"),
+    ({"lr": 0.0}, "lr must be a positive, finite learning rate"),
+    ({"lr": float("inf")}, "lr must be a positive, finite learning rate"),
+    ({"time_limit_s": float("nan")}, "time_limit_s must be >= 0 seconds"),
 ])
 def test_config_refuses_bad_numbers(over, message):
     with pytest.raises(ValueError, match=message):
@@ -278,6 +280,8 @@ def test_unknown_devices_are_named():
 
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         resolve_device("tpu")
+    with pytest.raises(ValueError, match="is not supported|no usable MPS backend"):
+        resolve_device("meta" if torch.backends.mps.is_available() else "mps")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="sees no CUDA GPU"):
             resolve_device("cuda")

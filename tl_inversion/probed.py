@@ -8,6 +8,8 @@ next-token cross-entropy on the answer tokens only (the task's ``answer_mask``).
 
 from __future__ import annotations
 
+import math
+
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,8 +63,8 @@ class ProbedConfig:
             raise ValueError(f"d_mlp must be >= 1 (None: 4 * d_model), got {self.d_mlp}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be a positive learning rate, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive, finite learning rate, got {self.lr}")
 
 
 def answer_accuracy(

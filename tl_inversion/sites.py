@@ -185,7 +185,7 @@ def validate_site(site: SiteLike, model: Any) -> Site:
             heads = f"{n_heads} head" + ("s" if n_heads != 1 else "")
             raise SiteError(
                 f"head index {site.head} out of range for {site.hook!r}: this layer has {heads}, "
-                f"valid heads are 0..{n_heads - 1}"
+                f"valid heads are 0..{n_heads - 1} (or -{n_heads}..-1, counted from the last head)"
             )
         if site.head < 0:
             site = Site(site.hook, site.head + n_heads)

@@ -132,11 +132,11 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 steps (eval_every/checkpoint_every 0: only at the end), "
                                  f"got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be a positive learning rate, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive, finite learning rate, got {self.lr}")
         # one spelling per site, each once (like validate_sites), so a resumed run compares equal
         self.sites = list(dict.fromkeys(str(s) for s in parse_sites(self.sites)))
-        if self.time_limit_s < 0:
+        if not self.time_limit_s >= 0:  # also refuses NaN
             raise ValueError(f"time_limit_s must be >= 0 seconds (0: no limit), got {self.time_limit_s}")
         if not 0 <= self.bos_prob < 1:
             raise ValueError(f"bos_prob must be in [0, 1), got {self.bos_prob}")
@@ -161,8 +161,8 @@ def resolve_device(device: str) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; any other string as ``torch.device``.
 
     Raises:
-        ValueError: a string torch does not know as a device (e.g. ``"tpu"``), or CUDA asked
-            for where torch sees no GPU.
+        ValueError: a string torch does not know as a device (e.g. ``"tpu"``), a device type
+            other than cpu/cuda/mps, or CUDA/MPS asked for where torch cannot use it.
     """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -172,6 +172,10 @@ def resolve_device(device: str) -> torch.device:
         raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N' ({e})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here: use 'cpu' or 'auto'")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} asked for, but this torch has no usable MPS backend: use 'cpu' or 'auto'")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r} is not supported: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     return dev
 
 
