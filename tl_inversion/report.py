@@ -39,10 +39,10 @@ from tqdm.auto import tqdm
 from . import hooked
 from .completeness import completeness, plot_completeness
 from .distance import default_epsilon
-from .tasks import as_task
 from .evaluation import baseline_consistency, feature_consistency
 from .sampling import PAPER_SCHEDULE, check_query_positions, sample_many
 from .sites import parse_site
+from .tasks import as_task
 from .tasks.base import PositionError
 from .training import measure_faithfulness, sample_positions
 

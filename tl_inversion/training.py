@@ -43,8 +43,8 @@ from .bank import BANK_JSON, WEIGHTS, DecoderBank
 from .io import atomic_write_dir, atomic_write_json
 from .sites import Site, parse_sites, validate_sites
 from .stacking import stack_same_shaped
-from .tasks.base import CharTask
 from .tasks import as_task
+from .tasks.base import CharTask
 from .verify import membership
 
 LATEST = "latest.json"
