@@ -24,7 +24,8 @@ from tl_inversion.loading import load_hf_gpt2
 from tl_inversion.sampling import sample_many
 from tl_inversion.sites import paper_counting_sites
 from tl_inversion.tasks import counting
-from tl_inversion.training import TrainConfig, resolve_device, train
+from tl_inversion.devices import resolve_device
+from tl_inversion.training import TrainConfig, train
 
 
 def main() -> None:

@@ -276,7 +276,7 @@ def test_config_keeps_each_site_once_in_canonical_spelling():
 
 
 def test_unknown_devices_are_named():
-    from tl_inversion.training import resolve_device
+    from tl_inversion.devices import resolve_device
 
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         resolve_device("tpu")

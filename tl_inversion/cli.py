@@ -31,9 +31,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _load_model(args: argparse.Namespace) -> Any:
     from .loading import load_hf_gpt2
-    from .training import resolve_device
 
-    return load_hf_gpt2(args.model, args.model_class, args.processing, device=resolve_device(args.device))
+    return load_hf_gpt2(args.model, args.model_class, args.processing, device=args.device)
 
 
 def _sites(args: argparse.Namespace, model: Any) -> list[str]:

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-
 import json
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
+
+from .devices import resolve_device
 
 ModelClass = Literal["hooked", "bridge"]
 Processing = Literal["default", "none", "compat"]
@@ -134,7 +135,7 @@ def load_hf_gpt2(
             mode (bridge only; equals ``"default"`` processing). ``None`` (default):
             ``"default"`` for a HookedTransformer, ``"compat"`` for a bridge (the same
             activations either way).
-        device: where to put the model.
+        device: where to put the model (``"auto"``: CUDA when available, else CPU).
         tokenizer: a tokenizer for the bridge; a tiny character tokenizer is built from the
             vocabulary size when omitted (we work on token ids, never strings).
 
@@ -144,8 +145,9 @@ def load_hf_gpt2(
 
     Raises:
         LoadError: missing files, invalid ``config.json``, a checkpoint that is not GPT-2,
-            CUDA asked for without a GPU, or a model class this TransformerLens lacks.
-        ValueError: unknown ``model_class``, ``processing`` or ``device``.
+            or a model class this TransformerLens lacks.
+        ValueError: unknown ``model_class``, ``processing`` or ``device``, or CUDA asked for
+            without a GPU (see :func:`~tl_inversion.devices.resolve_device`).
     """
     path = Path(path)
     if model_class is None:
@@ -156,12 +158,7 @@ def load_hf_gpt2(
         raise ValueError(f"model_class must be 'hooked' or 'bridge', got {model_class!r}")
     if processing not in ("default", "none", "compat"):
         raise ValueError(f"processing must be 'default', 'none' or 'compat', got {processing!r}")
-    try:
-        target = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise LoadError(f"device {device!r}: this torch ({torch.__version__}) sees no CUDA GPU; use device='cpu'")
+    device = resolve_device(device)
     hf = _read_hf_gpt2(path)
     if model_class == "hooked":
         if processing == "compat":

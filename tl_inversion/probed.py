@@ -20,9 +20,10 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .devices import resolve_device
 from .io import atomic_write_dir, atomic_write_json
 from .tasks.base import CharTask
-from .training import lr_factor, resolve_device
+from .training import lr_factor
 
 
 @dataclass

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from . import hooked
 from .bank import BANK_JSON, WEIGHTS, DecoderBank
+from .devices import resolve_device
 from .io import atomic_write_dir, atomic_write_json
 from .sites import Site, parse_sites, validate_sites
 from .stacking import stack_same_shaped
@@ -155,28 +156,6 @@ class TrainResult:
     seconds: float
     samples_per_second: float
     steps_this_call: int = 0  # optimizer steps taken by this call (0: the run had already finished)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; any other string as ``torch.device``.
-
-    Raises:
-        ValueError: a string torch does not know as a device (e.g. ``"tpu"``), a device type
-            other than cpu/cuda/mps, or CUDA/MPS asked for where torch cannot use it.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as e:
-        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N' ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here: use 'cpu' or 'auto'")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} asked for, but this torch has no usable MPS backend: use 'cpu' or 'auto'")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device {device!r} is not supported: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    return dev
 
 
 def sample_positions(
