@@ -122,7 +122,7 @@ def test_harvest_names_bad_tokens(tiny_model):
     site = ["blocks.0.hook_resid_post"]
     with pytest.raises(ValueError, match=f"{n_ctx + 1} positions but the model's context is n_ctx={n_ctx}"):
         hooked.harvest(tiny_model, torch.ones(2, n_ctx + 1, dtype=torch.long), site)
-    with pytest.raises(ValueError, match=f"token ids 1..{d_vocab} fall outside the model's vocabulary 0..{d_vocab - 1}"):
+    with pytest.raises(ValueError, match=f"tokens hold token ids 1..{d_vocab}, outside the model's vocabulary 0..{d_vocab - 1}"):
         hooked.harvest(tiny_model, torch.tensor([[1, d_vocab]]), site)
     with pytest.raises(ValueError, match="integer tensor"):
         hooked.harvest(tiny_model, torch.ones(2, 3), site)

@@ -208,7 +208,7 @@ def test_compiled_training_equals_eager(counting_model, data, monkeypatch):
 def test_bad_training_data_is_named(counting_model, data):
     tr, te = data
     task = counting.make_task()
-    with pytest.raises(ValueError, match="the model's vocabulary is 0..39"):
+    with pytest.raises(ValueError, match="train_data hold token ids 45..45, outside the model's vocabulary 0..39"):
         train(counting_model, task, torch.full_like(tr, 45), te, _cfg(steps=1), progress=False)
     with pytest.raises(ValueError, match="at least one input"):
         train(counting_model, task, tr[:0], te, _cfg(steps=1), progress=False)
@@ -271,7 +271,8 @@ def test_config_refuses_bad_numbers(over, message):
 
 
 def test_config_keeps_each_site_once_in_canonical_spelling():
-    cfg = _cfg(sites=["blocks.1.hook_resid_post", "blocks.0.attn.hook_z[0]", "blocks.1.hook_resid_post"])
+    cfg = _cfg(sites=["blocks.1.hook_resid_post", Site("blocks.0.attn.hook_z", 0), " blocks.1.hook_resid_post",
+                      "blocks.0.attn.hook_z[0]"])
     assert cfg.sites == ["blocks.1.hook_resid_post", "blocks.0.attn.hook_z[0]"]
 
 

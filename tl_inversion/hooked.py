@@ -105,23 +105,28 @@ def harvest(
     return out
 
 
-def check_tokens(model: Any, tokens: Tensor) -> None:
+def check_tokens(model: Any, tokens: Int[Tensor, "batch pos"], name: str = "tokens") -> None:
     """Refuse token ids the model cannot run: not ``[batch, pos]`` integers, more positions
     than ``n_ctx``, or ids outside ``0..d_vocab-1`` (torch would only say "index out of range").
+
+    Args:
+        model: a ``HookedTransformer`` or ``TransformerBridge`` (its ``cfg.n_ctx``, ``cfg.d_vocab``).
+        tokens: token ids ``[batch, pos]``.
+        name: what to call ``tokens`` in the message (e.g. ``"train_data"``).
 
     Raises:
         ValueError: what is wrong and the valid range.
     """
     if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
         shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
-        raise ValueError(f"tokens must be an integer tensor [batch, pos] of token ids, got {shape}"
+        raise ValueError(f"{name} must be an integer tensor [batch, pos] of token ids, got {shape}"
                          + (f" {tokens.dtype}" if isinstance(tokens, Tensor) else ""))
     n_ctx, d_vocab = int(model.cfg.n_ctx), int(model.cfg.d_vocab)
     if tokens.shape[1] > n_ctx:
-        raise ValueError(f"tokens have {tokens.shape[1]} positions but the model's context is n_ctx={n_ctx}")
+        raise ValueError(f"{name} have {tokens.shape[1]} positions but the model's context is n_ctx={n_ctx}")
     if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab):
-        raise ValueError(f"token ids {int(tokens.min())}..{int(tokens.max())} fall outside the model's vocabulary "
-                         f"0..{d_vocab - 1}")
+        raise ValueError(f"{name} hold token ids {int(tokens.min())}..{int(tokens.max())}, outside the model's "
+                         f"vocabulary 0..{d_vocab - 1}")
 
 
 def site_width(model: Any, site: SiteLike) -> int:

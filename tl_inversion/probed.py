@@ -9,7 +9,6 @@ next-token cross-entropy on the answer tokens only (the task's ``answer_mask``).
 from __future__ import annotations
 
 import math
-
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path

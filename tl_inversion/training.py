@@ -474,10 +474,8 @@ def train(
         raise ValueError("train_data and eval_data need at least one input each")
     if task.n_ctx > int(model.cfg.n_ctx):
         raise ValueError(f"task inputs have {task.n_ctx} positions but the model's context is {model.cfg.n_ctx}")
-    for name, d in (("train_data", train_data), ("eval_data", eval_data)):
-        lo, hi = int(d.min()), int(d.max())
-        if lo < 0 or hi >= int(model.cfg.d_vocab):
-            raise ValueError(f"{name} holds token ids {lo}..{hi}; the model's vocabulary is 0..{int(model.cfg.d_vocab) - 1}")
+    hooked.check_tokens(model, train_data, "train_data")
+    hooked.check_tokens(model, eval_data, "eval_data")
     if task.d_vocab != int(model.cfg.d_vocab):
         warnings.warn(
             f"task {task.name!r} has {task.d_vocab} tokens but the model's vocabulary has {int(model.cfg.d_vocab)}: "
@@ -529,8 +527,7 @@ def train(
             _check_resumable(ckpt, cfg)
             saved_meta = json.loads((ckpt / BANK_JSON).read_text())["meta"]
             saved_task, now_task = saved_meta.get("task", {}), bank.meta["task"]
-            if {k: saved_task.get(k) for k in ("name", "vocab_sha256", "n_ctx")} != {
-                    k: now_task.get(k) for k in ("name", "vocab_sha256", "n_ctx")}:
+            if any(saved_task.get(k) != now_task.get(k) for k in ("name", "vocab_sha256", "n_ctx")):
                 raise ValueError(
                     f"cannot resume {ckpt}: it was trained on task {saved_task.get('name')!r} "
                     f"(vocabulary {saved_task.get('vocab_sha256', '?')[:12]}, {saved_task.get('n_ctx')} positions), "
