@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
 from tl_inversion.tasks import counting
-from tl_inversion.training import TrainConfig, _site_probs, latest_checkpoint, sample_positions, train
+from tl_inversion.training import TrainConfig, _site_probs, latest_checkpoint, perturb, sample_positions, train
 from tl_inversion.sites import Site
 from helpers import HAS_BRIDGE, HAS_HOOKED
 from model_files import load_counting_shaped
@@ -264,6 +265,8 @@ def test_resume_refuses_another_task(counting_model, data, tmp_path):
     ({"lr": 0.0}, "lr must be a positive, finite learning rate"),
     ({"lr": float("inf")}, "lr must be a positive, finite learning rate"),
     ({"time_limit_s": float("nan")}, "time_limit_s must be >= 0 seconds"),
+    ({"train_noise": -0.1}, "train_noise must be a finite level >= 0"),
+    ({"train_noise": float("nan")}, "train_noise must be a finite level >= 0"),
 ])
 def test_config_refuses_bad_numbers(over, message):
     with pytest.raises(ValueError, match=message):
@@ -287,3 +290,58 @@ def test_unknown_devices_are_named():
         with pytest.raises(ValueError, match="sees no CUDA GPU"):
             resolve_device("cuda")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_perturb_noise_is_uniform_level_times_the_norm():
+    """D(z + n, z) = u * level * chi_d / sqrt(d) with u ~ U(0, 1): check its moments by hand.
+
+    For d = 64, E[chi_d] / sqrt(d) = 0.99610 (Gamma-function ratio; about 1 - 1/(4d)) and the spread of chi_d is
+    tiny, so D / level is close to U(0, 1): mean 0.498, quantiles 0.25 / 0.5 / 0.75 near
+    0.249 / 0.498 / 0.747, and never above 1.2 (chi_64 / 8 > 1.2 has probability < 1e-4).
+    """
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, 64, generator=torch.Generator().manual_seed(1)) * torch.linspace(0.1, 10, 20000)[:, None]
+    level = 0.2
+    out = perturb(z, level, g)
+    d = ((out - z).norm(dim=-1) / z.norm(dim=-1)) / level
+    chi_mean = math.sqrt(2) * math.exp(math.lgamma(32.5) - math.lgamma(32)) / 8
+    assert chi_mean == pytest.approx(0.99610, abs=1e-5)
+    assert float(d.mean()) == pytest.approx(0.5 * chi_mean, abs=0.01)
+    q = torch.quantile(d, torch.tensor([0.25, 0.5, 0.75]))
+    assert q.tolist() == pytest.approx([0.25 * chi_mean, 0.5 * chi_mean, 0.75 * chi_mean], abs=0.015)
+    assert float(d.max()) < 1.2
+    # the noise direction is isotropic: mean over rows of the normalised noise is ~0
+    n = (out - z) / (out - z).norm(dim=-1, keepdim=True)
+    assert float(n.mean(0).abs().max()) < 0.03
+    # level 0 is the identity and draws nothing from the generator
+    state = g.get_state()
+    assert perturb(z, 0.0, g) is z
+    assert torch.equal(g.get_state(), state)
+
+
+def test_training_with_noise_resumes_and_old_checkpoints_still_resume(counting_model, data, tmp_path):
+    tr, te = data
+    task = counting.make_task()
+    full = train(counting_model, task, tr, te, _cfg(train_noise=0.1), out_dir=tmp_path / "a", progress=False)
+
+    def kill(step, record):
+        if step == 5:
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        train(counting_model, task, tr, te, _cfg(train_noise=0.1), out_dir=tmp_path / "b", progress=False, callback=kill)
+    resumed = train(counting_model, task, tr, te, _cfg(train_noise=0.1), out_dir=tmp_path / "b", progress=False)
+    for k, v in full.bank.state_dict().items():
+        torch.testing.assert_close(v, resumed.bank.state_dict()[k], rtol=0, atol=0, msg=k)
+    # noise changes what is learnt (the same seed without noise gives other weights)
+    clean = train(counting_model, task, tr, te, _cfg(), progress=False)
+    assert any(not torch.equal(v, clean.bank.state_dict()[k]) for k, v in full.bank.state_dict().items())
+    # a checkpoint written before train_noise existed resumes as a noise-free run
+    train(counting_model, task, tr, te, _cfg(steps=2), out_dir=tmp_path / "c", progress=False)
+    ckpt = latest_checkpoint(tmp_path / "c")
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    del state["config"]["train_noise"]
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    assert train(counting_model, task, tr, te, _cfg(steps=4), out_dir=tmp_path / "c", progress=False).bank.meta["steps"] == 4
+    with pytest.raises(ValueError, match=r"train_noise \(checkpoint 0.0, now 0.1\)"):
+        train(counting_model, task, tr, te, _cfg(steps=6, train_noise=0.1), out_dir=tmp_path / "c", progress=False)

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -68,6 +68,13 @@ class TrainConfig:
         weight_decay: AdamW weight decay (paper 0.01).
         grad_clip: gradient-norm clip per decoder (paper 1.0).
         bos_prob: probability of replacing the position by BOS (paper 0.01).
+        train_noise: condition the decoder on ``z + n`` with ``n ~ N(0, I) * level * ||z|| / sqrt(d)``
+            (``d`` = the site's width), ``level`` drawn uniformly from ``[0, train_noise]`` per
+            input: a noise of norm about ``level`` in units of the distance D. 0 (default)
+            trains on exact activations, as the paper did. With noise the decoder learns a
+            smoothed posterior whose ``log p(x | z_q)`` falls with D(x, z_q), so near the
+            epsilon boundary members outrank non-members (completeness AUROC) instead of
+            both being unseen (see :func:`perturb`).
         eval_every: steps between faithfulness measurements (0: only at the end).
         eval_n: held-out activations per site for the faithfulness rate (paper 200).
         epsilon: membership threshold of the faithfulness rate (paper 0.1).
@@ -103,6 +110,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     bos_prob: float = 0.01
+    train_noise: float = 0.0
     eval_every: int = 500
     eval_n: int = 200
     epsilon: float = 0.1
@@ -141,6 +149,9 @@ class TrainConfig:
             raise ValueError(f"time_limit_s must be >= 0 seconds (0: no limit), got {self.time_limit_s}")
         if not 0 <= self.bos_prob < 1:
             raise ValueError(f"bos_prob must be in [0, 1), got {self.bos_prob}")
+        if not (self.train_noise >= 0 and math.isfinite(self.train_noise)):
+            raise ValueError(f"train_noise must be a finite level >= 0 (units of the distance D; 0: none), "
+                             f"got {self.train_noise}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,6 +194,25 @@ def sample_positions(
         to_bos = torch.rand(tokens.shape[0], generator=generator, device=tokens.device) < bos_prob
         pos = torch.where(to_bos, torch.zeros_like(pos), pos)
     return pos
+
+
+def perturb(z: Float[Tensor, "batch d"], level: float, generator: torch.Generator) -> Float[Tensor, "batch d"]:
+    """``z + N(0, I) * u * level * ||z|| / sqrt(d)`` with ``u ~ U(0, 1)`` per row.
+
+    The noise's norm is about ``u * level * ||z||``, so ``level`` is in units of the
+    distance D = ||z - z_q|| / ||z_q|| (method: Distance). Drawing the level per row mixes
+    exact and blurred conditions: the decoder keeps its sharp answers for exact activations
+    and learns how likely an input is under a nearby one. ``z`` and ``generator`` must be
+    on the same device (``z`` is moved to the generator's); ``level = 0`` returns ``z`` and
+    draws nothing.
+    """
+    if level == 0:
+        return z
+    z = z.to(generator.device)
+    u = torch.rand(z.shape[0], 1, generator=generator, device=z.device, dtype=torch.float32)
+    scale = u * level * z.float().norm(dim=-1, keepdim=True) / math.sqrt(z.shape[-1])
+    noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=torch.float32)
+    return (z.float() + noise * scale).to(z.dtype)
 
 
 def _check_trainable(mask: Tensor) -> None:
@@ -339,7 +369,9 @@ RESUMABLE_CHANGES = ("steps", "time_limit_s", "eval_every", "checkpoint_every", 
 
 def _check_resumable(ckpt: Path, cfg: TrainConfig) -> None:
     """Refuse to continue a checkpoint under a different training configuration."""
-    saved = json.loads((ckpt / "trainer_state.json").read_text())["config"]
+    # a key added after the checkpoint was written counts as its default (the run used it)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    saved = {**json.loads(json.dumps(defaults)), **json.loads((ckpt / "trainer_state.json").read_text())["config"]}
     now = json.loads(json.dumps(cfg.to_dict()))
     diff = {k: (saved.get(k), now.get(k)) for k in set(saved) | set(now)
             if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k)}
@@ -578,7 +610,8 @@ def train(
             losses = []
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 if cfg.topology == "per_hook":
-                    z_of = {dec: bank.pad(acts[g[0]][rows.to(acts[g[0]].device), pos.to(acts[g[0]].device)], g[0])
+                    z_of = {dec: bank.pad(perturb(acts[g[0]][rows.to(acts[g[0]].device), pos.to(acts[g[0]].device)],
+                                                  cfg.train_noise, run.data_gen), g[0])
                             for dec, g in zip(bank.decoders, bank.groups)}
                     site_of = {dec: g[0] for dec, g in zip(bank.decoders, bank.groups)}
                     for stack in run.stacks:
@@ -599,7 +632,7 @@ def train(
                         sel = choice == j
                         a = acts[site]
                         # every row reads site j; only rows assigned to it keep the value (no host sync)
-                        z_j = bank.pad(a[rows.to(a.device), pos.to(a.device)], site)
+                        z_j = bank.pad(perturb(a[rows.to(a.device), pos.to(a.device)], cfg.train_noise, run.data_gen), site)
                         z = torch.where(sel[:, None], z_j, z)
                     loss = run.loss_of[bank.decoders[0]](dec_tokens, z, site_idx_all[choice])
                     losses.append(loss)
