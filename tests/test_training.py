@@ -297,7 +297,7 @@ def test_perturb_noise_is_uniform_level_times_the_norm():
 
     For d = 64, E[chi_d] / sqrt(d) = 0.99610 (Gamma-function ratio; about 1 - 1/(4d)) and the spread of chi_d is
     tiny, so D / level is close to U(0, 1): mean 0.498, quantiles 0.25 / 0.5 / 0.75 near
-    0.249 / 0.498 / 0.747, and never above 1.2 (chi_64 / 8 > 1.2 has probability < 1e-4).
+    0.249 / 0.498 / 0.747, and never above 1.5 (chi_64 / 8 has sd 0.088; above 1.5 is 5.7 sd).
     """
     g = torch.Generator().manual_seed(0)
     z = torch.randn(20000, 64, generator=torch.Generator().manual_seed(1)) * torch.linspace(0.1, 10, 20000)[:, None]
@@ -309,7 +309,7 @@ def test_perturb_noise_is_uniform_level_times_the_norm():
     assert float(d.mean()) == pytest.approx(0.5 * chi_mean, abs=0.01)
     q = torch.quantile(d, torch.tensor([0.25, 0.5, 0.75]))
     assert q.tolist() == pytest.approx([0.25 * chi_mean, 0.5 * chi_mean, 0.75 * chi_mean], abs=0.015)
-    assert float(d.max()) < 1.2
+    assert float(d.max()) < 1.5
     # the noise direction is isotropic: mean over rows of the normalised noise is ~0
     n = (out - z) / (out - z).norm(dim=-1, keepdim=True)
     assert float(n.mean(0).abs().max()) < 0.03
