@@ -122,6 +122,19 @@ def test_completeness_numbers_are_consistent(model, bank, candidates, tmp_path):
         assert bool(rows.loc[rows["candidate"] == q, "member"].iloc[0])
         assert 0.0 <= s.loc[q, "recall"] <= 1.0 and 0.0 <= s.loc[q, "class_recall"] <= 1.0
         assert 1 <= s.loc[q, "n_member_classes"] <= 2
+    # matched positions, by a plain computation: run_with_cache, D at every non-special position, arg-min
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(candidates)
+    acts = cache[RESID]
+    special = torch.isin(candidates, torch.tensor(TASK.special_ids))
+    q_pos = int(TASK.resolve_position(queries, "=")[0])
+    for q in range(2):
+        d = ((acts - z[q]).norm(dim=-1) / z[q].norm()).masked_fill(special, float("inf"))
+        argmin = d.argmin(-1).numpy()
+        rows = sc[sc["query"] == q].sort_values("candidate")
+        assert (rows["matched_position"].to_numpy() == argmin).all()
+        members = d.min(-1).values.numpy() <= eps
+        assert s.loc[q, "members_at_query_position"] == pytest.approx(float((argmin[members] == q_pos).mean()))
     lp = decoder_logprobs(bank, RESID, z[0], candidates[:10])
     assert np.allclose(lp.numpy(), sc[sc["query"] == 0]["logp"].to_numpy()[:10], atol=1e-5)
     png = plot_completeness(res, tmp_path / "c.png", query=0)

@@ -189,13 +189,17 @@ class CompletenessResult:
 
     Attributes:
         summary: one row per query: ``query`` (index), ``text``, ``position``,
-            ``n_candidates``, ``n_members`` (true epsilon-preimage size), ``n_scored``
+            ``n_candidates``, ``n_members`` (true epsilon-preimage size),
+            ``members_at_query_position`` (fraction of members whose closest position, the
+            arg-min of the membership distance, is the query's own position: low values mean
+            most of the preimage matches z_q somewhere else in the input), ``n_scored``
             (candidates scored by the decoder), ``auroc``, ``n_samples``,
             ``n_distinct_samples``, ``sample_faithfulness`` (fraction of samples inside
             epsilon), ``recall`` (distinct members found among the samples / members) and,
             with ``class_fn``, ``n_member_classes`` and ``class_recall``.
         scores: one row per scored (query, candidate): ``query``, ``candidate`` (index into
-            the candidate set), ``distance``, ``logp`` (nats), ``member`` (bool).
+            the candidate set), ``distance``, ``matched_position`` (the arg-min position),
+            ``logp`` (nats), ``member`` (bool).
         epsilon: the threshold used; metric: ``"l2"`` or ``"cosine"``.
     """
 
@@ -292,8 +296,8 @@ def completeness(
     positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
     z_q = hooked.harvest(model, queries, [site], validate=False)[site]
     z_q = z_q[torch.arange(queries.shape[0], device=z_q.device), positions.to(z_q.device)]
-    dist, _ = preimage_distances(model, candidates, site, z_q, task.special_ids, metric=metric,
-                                 batch_size=batch_size, progress=progress)
+    dist, matched = preimage_distances(model, candidates, site, z_q, task.special_ids, metric=metric,
+                                       batch_size=batch_size, progress=progress)
     rng = np.random.default_rng(seed)
     gen = torch.Generator(device=bank.device).manual_seed(seed)
     n = candidates.shape[0]
@@ -311,14 +315,17 @@ def completeness(
             chosen = np.sort(np.r_[keep_m, rng.choice(non, k, replace=False)]).astype(np.int64)
         lp = decoder_logprobs(bank, site, z_q[qi], candidates[torch.from_numpy(chosen)],
                               batch_size=decoder_batch_size, progress=progress and len(chosen) > 10 * decoder_batch_size)
+        at = matched[qi].numpy()
         score_frames.append(pd.DataFrame({"query": qi, "candidate": chosen, "distance": d[chosen],
-                                          "logp": lp.numpy(), "member": member[chosen]}))
+                                          "matched_position": at[chosen], "logp": lp.numpy(),
+                                          "member": member[chosen]}))
         row: dict[str, Any] = {
             "query": qi,
             "text": task.decode(queries[qi]),
             "position": int(positions[qi]),
             "n_candidates": n,
             "n_members": int(len(members)),
+            "members_at_query_position": float((at[members] == int(positions[qi])).mean()) if len(members) else float("nan"),
             "n_scored": int(len(chosen)),
             "auroc": auroc(lp.numpy(), member[chosen]),
         }
