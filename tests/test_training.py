@@ -319,6 +319,25 @@ def test_perturb_noise_is_uniform_level_times_the_norm():
     assert torch.equal(g.get_state(), state)
 
 
+def test_perturb_ball_is_uniform_in_the_ball():
+    """Uniform in a d-ball: P(D / level <= r) = r^d, so the median of D / level is 0.5^(1/d)
+    and the 10% quantile 0.1^(1/d); D never exceeds level. With d = 4 (so the law is far from
+    a shell): median 0.8409, 10% quantile 0.5623; the direction is isotropic."""
+    z = torch.randn(40000, 4, generator=torch.Generator().manual_seed(1)) * 3.0
+    out = perturb(z, 0.1, torch.Generator().manual_seed(0), "ball")
+    r = ((out - z).norm(dim=-1) / z.norm(dim=-1)) / 0.1
+    assert float(r.max()) <= 1.0 + 1e-5
+    q = torch.quantile(r, torch.tensor([0.1, 0.5]))
+    assert q.tolist() == pytest.approx([0.1 ** 0.25, 0.5 ** 0.25], abs=0.01)
+    assert q.tolist() == pytest.approx([0.5623, 0.8409], abs=0.01)
+    n = (out - z) / (out - z).norm(dim=-1, keepdim=True)
+    assert float(n.mean(0).abs().max()) < 0.02
+    with pytest.raises(ValueError, match=r"noise shape must be one of \('gaussian', 'ball'\), got 'cube'"):
+        perturb(z, 0.1, torch.Generator(), "cube")
+    with pytest.raises(ValueError, match="train_noise_shape must be one of"):
+        _cfg(train_noise_shape="cube")
+
+
 def test_training_with_noise_resumes_and_old_checkpoints_still_resume(counting_model, data, tmp_path):
     tr, te = data
     task = counting.make_task()
@@ -336,6 +355,9 @@ def test_training_with_noise_resumes_and_old_checkpoints_still_resume(counting_m
     # noise changes what is learnt (the same seed without noise gives other weights)
     clean = train(counting_model, task, tr, te, _cfg(), progress=False)
     assert any(not torch.equal(v, clean.bank.state_dict()[k]) for k, v in full.bank.state_dict().items())
+    # the shape reaches the training step: ball noise gives other weights than gaussian noise
+    ball = train(counting_model, task, tr, te, _cfg(train_noise=0.1, train_noise_shape="ball"), progress=False)
+    assert any(not torch.equal(v, ball.bank.state_dict()[k]) for k, v in full.bank.state_dict().items())
     # a checkpoint written before train_noise existed resumes as a noise-free run
     train(counting_model, task, tr, te, _cfg(steps=2), out_dir=tmp_path / "c", progress=False)
     ckpt = latest_checkpoint(tmp_path / "c")

@@ -50,6 +50,7 @@ from .verify import membership
 
 LATEST = "latest.json"
 LOG_EVERY = 50  # steps between log records (losses are read from the GPU only then)
+NOISE_SHAPES = ("gaussian", "ball")  # of train_noise (see perturb)
 
 
 @dataclass
@@ -75,6 +76,9 @@ class TrainConfig:
             smoothed posterior whose ``log p(x | z_q)`` falls with D(x, z_q), so near the
             epsilon boundary members outrank non-members (completeness AUROC) instead of
             both being unseen (see :func:`perturb`).
+        train_noise_shape: ``"gaussian"`` (the above, default) or ``"ball"`` (noise uniform
+            in the ball of radius ``train_noise * ||z||``: the decoder is trained towards the
+            uniform distribution over the inputs within ``train_noise`` of the condition).
         eval_every: steps between faithfulness measurements (0: only at the end).
         eval_n: held-out activations per site for the faithfulness rate (paper 200).
         epsilon: membership threshold of the faithfulness rate (paper 0.1).
@@ -111,6 +115,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     bos_prob: float = 0.01
     train_noise: float = 0.0
+    train_noise_shape: str = "gaussian"
     eval_every: int = 500
     eval_n: int = 200
     epsilon: float = 0.1
@@ -152,6 +157,8 @@ class TrainConfig:
         if not (self.train_noise >= 0 and math.isfinite(self.train_noise)):
             raise ValueError(f"train_noise must be a finite level >= 0 (units of the distance D; 0: none), "
                              f"got {self.train_noise}")
+        if self.train_noise_shape not in NOISE_SHAPES:
+            raise ValueError(f"train_noise_shape must be one of {NOISE_SHAPES}, got {self.train_noise_shape!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -196,23 +203,42 @@ def sample_positions(
     return pos
 
 
-def perturb(z: Float[Tensor, "batch d"], level: float, generator: torch.Generator) -> Float[Tensor, "batch d"]:
-    """``z + N(0, I) * u * level * ||z|| / sqrt(d)`` with ``u ~ U(0, 1)`` per row.
+def perturb(
+    z: Float[Tensor, "batch d"], level: float, generator: torch.Generator, shape: str = "gaussian"
+) -> Float[Tensor, "batch d"]:
+    """Blur activations: ``z + n`` with a noise ``n`` of norm up to about ``level * ||z||``.
 
-    The noise's norm is about ``u * level * ||z||``, so ``level`` is in units of the
-    distance D = ||z - z_q|| / ||z_q|| (method: Distance). Drawing the level per row mixes
-    exact and blurred conditions: the decoder keeps its sharp answers for exact activations
-    and learns how likely an input is under a nearby one. ``z`` and ``generator`` must be
-    on the same device (``z`` is moved to the generator's); ``level = 0`` returns ``z`` and
-    draws nothing.
+    ``level`` is in units of the distance D = ||z - z_q|| / ||z_q|| (method: Distance).
+
+    * ``"gaussian"``: ``n = N(0, I) * u * level * ||z|| / sqrt(d)`` with ``u ~ U(0, 1)`` per
+      row (norm about ``u * level * ||z||``): a mix of exact and blurred conditions.
+    * ``"ball"``: ``n`` uniform in the ball of radius ``level * ||z||`` (uniform direction,
+      norm ``level * ||z|| * U^(1/d)``). The posterior this trains towards is uniform over
+      the inputs whose activation lies within ``level`` of the condition, i.e. the
+      epsilon-preimage itself when ``level`` = epsilon.
+
+    Args:
+        z: ``[batch, d]`` activations (any float dtype; the result has the same dtype).
+        level: noise level >= 0; 0 returns ``z`` and draws nothing.
+        generator: random source; ``z`` is moved to its device.
+        shape: ``"gaussian"`` or ``"ball"``.
+
+    Raises:
+        ValueError: an unknown shape.
     """
+    if shape not in NOISE_SHAPES:
+        raise ValueError(f"noise shape must be one of {NOISE_SHAPES}, got {shape!r}")
     if level == 0:
         return z
     z = z.to(generator.device)
+    zf = z.float()
+    norm = zf.norm(dim=-1, keepdim=True)
     u = torch.rand(z.shape[0], 1, generator=generator, device=z.device, dtype=torch.float32)
-    scale = u * level * z.float().norm(dim=-1, keepdim=True) / math.sqrt(z.shape[-1])
     noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=torch.float32)
-    return (z.float() + noise * scale).to(z.dtype)
+    if shape == "gaussian":
+        return (zf + noise * (u * level * norm / math.sqrt(z.shape[-1]))).to(z.dtype)
+    direction = noise / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return (zf + direction * (u ** (1.0 / z.shape[-1]) * level * norm)).to(z.dtype)
 
 
 def _check_trainable(mask: Tensor) -> None:
@@ -611,7 +637,7 @@ def train(
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 if cfg.topology == "per_hook":
                     z_of = {dec: bank.pad(perturb(acts[g[0]][rows.to(acts[g[0]].device), pos.to(acts[g[0]].device)],
-                                                  cfg.train_noise, run.data_gen), g[0])
+                                                  cfg.train_noise, run.data_gen, cfg.train_noise_shape), g[0])
                             for dec, g in zip(bank.decoders, bank.groups)}
                     site_of = {dec: g[0] for dec, g in zip(bank.decoders, bank.groups)}
                     for stack in run.stacks:
@@ -632,7 +658,8 @@ def train(
                         sel = choice == j
                         a = acts[site]
                         # every row reads site j; only rows assigned to it keep the value (no host sync)
-                        z_j = bank.pad(perturb(a[rows.to(a.device), pos.to(a.device)], cfg.train_noise, run.data_gen), site)
+                        z_j = bank.pad(perturb(a[rows.to(a.device), pos.to(a.device)], cfg.train_noise, run.data_gen,
+                                               cfg.train_noise_shape), site)
                         z = torch.where(sel[:, None], z_j, z)
                     loss = run.loss_of[bank.decoders[0]](dec_tokens, z, site_idx_all[choice])
                     losses.append(loss)
