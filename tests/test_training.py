@@ -93,6 +93,7 @@ def test_resume_refuses_a_changed_config(counting_model, data, tmp_path):
     # more steps is a legitimate continuation
     result = train(counting_model, task, tr, te, _cfg(steps=4), out_dir=tmp_path, progress=False)
     assert result.bank.meta["steps"] == 4
+    assert result.bank.meta["train_config"]["steps"] == 4  # the bank records the config of the call that ended it
 
 
 def test_resume_refuses_another_model(counting_model, data, tmp_path, tmp_path_factory):
@@ -265,8 +266,9 @@ def test_resume_refuses_another_task(counting_model, data, tmp_path):
     ({"lr": 0.0}, "lr must be a positive, finite learning rate"),
     ({"lr": float("inf")}, "lr must be a positive, finite learning rate"),
     ({"time_limit_s": float("nan")}, "time_limit_s must be >= 0 seconds"),
-    ({"train_noise": -0.1}, "train_noise must be a finite level >= 0"),
-    ({"train_noise": float("nan")}, "train_noise must be a finite level >= 0"),
+    ({"train_noise": -0.1}, "train_noise must be in \\[0, 1\\]"),
+    ({"train_noise": float("nan")}, "train_noise must be in \\[0, 1\\]"),
+    ({"train_noise": 1.5}, "train_noise must be in \\[0, 1\\]"),
 ])
 def test_config_refuses_bad_numbers(over, message):
     with pytest.raises(ValueError, match=message):
@@ -367,3 +369,36 @@ def test_training_with_noise_resumes_and_old_checkpoints_still_resume(counting_m
     assert train(counting_model, task, tr, te, _cfg(steps=4), out_dir=tmp_path / "c", progress=False).bank.meta["steps"] == 4
     with pytest.raises(ValueError, match=r"train_noise \(checkpoint 0.0, now 0.1\)"):
         train(counting_model, task, tr, te, _cfg(steps=6, train_noise=0.1), out_dir=tmp_path / "c", progress=False)
+
+
+def test_config_numbers_are_plain_and_strings_are_refused():
+    import numpy as np
+
+    cfg = _cfg(train_noise=np.float32(0.25), lr=torch.tensor(2e-3), steps=np.int64(6), batch_size=8.0)
+    assert type(cfg.train_noise) is float and cfg.train_noise == pytest.approx(0.25)
+    assert type(cfg.lr) is float and type(cfg.steps) is int and cfg.steps == 6 and type(cfg.batch_size) is int
+    assert json.loads(json.dumps(cfg.to_dict()))["train_noise"] == cfg.train_noise  # resumable: JSON round trip
+    with pytest.raises(TypeError, match=r"train_noise must be a number \(float\), got '0.1' of type str"):
+        _cfg(train_noise="0.1")
+    with pytest.raises(TypeError, match="lr must be a number"):
+        _cfg(lr=True)
+    with pytest.raises(TypeError, match="steps must be a whole number, got 2.5"):
+        _cfg(steps=2.5)
+
+
+def test_compile_backend_failures_become_one_line_errors():
+    from tl_inversion.training import _explain_compile_errors
+
+    class InductorError(Exception):
+        pass
+
+    InductorError.__module__ = "torch._inductor.exc"
+    with pytest.raises(ValueError, match=r"torch.compile failed on cpu .*InductorError: boom.*leave out --compile"):
+        with _explain_compile_errors(True, torch.device("cpu")):
+            raise InductorError("boom\nlong traceback")
+    with pytest.raises(InductorError):  # without compile nothing is reworded
+        with _explain_compile_errors(False, torch.device("cpu")):
+            raise InductorError("boom")
+    with pytest.raises(KeyError):  # other errors pass through
+        with _explain_compile_errors(True, torch.device("cpu")):
+            raise KeyError("x")

@@ -230,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after warm-up: constant, or cosine decay to 10%% over --steps or --time-limit "
                         "(default: %(default)s)")
     p.add_argument("--train-noise", type=float, default=0.0,
-                   help="blur each training activation with Gaussian noise of norm up to this many units of the "
-                        "distance D (level uniform per input; 0: exact activations, as the paper) (default: %(default)s)")
+                   help="blur each training activation with Gaussian noise of norm up to about this many units of "
+                        "the distance D, in [0, 1] (level uniform per input; 0: exact activations, as the paper) "
+                        "(default: %(default)s)")
     p.add_argument("--train-noise-shape", choices=["gaussian", "ball"], default="gaussian",
                    help="gaussian: norm uniform up to --train-noise; ball: uniform in the ball of that radius "
                         "(the decoder learns the uniform distribution over the inputs within it) (default: %(default)s)")

@@ -19,6 +19,7 @@ killed run resumes from its last checkpoint to the same result as an uninterrupt
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -28,7 +29,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -69,9 +70,10 @@ class TrainConfig:
         weight_decay: AdamW weight decay (paper 0.01).
         grad_clip: gradient-norm clip per decoder (paper 1.0).
         bos_prob: probability of replacing the position by BOS (paper 0.01).
-        train_noise: condition the decoder on ``z + n`` with ``n ~ N(0, I) * level * ||z|| / sqrt(d)``
-            (``d`` = the site's width), ``level`` drawn uniformly from ``[0, train_noise]`` per
-            input: a noise of norm about ``level`` in units of the distance D. 0 (default)
+        train_noise: in ``[0, 1]``: condition the decoder on ``z + n`` with
+            ``n ~ N(0, I) * u * train_noise * ||z|| / sqrt(d)`` (``d`` = the site's width),
+            ``u`` drawn uniformly from ``[0, 1]`` per input: a noise of norm about
+            ``u * train_noise`` in units of the distance D. 0 (default)
             trains on exact activations, as the paper did. With noise the decoder learns a
             smoothed posterior whose ``log p(x | z_q)`` falls with D(x, z_q), so near the
             epsilon boundary members outrank non-members (completeness AUROC) instead of
@@ -94,7 +96,9 @@ class TrainConfig:
             (:mod:`tl_inversion.stacking`; same mathematics, far fewer kernel launches).
         compile: compile each step's loss (forward and backward) with ``torch.compile``
             (fuses elementwise work; the first steps are slow while it compiles; on CUDA
-            it needs Triton). Off by default; the result is unchanged up to rounding.
+            it needs Triton; torch 2.13's CPU compiler fails on this step, and a backend
+            failure stops training with a ValueError that says so). Off by default; the
+            result is unchanged up to rounding.
         time_limit_s: stop (evaluate, checkpoint, save) once the run has trained this many
             seconds, counted over all calls (a resumed run continues the clock from its
             checkpoint, as it continues the step count), even before ``steps``; the
@@ -133,6 +137,13 @@ class TrainConfig:
     decoder: dict[str, Any] = field(default_factory=lambda: {"d_model": 256, "n_layers": 2, "n_heads": 4})
 
     def __post_init__(self) -> None:
+        # NumPy / torch scalars become plain numbers (the config is written as JSON and compared on resume)
+        for name in ("steps", "batch_size", "warmup_steps", "eval_every", "eval_n", "checkpoint_every",
+                     "keep_checkpoints", "seed"):
+            setattr(self, name, _plain(name, getattr(self, name), int))
+        for name in ("lr", "weight_decay", "grad_clip", "bos_prob", "train_noise", "epsilon",
+                     "rebalance_temperature", "time_limit_s"):
+            setattr(self, name, _plain(name, getattr(self, name), float))
         if self.topology not in ("per_hook", "shared"):
             raise ValueError(f"topology must be 'per_hook' or 'shared', got {self.topology!r}")
         if self.schedule not in ("constant", "cosine"):
@@ -154,9 +165,9 @@ class TrainConfig:
             raise ValueError(f"time_limit_s must be >= 0 seconds (0: no limit), got {self.time_limit_s}")
         if not 0 <= self.bos_prob < 1:
             raise ValueError(f"bos_prob must be in [0, 1), got {self.bos_prob}")
-        if not (self.train_noise >= 0 and math.isfinite(self.train_noise)):
-            raise ValueError(f"train_noise must be a finite level >= 0 (units of the distance D; 0: none), "
-                             f"got {self.train_noise}")
+        if not 0 <= self.train_noise <= 1:  # also refuses NaN
+            raise ValueError(f"train_noise must be in [0, 1] (units of the distance D, whose epsilon is 0.1; "
+                             f"0: none; above 1 the noise outweighs the activation), got {self.train_noise}")
         if self.train_noise_shape not in NOISE_SHAPES:
             raise ValueError(f"train_noise_shape must be one of {NOISE_SHAPES}, got {self.train_noise_shape!r}")
 
@@ -203,6 +214,36 @@ def sample_positions(
     return pos
 
 
+@contextlib.contextmanager
+def _explain_compile_errors(enabled: bool, device: torch.device) -> Iterator[None]:
+    """Turn a failure of torch.compile's backend into a one-line ValueError that names the way out."""
+    try:
+        yield
+    except Exception as e:
+        if enabled and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise ValueError(
+                f"torch.compile failed on {device.type} with torch {torch.__version__} ({type(e).__name__}: {first}); "
+                "train without compiling (compile=False; CLI: leave out --compile): same mathematics, slower steps"
+            ) from e
+        raise
+
+
+def _plain(name: str, value: Any, kind: type) -> Any:
+    """``value`` as a plain int or float (NumPy and torch scalars included); bools and other types refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number, Tensor)) or (
+        isinstance(value, Tensor) and value.numel() != 1
+    ):
+        raise TypeError(f"{name} must be a number ({kind.__name__}), got {value!r} of type {type(value).__name__}")
+    if kind is int:
+        if isinstance(value, Tensor):
+            value = value.item()
+        if float(value) != int(value):
+            raise TypeError(f"{name} must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
+
+
 def perturb(
     z: Float[Tensor, "batch d"], level: float, generator: torch.Generator, shape: str = "gaussian"
 ) -> Float[Tensor, "batch d"]:
@@ -211,23 +252,28 @@ def perturb(
     ``level`` is in units of the distance D = ||z - z_q|| / ||z_q|| (method: Distance).
 
     * ``"gaussian"``: ``n = N(0, I) * u * level * ||z|| / sqrt(d)`` with ``u ~ U(0, 1)`` per
-      row (norm about ``u * level * ||z||``): a mix of exact and blurred conditions.
+      row: norm about ``u * level * ||z||`` (times chi_d / sqrt(d), so a few percent of rows
+      exceed ``level``, more on narrow sites): a mix of nearly exact and blurred conditions.
     * ``"ball"``: ``n`` uniform in the ball of radius ``level * ||z||`` (uniform direction,
       norm ``level * ||z|| * U^(1/d)``). The posterior this trains towards is uniform over
       the inputs whose activation lies within ``level`` of the condition, i.e. the
       epsilon-preimage itself when ``level`` = epsilon.
 
+    Training blurs every activation it conditions on, the BOS ("no information") one too.
+
     Args:
-        z: ``[batch, d]`` activations (any float dtype; the result has the same dtype).
-        level: noise level >= 0; 0 returns ``z`` and draws nothing.
-        generator: random source; ``z`` is moved to its device.
+        z: ``[batch, d]`` activations (computed in float32, returned in ``z``'s dtype).
+        level: the largest noise level, >= 0 and finite; 0 returns ``z`` and draws nothing.
+        generator: random source; the result is on its device (``z`` is moved there).
         shape: ``"gaussian"`` or ``"ball"``.
 
     Raises:
-        ValueError: an unknown shape.
+        ValueError: an unknown shape, a negative or non-finite level.
     """
     if shape not in NOISE_SHAPES:
         raise ValueError(f"noise shape must be one of {NOISE_SHAPES}, got {shape!r}")
+    if not (level >= 0 and math.isfinite(level)):
+        raise ValueError(f"noise level must be finite and >= 0, got {level}")
     if level == 0:
         return z
     z = z.to(generator.device)
@@ -355,7 +401,8 @@ class _Run:
         for stack in self.stacks:
             stack.pull()
         saved = json.loads((path / BANK_JSON).read_text())
-        self.bank.meta = saved["meta"]
+        # this call's config (a resume may raise steps or the time limit), the rest as saved
+        self.bank.meta = {**saved["meta"], "train_config": self.cfg.to_dict()}
         blob = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
         self.opt.load_state_dict(blob["optimizer"])
         self.sched.load_state_dict(blob["scheduler"])
@@ -634,7 +681,8 @@ def train(
             dec_tokens = bank.to_decoder_tokens(tokens_d)  # the decoders' ids (differ only for GPT-2-like vocabularies)
             record: dict[str, Any] = {"step": run.step + 1}
             losses = []
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            with _explain_compile_errors(cfg.compile, device), \
+                    torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 if cfg.topology == "per_hook":
                     z_of = {dec: bank.pad(perturb(acts[g[0]][rows.to(acts[g[0]].device), pos.to(acts[g[0]].device)],
                                                   cfg.train_noise, run.data_gen, cfg.train_noise_shape), g[0])
@@ -671,7 +719,8 @@ def train(
                     group["lr"] = cfg.lr * factor
             total = torch.stack(losses).sum()
             run.opt.zero_grad(set_to_none=True)
-            total.backward()
+            with _explain_compile_errors(cfg.compile, device):
+                total.backward()
             run.clip(cfg.grad_clip)
             record["lr"] = run.opt.param_groups[0]["lr"]  # the rate this step used
             run.opt.step()
