@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -330,8 +331,7 @@ def test_perturb_ball_is_uniform_in_the_ball():
     r = ((out - z).norm(dim=-1) / z.norm(dim=-1)) / 0.1
     assert float(r.max()) <= 1.0 + 1e-5
     q = torch.quantile(r, torch.tensor([0.1, 0.5]))
-    assert q.tolist() == pytest.approx([0.1 ** 0.25, 0.5 ** 0.25], abs=0.01)
-    assert q.tolist() == pytest.approx([0.5623, 0.8409], abs=0.01)
+    assert q.tolist() == pytest.approx([0.1 ** 0.25, 0.5 ** 0.25], abs=0.01)  # 0.5623, 0.8409
     n = (out - z) / (out - z).norm(dim=-1, keepdim=True)
     assert float(n.mean(0).abs().max()) < 0.02
     with pytest.raises(ValueError, match=r"noise shape must be one of \('gaussian', 'ball'\), got 'cube'"):
@@ -384,6 +384,14 @@ def test_config_numbers_are_plain_and_strings_are_refused():
         _cfg(lr=True)
     with pytest.raises(TypeError, match="steps must be a whole number, got 2.5"):
         _cfg(steps=2.5)
+    # the probed model's config too (its recipe is written as JSON)
+    from tl_inversion.probed import ProbedConfig
+
+    pc = ProbedConfig(lr=np.float64(3e-3), steps=torch.tensor(40), d_mlp=np.int32(128))
+    assert (type(pc.lr), type(pc.steps), type(pc.d_mlp)) == (float, int, int) and pc.steps == 40
+    assert json.loads(json.dumps(dataclasses.asdict(pc)))["lr"] == 3e-3
+    with pytest.raises(TypeError, match="batch_size must be a number"):
+        ProbedConfig(batch_size="512")
 
 
 def test_compile_backend_failures_become_one_line_errors():

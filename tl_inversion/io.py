@@ -1,7 +1,8 @@
 """Atomic writes: a file or folder is either the old one or the whole new one, never half.
 
 Used for every artifact and checkpoint, so a run killed at any instant loses nothing
-that was already saved.
+that was already saved. Also :func:`plain_number`, which configs use so that what they
+write as JSON reads back equal.
 """
 
 from __future__ import annotations
@@ -57,3 +58,28 @@ def atomic_write_dir(path: str | Path, fill: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def plain_number(name: str, value: Any, kind: type) -> Any:
+    """``value`` as a plain Python ``int`` or ``float`` (``kind``), e.g. for a config field.
+
+    NumPy and torch scalars (0-dim) are unwrapped with ``.item()``, so a config holding them
+    is written to JSON as a number and compares equal when a run is resumed.
+
+    Args:
+        name: the field's name, for the message.
+        value: the given value.
+        kind: ``int`` or ``float``.
+
+    Raises:
+        TypeError: a bool, a string or another non-number, or a fractional value for ``int``.
+    """
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number ({kind.__name__}), got {value!r} of type {type(value).__name__}")
+    if kind is int:
+        if value != int(value):
+            raise TypeError(f"{name} must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)

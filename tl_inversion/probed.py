@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .devices import resolve_device
-from .io import atomic_write_dir, atomic_write_json
+from .io import atomic_write_dir, atomic_write_json, plain_number
 from .tasks.base import CharTask
 from .training import lr_factor
 
@@ -32,6 +32,7 @@ class ProbedConfig:
     Raises:
         ValueError: a size or step count below 1, ``d_model`` not a multiple of ``n_heads``,
             a negative warm-up or a non-positive learning rate.
+        TypeError: a field that is not a number (NumPy / torch scalars are accepted).
 
     Args:
         n_layers, d_model, n_heads, d_mlp: GPT-2 shape (``d_mlp`` None: 4 * d_model).
@@ -54,6 +55,13 @@ class ProbedConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        # NumPy / torch scalars become plain numbers (the recipe is written as JSON)
+        for name in ("n_layers", "d_model", "n_heads", "steps", "batch_size", "warmup_steps", "seed"):
+            setattr(self, name, plain_number(name, getattr(self, name), int))
+        if self.d_mlp is not None:
+            self.d_mlp = plain_number("d_mlp", self.d_mlp, int)
+        for name in ("lr", "weight_decay"):
+            setattr(self, name, plain_number(name, getattr(self, name), float))
         for name in ("n_layers", "d_model", "n_heads", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from . import hooked
 from .bank import BANK_JSON, WEIGHTS, DecoderBank
 from .devices import resolve_device
-from .io import atomic_write_dir, atomic_write_json
+from .io import atomic_write_dir, atomic_write_json, plain_number
 from .sites import Site, parse_sites, validate_sites
 from .stacking import stack_same_shaped
 from .tasks import as_task
@@ -140,10 +140,10 @@ class TrainConfig:
         # NumPy / torch scalars become plain numbers (the config is written as JSON and compared on resume)
         for name in ("steps", "batch_size", "warmup_steps", "eval_every", "eval_n", "checkpoint_every",
                      "keep_checkpoints", "seed"):
-            setattr(self, name, _plain(name, getattr(self, name), int))
+            setattr(self, name, plain_number(name, getattr(self, name), int))
         for name in ("lr", "weight_decay", "grad_clip", "bos_prob", "train_noise", "epsilon",
                      "rebalance_temperature", "time_limit_s"):
-            setattr(self, name, _plain(name, getattr(self, name), float))
+            setattr(self, name, plain_number(name, getattr(self, name), float))
         if self.topology not in ("per_hook", "shared"):
             raise ValueError(f"topology must be 'per_hook' or 'shared', got {self.topology!r}")
         if self.schedule not in ("constant", "cosine"):
@@ -229,21 +229,6 @@ def _explain_compile_errors(enabled: bool, device: torch.device) -> Iterator[Non
         raise
 
 
-def _plain(name: str, value: Any, kind: type) -> Any:
-    """``value`` as a plain int or float (NumPy and torch scalars included); bools and other types refused."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number, Tensor)) or (
-        isinstance(value, Tensor) and value.numel() != 1
-    ):
-        raise TypeError(f"{name} must be a number ({kind.__name__}), got {value!r} of type {type(value).__name__}")
-    if kind is int:
-        if isinstance(value, Tensor):
-            value = value.item()
-        if float(value) != int(value):
-            raise TypeError(f"{name} must be a whole number, got {value!r}")
-        return int(value)
-    return float(value)
-
-
 def perturb(
     z: Float[Tensor, "batch d"], level: float, generator: torch.Generator, shape: str = "gaussian"
 ) -> Float[Tensor, "batch d"]:
@@ -269,6 +254,9 @@ def perturb(
 
     Raises:
         ValueError: an unknown shape, a negative or non-finite level.
+
+    Source: not in InversionView (the paper trains on exact activations; its sampling
+    perturbs the query instead); this project's addition, measured in README Results.
     """
     if shape not in NOISE_SHAPES:
         raise ValueError(f"noise shape must be one of {NOISE_SHAPES}, got {shape!r}")
