@@ -112,6 +112,8 @@ def test_evaluate_out_must_be_a_folder(capsys, tmp_path):
     (["train-probed", "--out", "OUT", "--lr", "inf"], "lr must be a positive, finite learning rate"),
     (["train", "--model", str(asset_dir() / "probed"), "--out", "OUT", "--preset", "paper", "--train-noise", "-0.1"],
      "train_noise must be in [0, 1]"),
+    (["train", "--model", str(asset_dir() / "probed"), "--out", "OUT", "--preset", "paper", "--train-noise-flag"],
+     "train_noise_flag needs a train_noise > 0"),
     pytest.param(["train-probed", "--out", "OUT", "--device", "mps"], "no usable MPS backend",
                  marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
 ])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -149,3 +150,42 @@ def test_subsample_keeps_members_and_caps_the_decoder_work(model, bank, candidat
     n_mem = int(s["n_members"])
     assert int(sc["member"].sum()) == min(n_mem, 50)
     assert "recall" not in res.summary.columns
+
+
+def test_a_noise_flagged_bank_scores_with_the_blurred_condition(model, candidates):
+    torch.manual_seed(1)
+    sites = [RESID, HEAD]
+    widths = {s: hooked.site_width(model, s) for s in sites}
+    flagged = DecoderBank.create(sites, widths, vocab_size=15, n_ctx=14, bos_id=TASK.bos_id, eos_id=TASK.eos_id,
+                                 pad_id=TASK.pad_id, noise_flag=True, d_model=16, n_layers=1, n_heads=2, d_mlp=32,
+                                 n_cond_blocks=1).eval()
+    head = hooked.validate_sites([HEAD], model)[0]
+    z = hooked.harvest(model, candidates[:1], [HEAD])[head][0, 5]
+    dec, idx = flagged.lookup(HEAD)
+    assert dec.cfg.d_act == max(widths.values()) + 1  # one column more than the widest site
+    # the condition by hand: the head's vector, zeros up to d_act - 1, then its RMS as the flag column
+    x = candidates[:12]
+    logp = {}
+    for flag in (False, True):
+        cond = torch.zeros(1, dec.cfg.d_act)
+        cond[0, : z.shape[0]] = z
+        cond[0, -1] = float(flag) * float(z.norm()) / math.sqrt(z.shape[0])
+        torch.testing.assert_close(flagged.pad(z[None], HEAD, blurred=flag), cond, rtol=1e-6, atol=1e-6)
+        with torch.inference_mode():
+            logp[flag] = dec.token_logprobs(x, flagged.pad(z[None], HEAD, blurred=flag).expand(12, -1), idx).sum(-1)
+    assert not torch.equal(logp[True], logp[False])  # the flag reaches the decoder (untrained: by little)
+    default = decoder_logprobs(flagged, HEAD, z, x)  # a flagged bank: blurred by default
+    assert torch.equal(default, logp[True])
+    assert torch.equal(decoder_logprobs(flagged, HEAD, z, x, blurred=False), logp[False])
+    res = completeness(model, flagged, TASK, HEAD, candidates[:1], "A1", candidates[:300], epsilon=0.5,
+                       max_candidates=None, n_samples=4, progress=False)
+    assert bool(res.summary["blurred"].iloc[0])
+    # a bank trained without the flag has only the exact condition
+    plain = DecoderBank.create(sites, widths, vocab_size=15, n_ctx=14, bos_id=TASK.bos_id, eos_id=TASK.eos_id,
+                               pad_id=TASK.pad_id, d_model=16, n_layers=1, n_heads=2, d_mlp=32, n_cond_blocks=1)
+    with pytest.raises(ValueError, match="this bank has no noise flag"):
+        completeness(model, plain, TASK, HEAD, candidates[:1], "A1", candidates[:300], blurred=True, progress=False)
+    with pytest.raises(ValueError, match="trained with a noise flag and"):
+        DecoderBank.merge([flagged, DecoderBank.create(["blocks.1.hook_resid_post"], {"blocks.1.hook_resid_post": 32},
+                                                       vocab_size=15, n_ctx=14, bos_id=TASK.bos_id, eos_id=TASK.eos_id,
+                                                       pad_id=TASK.pad_id, d_model=16, n_layers=1, n_heads=2)])

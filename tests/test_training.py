@@ -410,3 +410,66 @@ def test_compile_backend_failures_become_one_line_errors():
     with pytest.raises(KeyError):  # other errors pass through
         with _explain_compile_errors(True, torch.device("cpu")):
             raise KeyError("x")
+
+
+def test_noise_flag_blurs_half_the_rows_and_says_which():
+    from tl_inversion.bank import DecoderBank
+    from tl_inversion.training import condition
+
+    wide, narrow = Site("blocks.0.hook_resid_post"), Site("blocks.0.attn.hook_z", head=0)
+    bank = DecoderBank.create([wide, narrow], {str(wide): 10, str(narrow): 4}, topology="shared", vocab_size=8,
+                              n_ctx=6, bos_id=5, eos_id=6, pad_id=7, noise_flag=True, **SMALL)
+    assert bank.decoders[0].cfg.d_act == 11 and bank.noise_flag
+    n = 4000
+    z = torch.randn(n, 4) * 3
+    cfg = _cfg(train_noise=0.1, train_noise_shape="ball", train_noise_flag=True)
+    out = condition(bank, narrow, z, cfg, torch.Generator().manual_seed(0))
+    assert out.shape == (n, 11)
+    assert (out[:, 4:10] == 0).all()  # zero padding between the site's width and the flag column
+    flagged = out[:, 10] > 0
+    share = float(flagged.float().mean())
+    assert abs(share - 0.5) < 4 * math.sqrt(0.25 / n)  # a fair coin per row
+    # exact rows are z itself; blurred rows lie inside the ball of radius 0.1 |z| and carry their RMS
+    assert torch.equal(out[~flagged, :4], z[~flagged])
+    d = (out[flagged, :4] - z[flagged]).norm(dim=-1) / z[flagged].norm(dim=-1)
+    assert bool((d > 0).all()) and float(d.max()) <= 0.1 + 1e-6
+    torch.testing.assert_close(out[flagged, 10], out[flagged, :4].norm(dim=-1) / 2.0)  # sqrt(4) = 2
+    # without the flag every row is blurred and no column is added (the run of train_noise alone)
+    plain = DecoderBank.create([narrow], {str(narrow): 4}, vocab_size=8, n_ctx=6, bos_id=5, eos_id=6, pad_id=7, **SMALL)
+    all_blurred = condition(plain, narrow, z, _cfg(train_noise=0.1, train_noise_shape="ball"), torch.Generator())
+    assert all_blurred.shape == (n, 4) and bool(((all_blurred - z).norm(dim=-1) > 0).all())
+    with pytest.raises(ValueError, match="this bank has no noise flag"):
+        plain.pad(z, narrow, blurred=True)
+    with pytest.raises(ValueError, match="train_noise_flag needs a train_noise > 0"):
+        _cfg(train_noise_flag=True)
+    with pytest.raises(TypeError, match="train_noise_flag must be True or False"):
+        _cfg(train_noise=0.1, train_noise_flag=1)
+
+
+@pytest.mark.parametrize("topology", ["per_hook", "shared"])
+def test_noise_flagged_training_resumes_and_saves_its_flag(counting_model, data, tmp_path, topology):
+    from tl_inversion.bank import DecoderBank
+
+    tr, te = data
+    task = counting.make_task()
+    cfg = dict(train_noise=0.1, train_noise_shape="ball", train_noise_flag=True, topology=topology)
+    full = train(counting_model, task, tr, te, _cfg(**cfg), out_dir=tmp_path / "a", progress=False)
+
+    def kill(step, record):
+        if step == 5:
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        train(counting_model, task, tr, te, _cfg(**cfg), out_dir=tmp_path / "b", progress=False, callback=kill)
+    resumed = train(counting_model, task, tr, te, _cfg(**cfg), out_dir=tmp_path / "b", progress=False)
+    for k, v in full.bank.state_dict().items():
+        torch.testing.assert_close(v, resumed.bank.state_dict()[k], rtol=0, atol=0, msg=k)
+    loaded = DecoderBank.load(tmp_path / "a" / "bank", counting_model)
+    widest = [max(loaded.widths[str(s)] for s in g) for g in loaded.groups]
+    assert loaded.noise_flag and [d.cfg.d_act for d in loaded.decoders] == [w + 1 for w in widest]  # + the flag
+    unflagged = train(counting_model, task, tr, te, _cfg(train_noise=0.1, train_noise_shape="ball", topology=topology),
+                      progress=False)
+    assert not unflagged.bank.noise_flag and [d.cfg.d_act for d in unflagged.bank.decoders] == widest
+    with pytest.raises(ValueError, match=r"train_noise_flag \(checkpoint True, now False\)"):
+        train(counting_model, task, tr, te, _cfg(train_noise=0.1, train_noise_shape="ball", topology=topology, steps=8),
+              out_dir=tmp_path / "a", progress=False)

@@ -20,6 +20,7 @@ written atomically.
 from __future__ import annotations
 
 import difflib
+import math
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class DecoderBank:
         eos_id: int,
         pad_id: int,
         meta: dict[str, Any] | None = None,
+        noise_flag: bool = False,
         **decoder_kwargs: Any,
     ) -> "DecoderBank":
         """New, untrained decoders for ``sites``.
@@ -91,6 +93,9 @@ class DecoderBank:
                 ``meta["decoder_ids"]``; :meth:`to_decoder_tokens` and
                 :meth:`to_task_tokens` translate at the decoder's boundary.
             meta: metadata to record.
+            noise_flag: give every decoder one more conditioning column, the *noise flag*
+                (see :meth:`pad`): the decoders learn the exact condition (flag 0) and the
+                blurred one (flag 1) in one network. Recorded as ``meta["noise_flag"]``.
             **decoder_kwargs: further :class:`DecoderConfig` fields (``d_model``, ``n_layers``...).
 
         Raises:
@@ -116,7 +121,7 @@ class DecoderBank:
             cfg = DecoderConfig(
                 vocab_size=dec_vocab,
                 n_ctx=n_ctx,
-                d_act=max(widths[str(s)] for s in group),
+                d_act=max(widths[str(s)] for s in group) + int(bool(noise_flag)),
                 bos_id=bos_id,
                 eos_id=dec_eos,
                 pad_id=dec_pad,
@@ -125,6 +130,7 @@ class DecoderBank:
             )
             decoders.append(Decoder(cfg))
         meta["topology"] = topology
+        meta["noise_flag"] = bool(noise_flag)
         return cls(decoders, groups, {str(s): int(widths[str(s)]) for s in sites}, meta)
 
     @classmethod
@@ -144,8 +150,9 @@ class DecoderBank:
             rates, and each input's ``train_config`` under ``merged_from``.
 
         Raises:
-            ValueError: fewer than two banks, a site in two banks, or banks of different
-                tasks (vocabulary hash, special ids, n_ctx) or architectures.
+            ValueError: fewer than two banks, a site in two banks, banks of different
+                tasks (vocabulary hash, special ids, n_ctx) or architectures, or banks with
+                and without a noise flag.
             ModelMismatchError: ``model`` is given and a bank was trained on another model.
         """
         banks = list(banks)
@@ -166,6 +173,11 @@ class DecoderBank:
             ai = b.meta.get("fingerprint", {}).get("architecture")
             if a0 != ai:
                 raise ValueError(f"bank {i} was trained on a model of another architecture: {ai} vs {a0}")
+        flags = [b.noise_flag for b in banks]
+        if len(set(flags)) > 1:
+            raise ValueError(f"banks {[i for i, f in enumerate(flags) if f]} were trained with a noise flag and "
+                             f"{[i for i, f in enumerate(flags) if not f]} without; a bank conditions all its "
+                             "decoders one way, so merge only banks trained alike")
         if model is not None:
             for b in banks:
                 b.check_model(model)
@@ -219,16 +231,43 @@ class DecoderBank:
             + f"; this bank covers: {', '.join(names)}"
         )
 
-    def pad(self, z: Float[Tensor, "batch d_site"], site: SiteLike) -> Float[Tensor, "batch d_act"]:
-        """Zero-pad a site's activations to its decoder's ``d_act``, on the decoder's device."""
+    @property
+    def noise_flag(self) -> bool:
+        """Whether the decoders read a noise flag (trained with ``train_noise_flag``)."""
+        return bool(self.meta.get("noise_flag", False))
+
+    def pad(
+        self, z: Float[Tensor, "batch d_site"], site: SiteLike, *, blurred: bool | Tensor = False
+    ) -> Float[Tensor, "batch d_act"]:
+        """A site's activations as its decoder's condition ``[batch, d_act]``, on the decoder's device.
+
+        ``z`` is zero-padded to ``d_act``. A bank with a :attr:`noise_flag` reserves the last
+        column for the flag: ``blurred * ||z|| / sqrt(d_site)`` (on the scale of one
+        coordinate of ``z``), 0 asks for the exact condition (sampling, faithfulness), 1 for
+        the blurred one the bank's ``train_noise`` taught (completeness scoring).
+
+        Args:
+            z: ``[batch, d_site]`` activations of ``site``.
+            site: the site they were read from.
+            blurred: a bool for every row, or a ``[batch]`` tensor of 0/1 flags.
+
+        Raises:
+            ValueError: ``z`` is wider than the site's decoder allows, or ``blurred`` is
+                asked of a bank without a noise flag.
+        """
         dec, _ = self.lookup(site)
-        d_act = dec.cfg.d_act
+        d_act = dec.cfg.d_act - int(self.noise_flag)
         z = z.to(self.device, torch.float32)
         if z.shape[-1] > d_act:
             raise ValueError(f"activation width {z.shape[-1]} exceeds the decoder's d_act {d_act} for {site}")
-        if z.shape[-1] < d_act:
-            z = torch.nn.functional.pad(z, (0, d_act - z.shape[-1]))
-        return z
+        if not self.noise_flag:
+            if isinstance(blurred, Tensor) or blurred:
+                raise ValueError("this bank has no noise flag (it was trained without train_noise_flag); "
+                                 "only its exact condition (blurred=False) exists")
+            return torch.nn.functional.pad(z, (0, d_act - z.shape[-1])) if z.shape[-1] < d_act else z
+        flag = torch.as_tensor(blurred, dtype=torch.float32, device=z.device).reshape(-1, 1)
+        column = flag * z.norm(dim=-1, keepdim=True) / math.sqrt(z.shape[-1])
+        return torch.cat([torch.nn.functional.pad(z, (0, d_act - z.shape[-1])), column], dim=-1)
 
     # token ids at the decoder's boundary -------------------------------------------------
     def to_decoder_tokens(self, tokens: Int[Tensor, "batch n_ctx"]) -> Int[Tensor, "batch n_ctx"]:

@@ -77,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         warmup_steps=args.warmup_steps, schedule=args.schedule, eval_every=args.eval_every, eval_n=args.eval_n,
         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, rebalance=not args.no_rebalance,
         decoder=decoder, time_limit_s=args.time_limit, stack=not args.no_stack, compile=args.compile,
-        train_noise=args.train_noise, train_noise_shape=args.train_noise_shape,
+        train_noise=args.train_noise, train_noise_shape=args.train_noise_shape, train_noise_flag=args.train_noise_flag,
     )
     import torch
 
@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-noise-shape", choices=["gaussian", "ball"], default="gaussian",
                    help="gaussian: norm uniform up to --train-noise; ball: uniform in the ball of that radius "
                         "(the decoder learns the uniform distribution over the inputs within it) (default: %(default)s)")
+    p.add_argument("--train-noise-flag", action="store_true",
+                   help="blur only a random half of the rows and tell the decoder which (a noise-flag input): one "
+                        "decoder then samples from the exact condition and scores completeness with the blurred one")
     p.add_argument("--eval-every", type=int, default=500,
                    help="steps between faithfulness measurements (0: only at the end) (default: %(default)s)")
     p.add_argument("--eval-n", type=int, default=200,

@@ -155,11 +155,15 @@ def decoder_logprobs(
     *,
     batch_size: int = 1024,
     progress: bool = False,
+    blurred: bool | None = None,
 ) -> Float[Tensor, " N"]:
     """Sequence log-probability ``log p(x | z_q)`` (nats) of each candidate under the site's decoder.
 
     Teacher-forced sum of :meth:`~tl_inversion.decoder.Decoder.token_logprobs` (PAD
-    targets count 0), batched.
+    targets count 0), batched. ``blurred``: the noise flag of the condition
+    (:meth:`~tl_inversion.bank.DecoderBank.pad`); ``None`` means blurred exactly when the
+    bank has a noise flag (its blurred posterior is the one trained towards the
+    epsilon-preimage).
 
     Returns:
         ``[N]`` float32 on CPU (``<= 0``).
@@ -168,7 +172,7 @@ def decoder_logprobs(
         SiteError: the bank has no decoder for ``site``.
     """
     dec, idx = bank.lookup(site)
-    z = bank.pad(z_q.reshape(1, -1), site)
+    z = bank.pad(z_q.reshape(1, -1), site, blurred=_blurred(bank, blurred))
     out = torch.empty(candidates.shape[0], dtype=torch.float32)
     was_training = dec.training
     dec.eval()
@@ -193,7 +197,8 @@ class CompletenessResult:
             ``members_at_query_position`` (fraction of members whose closest position, the
             arg-min of the membership distance, is the query's own position: low values mean
             most of the preimage matches z_q somewhere else in the input), ``n_scored``
-            (candidates scored by the decoder), ``auroc``, ``n_samples``,
+            (candidates scored by the decoder), ``auroc``, ``blurred`` (the noise flag the
+            decoder was conditioned with), ``n_samples``,
             ``n_distinct_samples``, ``sample_faithfulness`` (fraction of samples inside
             epsilon), ``recall`` (distinct members found among the samples / members) and,
             with ``class_fn``, ``n_member_classes`` and ``class_recall``.
@@ -207,6 +212,10 @@ class CompletenessResult:
     scores: pd.DataFrame
     epsilon: float
     metric: str
+
+
+def _blurred(bank: Any, blurred: bool | None) -> bool:
+    return bool(getattr(bank, "noise_flag", False)) if blurred is None else bool(blurred)
 
 
 def _row_keys(tokens: Tensor) -> list[bytes]:
@@ -240,6 +249,7 @@ def completeness(
     batch_size: int = 4096,
     decoder_batch_size: int = 1024,
     progress: bool = True,
+    blurred: bool | None = None,
 ) -> CompletenessResult:
     """Completeness of a decoder against the brute-force true preimage (numbers, not a picture).
 
@@ -270,6 +280,10 @@ def completeness(
         seed: seed of the subsample and of the samples.
         batch_size: candidates per probed forward; decoder_batch_size: per decoder pass.
         progress: tqdm bars.
+        blurred: the noise flag of the condition for scoring and sampling (banks trained
+            with ``train_noise_flag``; :meth:`~tl_inversion.bank.DecoderBank.pad`);
+            ``None``: blurred exactly when the bank has a noise flag. Recorded in the
+            summary's ``blurred`` column.
 
     Returns:
         :class:`CompletenessResult` with ``summary`` and ``scores`` DataFrames.
@@ -277,13 +291,16 @@ def completeness(
     Raises:
         SiteError: the site fits neither the model nor the bank.
         ValueError: candidates and queries of different widths, a bad metric,
-            ``max_candidates < 2``, or negative ``n_samples``.
+            ``max_candidates < 2``, negative ``n_samples``, or ``blurred=True`` for a bank
+            without a noise flag.
         PositionError: a position the task does not define.
     """
     check_metric(metric)
     eps = default_epsilon(metric) if epsilon is None else float(epsilon)
     site = validate_site(site, model)
     dec, site_idx = bank.lookup(site)
+    blurred = _blurred(bank, blurred)
+    bank.pad(torch.zeros(1, 1), site, blurred=blurred)  # a flag the bank lacks fails before the brute force
     queries = queries[None] if queries.ndim == 1 else queries
     if queries.shape[-1] != candidates.shape[-1]:
         raise ValueError(f"queries have {queries.shape[-1]} positions but candidates {candidates.shape[-1]}")
@@ -313,7 +330,7 @@ def completeness(
             non = np.flatnonzero(~member)
             k = min(len(non), max_candidates - len(keep_m))
             chosen = np.sort(np.r_[keep_m, rng.choice(non, k, replace=False)]).astype(np.int64)
-        lp = decoder_logprobs(bank, site, z_q[qi], candidates[torch.from_numpy(chosen)],
+        lp = decoder_logprobs(bank, site, z_q[qi], candidates[torch.from_numpy(chosen)], blurred=blurred,
                               batch_size=decoder_batch_size, progress=progress and len(chosen) > 10 * decoder_batch_size)
         at = matched[qi].numpy()
         score_frames.append(pd.DataFrame({"query": qi, "candidate": chosen, "distance": d[chosen],
@@ -328,9 +345,10 @@ def completeness(
             "members_at_query_position": float((at[members] == int(positions[qi])).mean()) if len(members) else float("nan"),
             "n_scored": int(len(chosen)),
             "auroc": auroc(lp.numpy(), member[chosen]),
+            "blurred": blurred,
         }
         if n_samples:
-            z = bank.pad(z_q[qi].reshape(1, -1).expand(n_samples, -1), site)
+            z = bank.pad(z_q[qi].reshape(1, -1).expand(n_samples, -1), site, blurred=blurred)
             was_training = dec.training
             dec.eval()
             samples = bank.to_task_tokens(dec.generate(z, site_idx, temperature=temperature, generator=gen)).cpu()

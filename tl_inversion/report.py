@@ -253,6 +253,10 @@ class EvaluationReport:
             f"held-out activations per site and position (one temperature-1 sample each); pools of "
             f"{info.get('pool_per_query')} samples for {info.get('n_queries')} queries per site and position."
         )
+        if info.get("training_noise") is not None:
+            parts += ["", f"Decoders trained with {info['training_noise']}"
+                      + ("; with a noise flag: sampling and faithfulness use the exact condition (flag 0), "
+                         "completeness scores and samples with the blurred one (flag 1)." if info.get("noise_flag") else ".")]
         parts += ["", "## Headline", ""]
         parts += [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in self.summary().items()]
         parts += ["", "## Faithfulness rate per site (paper's definition: random trained position)", "",
@@ -606,6 +610,7 @@ def evaluate(
         "metric": metric, "n_faithfulness": n_faithfulness, "n_queries": n_queries,
         "pool_per_query": 64 * len(schedule) * n_repeats, "n_candidates": n_candidates, "min_members": plan.min_members,
         "max_candidates": max_candidates, "seed": seed, "device": str(hooked.model_device(model)),
+        "training_noise": _training_noise(bank.meta), "noise_flag": bank.noise_flag,
     }
     return EvaluationReport(
         faithfulness=faith,
@@ -638,6 +643,14 @@ def _bos_samples(bank: Any, model: Any, task: Any, site: Any, one_input: Tensor,
     if samples.shape[-1] < one_input.shape[-1]:
         samples = torch.nn.functional.pad(samples, (0, one_input.shape[-1] - samples.shape[-1]), value=task.pad_id)
     return samples[task.is_valid(samples)]
+
+
+def _training_noise(meta: dict[str, Any]) -> str | None:
+    """How a bank's decoders were blurred in training, in words (None: exact activations)."""
+    configs = [m.get("train_config") or {} for m in meta.get("merged_from", [])] or [meta.get("train_config") or {}]
+    said = sorted({f"train_noise {c['train_noise']:g} ({c.get('train_noise_shape', 'gaussian')})"
+                   if c.get("train_noise") else "exact activations (train_noise 0)" for c in configs})
+    return None if said == ["exact activations (train_noise 0)"] else " and ".join(said)
 
 
 def _agreement(fn: Feature, samples: Tensor, queries: Tensor) -> float:

@@ -81,6 +81,10 @@ class TrainConfig:
         train_noise_shape: ``"gaussian"`` (the above, default) or ``"ball"`` (noise uniform
             in the ball of radius ``train_noise * ||z||``: the decoder is trained towards the
             uniform distribution over the inputs within ``train_noise`` of the condition).
+        train_noise_flag: with ``train_noise``: blur only a random half of the rows and tell
+            the decoder which (a noise-flag column, :meth:`DecoderBank.pad`), so one
+            network learns both the exact posterior (flag 0: sampling, faithfulness) and
+            the blurred one (flag 1: completeness scoring). See :func:`condition`.
         eval_every: steps between faithfulness measurements (0: only at the end).
         eval_n: held-out activations per site for the faithfulness rate (paper 200).
         epsilon: membership threshold of the faithfulness rate (paper 0.1).
@@ -120,6 +124,7 @@ class TrainConfig:
     bos_prob: float = 0.01
     train_noise: float = 0.0
     train_noise_shape: str = "gaussian"
+    train_noise_flag: bool = False
     eval_every: int = 500
     eval_n: int = 200
     epsilon: float = 0.1
@@ -170,6 +175,11 @@ class TrainConfig:
                              f"0: none; above 1 the noise outweighs the activation), got {self.train_noise}")
         if self.train_noise_shape not in NOISE_SHAPES:
             raise ValueError(f"train_noise_shape must be one of {NOISE_SHAPES}, got {self.train_noise_shape!r}")
+        if not isinstance(self.train_noise_flag, bool):
+            raise TypeError(f"train_noise_flag must be True or False, got {self.train_noise_flag!r}")
+        if self.train_noise_flag and self.train_noise == 0:
+            raise ValueError("train_noise_flag needs a train_noise > 0 (the flag tells the decoder which rows are "
+                             "blurred; with no noise there is nothing to flag)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -273,6 +283,34 @@ def perturb(
         return (zf + noise * (u * level * norm / math.sqrt(z.shape[-1]))).to(z.dtype)
     direction = noise / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return (zf + direction * (u ** (1.0 / z.shape[-1]) * level * norm)).to(z.dtype)
+
+
+def condition(
+    bank: DecoderBank, site: Site, z: Float[Tensor, "batch d_site"], cfg: TrainConfig, generator: torch.Generator
+) -> Float[Tensor, "batch d_act"]:
+    """The condition a training step feeds a site's decoder for activations ``z``.
+
+    Without ``cfg.train_noise_flag``: ``bank.pad(perturb(z))`` (every row blurred by
+    ``cfg.train_noise``; exact when it is 0). With it: each row is blurred with probability
+    1/2 and the bank's noise-flag column says which (1 blurred, 0 exact), so the decoder
+    learns p(x | z) (flag 0) and the blurred posterior (flag 1) in one network.
+
+    Args:
+        bank: the bank being trained; site: the site of ``z``.
+        z: ``[batch, d_site]`` exact activations.
+        cfg: the training config (``train_noise``, ``train_noise_shape``, ``train_noise_flag``).
+        generator: the run's data generator (the draws are part of its checkpointed state).
+
+    Returns:
+        ``[batch, d_act]`` on the bank's device.
+
+    Source: this project's addition (the paper trains on exact activations only).
+    """
+    blurred = perturb(z, cfg.train_noise, generator, cfg.train_noise_shape)
+    if not cfg.train_noise_flag:
+        return bank.pad(blurred, site)
+    flag = torch.rand(z.shape[0], generator=generator, device=generator.device) < 0.5
+    return bank.pad(torch.where(flag[:, None], blurred, z.to(blurred.device)), site, blurred=flag)
 
 
 def _check_trainable(mask: Tensor) -> None:
@@ -600,6 +638,7 @@ def train(
         eos_id=task.eos_id,
         pad_id=task.pad_id,
         meta=meta,
+        noise_flag=cfg.train_noise_flag,
         **cfg.decoder,
     )
     mask = task.train_position_mask(probe)
@@ -672,8 +711,8 @@ def train(
             with _explain_compile_errors(cfg.compile, device), \
                     torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 if cfg.topology == "per_hook":
-                    z_of = {dec: bank.pad(perturb(acts[g[0]][rows.to(acts[g[0]].device), pos.to(acts[g[0]].device)],
-                                                  cfg.train_noise, run.data_gen, cfg.train_noise_shape), g[0])
+                    z_of = {dec: condition(bank, g[0], acts[g[0]][rows.to(acts[g[0]].device), pos.to(acts[g[0]].device)],
+                                           cfg, run.data_gen)
                             for dec, g in zip(bank.decoders, bank.groups)}
                     site_of = {dec: g[0] for dec, g in zip(bank.decoders, bank.groups)}
                     for stack in run.stacks:
@@ -694,8 +733,7 @@ def train(
                         sel = choice == j
                         a = acts[site]
                         # every row reads site j; only rows assigned to it keep the value (no host sync)
-                        z_j = bank.pad(perturb(a[rows.to(a.device), pos.to(a.device)], cfg.train_noise, run.data_gen,
-                                               cfg.train_noise_shape), site)
+                        z_j = condition(bank, site, a[rows.to(a.device), pos.to(a.device)], cfg, run.data_gen)
                         z = torch.where(sel[:, None], z_j, z)
                     loss = run.loss_of[bank.decoders[0]](dec_tokens, z, site_idx_all[choice])
                     losses.append(loss)
