@@ -80,6 +80,7 @@ def test_evaluate_refuses_a_bank_given_twice(capsys, tmp_path):
         (["--n-queries", "0"], "--n-queries must be >= 1"),
         (["--max-candidates", "-1"], "--max-candidates must be 0 (all) or >= 2"),
         (["--task", "addition"], "trained on task 'counting', not 'addition'"),
+        (["--completeness-condition", "blurred"], "blurred=True needs a bank trained with train_noise_flag"),
     ],
 )
 def test_evaluate_bad_arguments_are_one_line(capsys, tmp_path, extra, message):

@@ -208,6 +208,8 @@ def test_plan_and_data_errors_come_first(model, table):
                                                      candidates=lambda: table), progress=False)
     with pytest.raises(ValueError, match=r"eval_data must be \[n >= 1, 14\]"):
         evaluate(model, bank, TASK, table[:, :8], EvalPlan(positions=["="]), progress=False)
+    with pytest.raises(ValueError, match="blurred=True needs a bank trained with train_noise_flag"):
+        evaluate(model, bank, TASK, table, EvalPlan(positions=["="]), blurred=True, progress=False)
 
 
 def test_positions_holding_special_tokens_are_left_out():
@@ -265,3 +267,13 @@ def test_auroc_by_preimage_share_groups_rows_by_hand():
     assert list(got["frac_ge_0.95"]) == [1.0, 1.0, 0.0, 0.0]
     assert rep.completeness_summary().loc["all", "rows"] == 6
     assert EvaluationReport(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame()).completeness_by_preimage_size().empty
+
+
+def test_the_report_says_how_the_decoders_were_blurred():
+    from tl_inversion.report import _training_noise
+
+    assert _training_noise({"train_config": {"train_noise": 0.0}}) is None
+    assert _training_noise({}) is None  # a bank from before the key existed: exact activations
+    assert _training_noise({"train_config": {"train_noise": 0.1, "train_noise_shape": "ball"}}) == "train_noise 0.1 (ball)"
+    merged = {"merged_from": [{"train_config": {"train_noise": 0.0}}, {"train_config": {"train_noise": 0.2}}]}
+    assert _training_noise(merged) == "exact activations (train_noise 0) and train_noise 0.2 (gaussian)"

@@ -262,7 +262,7 @@ class DecoderBank:
             raise ValueError(f"activation width {z.shape[-1]} exceeds the decoder's d_act {d_act} for {site}")
         if not self.noise_flag:
             if isinstance(blurred, Tensor) or blurred:
-                raise ValueError("this bank has no noise flag (it was trained without train_noise_flag); "
+                raise ValueError("this bank has no noise flag (it was trained without train_noise_flag, CLI --train-noise-flag); "
                                  "only its exact condition (blurred=False) exists")
             return torch.nn.functional.pad(z, (0, d_act - z.shape[-1])) if z.shape[-1] < d_act else z
         flag = torch.as_tensor(blurred, dtype=torch.float32, device=z.device).reshape(-1, 1)

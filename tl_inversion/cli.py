@@ -158,7 +158,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate(model, bank, task, task_data(args.task, "test"), plan, sites=args.sites,
                       n_faithfulness=args.n_faithfulness, n_queries=args.n_queries, n_repeats=args.n_repeats,
                       max_candidates=args.max_candidates or None, n_samples=args.n_samples, epsilon=args.epsilon,
-                      metric=args.metric, seed=args.seed)
+                      metric=args.metric, seed=args.seed,
+                      blurred={"auto": None, "exact": False, "blurred": True}[args.completeness_condition])
     path = report.write(args.out)
     print(report.faithfulness[["faithfulness", "pool_in_preimage", "valid"]].to_string(float_format=lambda x: f"{x:.3f}"))
     print(json.dumps(report.summary(), indent=2))
@@ -299,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-completeness", action="store_true", help="skip the completeness stage")
     p.add_argument("--max-candidates", type=int, default=20000, help="candidates scored by the decoder per query (0: all)")
     p.add_argument("--n-samples", type=int, default=256, help="decoder samples per completeness query (recall)")
+    p.add_argument("--completeness-condition", choices=["auto", "exact", "blurred"], default="auto",
+                   help="noise flag of the completeness condition (banks trained with --train-noise-flag); auto: "
+                        "blurred when the bank has the flag (default: %(default)s)")
     p.add_argument("--epsilon", type=float, default=None,
                    help="preimage threshold on D (default: 0.1 for l2, 0.25 for cosine)")
     p.add_argument("--metric", choices=["l2", "cosine"], default="l2", help="D (default: %(default)s)")

@@ -256,7 +256,8 @@ class EvaluationReport:
         if info.get("training_noise") is not None:
             parts += ["", f"Decoders trained with {info['training_noise']}"
                       + ("; with a noise flag: sampling and faithfulness use the exact condition (flag 0), "
-                         "completeness scores and samples with the blurred one (flag 1)." if info.get("noise_flag") else ".")]
+                         f"completeness scores and samples with the {'blurred (flag 1)' if info.get('completeness_blurred') else 'exact'} one."
+                         if info.get("noise_flag") else ".")]
         parts += ["", "## Headline", ""]
         parts += [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in self.summary().items()]
         parts += ["", "## Faithfulness rate per site (paper's definition: random trained position)", "",
@@ -465,6 +466,7 @@ def evaluate(
     metric: str = "l2",
     seed: int = 0,
     progress: bool = True,
+    blurred: bool | None = None,
 ) -> EvaluationReport:
     """Measure a decoder bank per site and position (faithfulness, consistency, completeness).
 
@@ -487,6 +489,9 @@ def evaluate(
         epsilon: membership threshold (``None``: 0.1 for l2, 0.25 for cosine); metric: l2 or cosine.
         seed: seed of every random choice.
         progress: one tqdm bar over (site, stage).
+        blurred: the noise flag completeness conditions on (banks trained with
+            ``train_noise_flag``); ``None``: blurred exactly when the bank has the flag.
+            Faithfulness, pools and consistency always use the exact condition.
 
     Returns:
         :class:`EvaluationReport`.
@@ -494,6 +499,7 @@ def evaluate(
     Raises:
         ModelMismatchError: the bank was trained on another model.
         SiteError: a site the bank does not cover. PositionError: a position the task lacks.
+        ValueError: ``max_candidates < 2``, or ``blurred=True`` for a bank without a noise flag.
 
     Source: InversionView App. C (faithfulness rate), Sec. 3 (completeness picture),
     Sec. 4 (readings as features shared by the preimage).
@@ -505,6 +511,9 @@ def evaluate(
                   n_bos_samples=(n_bos_samples, 0), n_random=(n_random, 1), n_samples=(n_samples, 0))
     if max_candidates is not None and max_candidates < 2:
         raise ValueError(f"max_candidates must be >= 2 (or None for all), got {max_candidates}")
+    if blurred and not bank.noise_flag:
+        raise ValueError("blurred=True needs a bank trained with train_noise_flag (CLI: --train-noise-flag); "
+                         "this bank has only the exact condition (use blurred=None or False)")
     if not eps > 0:
         raise ValueError(f"epsilon must be a positive distance (paper: 0.1 for l2, 0.25 for cosine), got {epsilon}")
     if not plan.positions:
@@ -592,7 +601,7 @@ def evaluate(
             for site in use_sites:
                 res = completeness(model, bank, task, site, queries, positions, candidates, epsilon=eps, metric=metric,
                                    max_candidates=max_candidates, n_samples=n_samples, class_fn=plan.class_fn,
-                                   seed=seed, progress=False)
+                                   seed=seed, progress=False, blurred=blurred)
                 s = res.summary.rename(columns={"position": "position_index"})
                 s.insert(0, "position", [names[i] for i in s["query"]])
                 s.insert(0, "site", str(site))
@@ -611,6 +620,7 @@ def evaluate(
         "pool_per_query": 64 * len(schedule) * n_repeats, "n_candidates": n_candidates, "min_members": plan.min_members,
         "max_candidates": max_candidates, "seed": seed, "device": str(hooked.model_device(model)),
         "training_noise": _training_noise(bank.meta), "noise_flag": bank.noise_flag,
+        "completeness_blurred": bank.noise_flag if blurred is None else bool(blurred),
     }
     return EvaluationReport(
         faithfulness=faith,
