@@ -155,6 +155,11 @@ def test_merge_keeps_each_decoder_and_survives_a_round_trip(tmp_path):
                              {**parts[1].meta, "task": {"name": "addition"}})
     with pytest.raises(ValueError, match="another task"):
         DecoderBank.merge([parts[0], other_task])
+    # banks blurred differently merge, with a warning (their log-probabilities differ in kind)
+    blurred = DecoderBank(parts[1].decoders, parts[1].groups, parts[1].widths,
+                          {**parts[1].meta, "train_config": {**parts[1].meta.get("train_config", {}), "train_noise": 0.1}})
+    with pytest.warns(UserWarning, match=r"different noise .*\(0.1, 'gaussian'\)"):
+        DecoderBank.merge([parts[0], blurred])
 
 
 def test_loader_errors_name_the_problem(tmp_path):

@@ -178,6 +178,11 @@ class DecoderBank:
             raise ValueError(f"banks {[i for i, f in enumerate(flags) if f]} were trained with a noise flag and "
                              f"{[i for i, f in enumerate(flags) if not f]} without; a bank conditions all its "
                              "decoders one way, so merge only banks trained alike")
+        noise = {(c.get("train_noise", 0.0), c.get("train_noise_shape", "gaussian") if c.get("train_noise") else None)
+                 for c in (b.meta.get("train_config") or {} for b in banks)}
+        if len(noise) > 1:
+            warnings.warn(f"merging banks trained with different noise (train_noise, shape): {sorted(noise, key=str)}; "
+                          "their decoders' log-probabilities are not on one footing (the report lists each)", stacklevel=2)
         if model is not None:
             for b in banks:
                 b.check_model(model)
