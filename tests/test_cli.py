@@ -80,7 +80,7 @@ def test_evaluate_refuses_a_bank_given_twice(capsys, tmp_path):
         (["--n-queries", "0"], "--n-queries must be >= 1"),
         (["--max-candidates", "-1"], "--max-candidates must be 0 (all) or >= 2"),
         (["--task", "addition"], "trained on task 'counting', not 'addition'"),
-        (["--completeness-condition", "blurred"], "blurred=True needs a bank trained with train_noise_flag"),
+        (["--completeness-condition", "blurred"], "needs a bank trained with train_noise_flag (CLI --train-noise-flag)"),
     ],
 )
 def test_evaluate_bad_arguments_are_one_line(capsys, tmp_path, extra, message):
@@ -114,7 +114,7 @@ def test_evaluate_out_must_be_a_folder(capsys, tmp_path):
     (["train", "--model", str(asset_dir() / "probed"), "--out", "OUT", "--preset", "paper", "--train-noise", "-0.1"],
      "train_noise must be in [0, 1]"),
     (["train", "--model", str(asset_dir() / "probed"), "--out", "OUT", "--preset", "paper", "--train-noise-flag"],
-     "train_noise_flag needs a train_noise > 0"),
+     "needs a train_noise > 0 (CLI --train-noise)"),
     pytest.param(["train-probed", "--out", "OUT", "--device", "mps"], "no usable MPS backend",
                  marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
 ])

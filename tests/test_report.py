@@ -208,7 +208,7 @@ def test_plan_and_data_errors_come_first(model, table):
                                                      candidates=lambda: table), progress=False)
     with pytest.raises(ValueError, match=r"eval_data must be \[n >= 1, 14\]"):
         evaluate(model, bank, TASK, table[:, :8], EvalPlan(positions=["="]), progress=False)
-    with pytest.raises(ValueError, match="blurred=True needs a bank trained with train_noise_flag"):
+    with pytest.raises(ValueError, match=r"needs a bank trained with train_noise_flag \(CLI --train-noise-flag\)"):
         evaluate(model, bank, TASK, table, EvalPlan(positions=["="]), blurred=True, progress=False)
 
 
@@ -272,8 +272,14 @@ def test_auroc_by_preimage_share_groups_rows_by_hand():
 def test_the_report_says_how_the_decoders_were_blurred():
     from tl_inversion.report import _training_noise
 
-    assert _training_noise({"train_config": {"train_noise": 0.0}}) is None
-    assert _training_noise({}) is None  # a bank from before the key existed: exact activations
-    assert _training_noise({"train_config": {"train_noise": 0.1, "train_noise_shape": "ball"}}) == "train_noise 0.1 (ball)"
-    merged = {"merged_from": [{"train_config": {"train_noise": 0.0}}, {"train_config": {"train_noise": 0.2}}]}
-    assert _training_noise(merged) == "exact activations (train_noise 0) and train_noise 0.2 (gaussian)"
+    exact = "exact activations (train_noise 0, as the paper)"
+    assert _training_noise({"train_config": {"train_noise": 0.0}}) == exact
+    assert _training_noise({}) == exact  # a bank from before the key existed
+    assert _training_noise({"train_config": {"train_noise": 0.1, "train_noise_shape": "ball", "train_noise_flag": True}}) \
+        == "activations blurred by train_noise 0.1 (ball) with the noise flag"
+    merged = {"merged_from": [{"sites": ["a", "b"], "train_config": {"train_noise": 0.0}},
+                              {"sites": ["c"], "train_config": {"train_noise": 0.2}},
+                              {"sites": ["d"], "train_config": {}}]}
+    assert _training_noise(merged) == f"{exact} (3 sites) and activations blurred by train_noise 0.2 (gaussian) (1 site)"
+    same = {"merged_from": [{"sites": ["a"], "train_config": {"train_noise": 0.1}}, {"sites": ["b"], "train_config": {"train_noise": 0.1}}]}
+    assert _training_noise(same) == "activations blurred by train_noise 0.1 (gaussian)"

@@ -89,7 +89,7 @@ def test_resume_refuses_a_changed_config(counting_model, data, tmp_path):
     tr, te = data
     task = counting.make_task()
     train(counting_model, task, tr, te, _cfg(steps=2), out_dir=tmp_path, progress=False)
-    with pytest.raises(ValueError, match=r"batch_size \(checkpoint 8, now 16\)"):
+    with pytest.raises(ValueError, match=r"batch_size \(CLI --batch-size\) \(checkpoint 8, now 16\)"):
         train(counting_model, task, tr, te, _cfg(steps=4, batch_size=16), out_dir=tmp_path, progress=False)
     # more steps is a legitimate continuation
     result = train(counting_model, task, tr, te, _cfg(steps=4), out_dir=tmp_path, progress=False)
@@ -367,7 +367,7 @@ def test_training_with_noise_resumes_and_old_checkpoints_still_resume(counting_m
     del state["config"]["train_noise"]
     (ckpt / "trainer_state.json").write_text(json.dumps(state))
     assert train(counting_model, task, tr, te, _cfg(steps=4), out_dir=tmp_path / "c", progress=False).bank.meta["steps"] == 4
-    with pytest.raises(ValueError, match=r"train_noise \(checkpoint 0.0, now 0.1\)"):
+    with pytest.raises(ValueError, match=r"train_noise \(CLI --train-noise\) \(checkpoint 0.0, now 0.1\)"):
         train(counting_model, task, tr, te, _cfg(steps=6, train_noise=0.1), out_dir=tmp_path / "c", progress=False)
 
 
@@ -440,10 +440,23 @@ def test_noise_flag_blurs_half_the_rows_and_says_which():
     assert all_blurred.shape == (n, 4) and bool(((all_blurred - z).norm(dim=-1) > 0).all())
     with pytest.raises(ValueError, match="this bank has no noise flag"):
         plain.pad(z, narrow, blurred=True)
-    with pytest.raises(ValueError, match="train_noise_flag needs a train_noise > 0"):
+    assert torch.equal(plain.pad(z, narrow, blurred=torch.zeros(n)), z)  # all rows exact: fine without a flag
+    for bad, error, message in ((0.5, TypeError, "blurred must be True or False"),
+                                (None, TypeError, "blurred must be True or False"),
+                                ("yes", TypeError, "blurred must be True or False"),
+                                (torch.ones(3), ValueError, r"one 0/1 flag per row, shape \[4000\]; got shape \[3\]"),
+                                (torch.full((n,), 2.0), ValueError, "one 0/1 flag per row")):
+        with pytest.raises(error, match=message):
+            bank.pad(z, narrow, blurred=bad)
+    with pytest.raises(ValueError, match=r"needs a train_noise > 0 \(CLI --train-noise\)"):
         _cfg(train_noise_flag=True)
     with pytest.raises(TypeError, match="train_noise_flag must be True or False"):
         _cfg(train_noise=0.1, train_noise_flag=1)
+    with pytest.raises(TypeError, match="rebalance must be True or False, got 'no'"):
+        _cfg(rebalance="no")  # bool("no") is True: a string would silently mean the opposite
+    import numpy as np
+
+    assert _cfg(train_noise=0.1, train_noise_flag=np.True_).train_noise_flag is True
 
 
 @pytest.mark.parametrize("topology", ["per_hook", "shared"])
@@ -470,6 +483,6 @@ def test_noise_flagged_training_resumes_and_saves_its_flag(counting_model, data,
     unflagged = train(counting_model, task, tr, te, _cfg(train_noise=0.1, train_noise_shape="ball", topology=topology),
                       progress=False)
     assert not unflagged.bank.noise_flag and [d.cfg.d_act for d in unflagged.bank.decoders] == widest
-    with pytest.raises(ValueError, match=r"train_noise_flag \(checkpoint True, now False\)"):
+    with pytest.raises(ValueError, match=r"train_noise_flag \(CLI --train-noise-flag\) \(checkpoint True, now False\)"):
         train(counting_model, task, tr, te, _cfg(train_noise=0.1, train_noise_shape="ball", topology=topology, steps=8),
               out_dir=tmp_path / "a", progress=False)

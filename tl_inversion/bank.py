@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from . import hooked
 from .decoder import Decoder, DecoderConfig
-from .io import atomic_write_dir, atomic_write_json
+from .io import atomic_write_dir, atomic_write_json, plain_bool
 from .sites import Site, SiteError, SiteLike, parse_site
 
 BANK_JSON = "bank.json"
@@ -175,9 +175,12 @@ class DecoderBank:
                 raise ValueError(f"bank {i} was trained on a model of another architecture: {ai} vs {a0}")
         flags = [b.noise_flag for b in banks]
         if len(set(flags)) > 1:
-            raise ValueError(f"banks {[i for i, f in enumerate(flags) if f]} were trained with a noise flag and "
-                             f"{[i for i, f in enumerate(flags) if not f]} without; a bank conditions all its "
-                             "decoders one way, so merge only banks trained alike")
+            def name(i: int) -> str:
+                return f"bank {i} ({', '.join(str(s) for s in banks[i].sites[:2])}{', ...' if len(banks[i].sites) > 2 else ''})"
+
+            raise ValueError(f"{'; '.join(name(i) for i, f in enumerate(flags) if f)} trained with a noise flag "
+                             f"(--train-noise-flag), {'; '.join(name(i) for i, f in enumerate(flags) if not f)} "
+                             "without; a bank conditions all its decoders one way, so merge only banks trained alike")
         noise = {(c.get("train_noise", 0.0), c.get("train_noise_shape", "gaussian") if c.get("train_noise") else None)
                  for c in (b.meta.get("train_config") or {} for b in banks)}
         if len(noise) > 1:
@@ -242,7 +245,7 @@ class DecoderBank:
         return bool(self.meta.get("noise_flag", False))
 
     def pad(
-        self, z: Float[Tensor, "batch d_site"], site: SiteLike, *, blurred: bool | Tensor = False
+        self, z: Float[Tensor, "batch d_site"], site: SiteLike, *, blurred: bool | Tensor = False, check: bool = True
     ) -> Float[Tensor, "batch d_act"]:
         """A site's activations as its decoder's condition ``[batch, d_act]``, on the decoder's device.
 
@@ -255,20 +258,31 @@ class DecoderBank:
             z: ``[batch, d_site]`` activations of ``site``.
             site: the site they were read from.
             blurred: a bool for every row, or a ``[batch]`` tensor of 0/1 flags.
+            check: test a ``blurred`` tensor's values (a host sync; training, which draws
+                the flags itself, skips it).
 
         Raises:
-            ValueError: ``z`` is wider than the site's decoder allows, or ``blurred`` is
-                asked of a bank without a noise flag.
+            ValueError: ``z`` is wider than the site's decoder allows, a ``blurred`` tensor
+                of the wrong shape or with values other than 0/1, or a blurred row asked of
+                a bank without a noise flag.
+            TypeError: ``blurred`` is neither a bool nor a tensor.
         """
         dec, _ = self.lookup(site)
         d_act = dec.cfg.d_act - int(self.noise_flag)
         z = z.to(self.device, torch.float32)
         if z.shape[-1] > d_act:
             raise ValueError(f"activation width {z.shape[-1]} exceeds the decoder's d_act {d_act} for {site}")
+        if isinstance(blurred, Tensor) and blurred.ndim > 0:
+            if blurred.shape != z.shape[:1] or (check and not bool(((blurred == 0) | (blurred == 1)).all())):
+                raise ValueError(f"blurred as a tensor must hold one 0/1 flag per row, shape [{z.shape[0]}]; "
+                                 f"got shape {list(blurred.shape)}")
+            any_blurred = bool(blurred.any()) if check else True
+        else:
+            any_blurred = plain_bool("blurred", blurred)
         if not self.noise_flag:
-            if isinstance(blurred, Tensor) or blurred:
-                raise ValueError("this bank has no noise flag (it was trained without train_noise_flag, CLI --train-noise-flag); "
-                                 "only its exact condition (blurred=False) exists")
+            if any_blurred:
+                raise ValueError("this bank has no noise flag (it was trained without train_noise_flag, CLI "
+                                 "--train-noise-flag); only its exact condition (blurred=False) exists")
             return torch.nn.functional.pad(z, (0, d_act - z.shape[-1])) if z.shape[-1] < d_act else z
         flag = torch.as_tensor(blurred, dtype=torch.float32, device=z.device).reshape(-1, 1)
         column = flag * z.norm(dim=-1, keepdim=True) / math.sqrt(z.shape[-1])

@@ -238,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gaussian: norm uniform up to --train-noise; ball: uniform in the ball of that radius "
                         "(the decoder learns the uniform distribution over the inputs within it) (default: %(default)s)")
     p.add_argument("--train-noise-flag", action="store_true",
-                   help="blur only a random half of the rows and tell the decoder which (a noise-flag input): one "
-                        "decoder then samples from the exact condition and scores completeness with the blurred one")
+                   help="with --train-noise > 0: blur only a random half of the rows and tell the decoder which (a "
+                        "noise-flag input); one decoder then samples from the exact condition and scores completeness "
+                        "with the blurred one (evaluate --completeness-condition)")
     p.add_argument("--eval-every", type=int, default=500,
                    help="steps between faithfulness measurements (0: only at the end) (default: %(default)s)")
     p.add_argument("--eval-n", type=int, default=200,
@@ -295,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-repeats", type=int, default=1, help="repeats of the 4-setting schedule per pool (1: 256 samples)")
     p.add_argument("--completeness-queries", nargs="*",
                    help="query texts whose true preimage is enumerated (every input of the task's space is run "
-                        "through the model per site: addition 810,000, counting 390,000; slow on CPU)")
+                        "through the model per site: addition 810,000, counting 390,000; slow on CPU: a few minutes "
+                        "per site on 2 cores)")
     p.add_argument("--completeness-positions", nargs="*", help="positions of the completeness queries (needed with them)")
     p.add_argument("--no-completeness", action="store_true", help="skip the completeness stage")
     p.add_argument("--max-candidates", type=int, default=20000, help="candidates scored by the decoder per query (0: all)")

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from . import hooked
 from .distance import best_position, check_metric, default_epsilon
+from .io import plain_bool
 from .sites import SiteLike, validate_site
 from .verify import membership, special_mask_of
 
@@ -170,6 +171,8 @@ def decoder_logprobs(
 
     Raises:
         SiteError: the bank has no decoder for ``site``.
+        ValueError: ``blurred=True`` for a bank without a noise flag.
+        TypeError: ``blurred`` is not None, True or False.
     """
     dec, idx = bank.lookup(site)
     z = bank.pad(z_q.reshape(1, -1), site, blurred=_blurred(bank, blurred))
@@ -215,7 +218,7 @@ class CompletenessResult:
 
 
 def _blurred(bank: Any, blurred: bool | None) -> bool:
-    return bool(getattr(bank, "noise_flag", False)) if blurred is None else bool(blurred)
+    return bool(getattr(bank, "noise_flag", False)) if blurred is None else plain_bool("blurred", blurred)
 
 
 def _row_keys(tokens: Tensor) -> list[bytes]:

@@ -83,3 +83,19 @@ def plain_number(name: str, value: Any, kind: type) -> Any:
             raise TypeError(f"{name} must be a whole number, got {value!r}")
         return int(value)
     return float(value)
+
+
+def plain_bool(name: str, value: Any) -> bool:
+    """``value`` as a plain Python ``bool``, e.g. for a config field or a flag argument.
+
+    NumPy and torch booleans (0-dim) are unwrapped; numbers, strings and ``None`` are refused
+    (``bool("no")`` is True, so a string would silently mean the opposite).
+
+    Raises:
+        TypeError: anything but a Python, NumPy or 0-dim torch boolean.
+    """
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0 and "bool" in str(getattr(value, "dtype", "")):
+        value = value.item()
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} of type {type(value).__name__}")
+    return value

@@ -40,6 +40,7 @@ from . import hooked
 from .completeness import completeness, plot_completeness
 from .distance import default_epsilon
 from .evaluation import baseline_consistency, feature_consistency
+from .io import plain_bool
 from .sampling import PAPER_SCHEDULE, check_query_positions, sample_many
 from .sites import parse_site
 from .tasks import as_task
@@ -253,11 +254,15 @@ class EvaluationReport:
             f"held-out activations per site and position (one temperature-1 sample each); pools of "
             f"{info.get('pool_per_query')} samples for {info.get('n_queries')} queries per site and position."
         )
-        if info.get("training_noise") is not None:
-            parts += ["", f"Decoders trained with {info['training_noise']}"
-                      + ("; with a noise flag: sampling and faithfulness use the exact condition (flag 0), "
-                         f"completeness scores and samples with the {'blurred (flag 1)' if info.get('completeness_blurred') else 'exact'} one."
-                         if info.get("noise_flag") else ".")]
+        if info.get("training_noise"):
+            line = f"Decoders trained on {info['training_noise']}."
+            if info.get("noise_flag"):
+                line += " Sampling, faithfulness and pools use the exact condition (noise flag 0)"
+                if not self.completeness.empty:
+                    flag = "blurred (flag 1)" if info.get("completeness_blurred") else "exact (flag 0)"
+                    line += f"; completeness scores and draws its recall samples with the {flag} one"
+                line += "."
+            parts += ["", line]
         parts += ["", "## Headline", ""]
         parts += [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in self.summary().items()]
         parts += ["", "## Faithfulness rate per site (paper's definition: random trained position)", "",
@@ -511,9 +516,11 @@ def evaluate(
                   n_bos_samples=(n_bos_samples, 0), n_random=(n_random, 1), n_samples=(n_samples, 0))
     if max_candidates is not None and max_candidates < 2:
         raise ValueError(f"max_candidates must be >= 2 (or None for all), got {max_candidates}")
+    blurred = None if blurred is None else plain_bool("blurred", blurred)
     if blurred and not bank.noise_flag:
-        raise ValueError("blurred=True needs a bank trained with train_noise_flag (CLI: --train-noise-flag); "
-                         "this bank has only the exact condition (use blurred=None or False)")
+        raise ValueError("blurred=True (CLI --completeness-condition blurred) needs a bank trained with "
+                         "train_noise_flag (CLI --train-noise-flag); this bank has only the exact condition: use "
+                         "blurred=None or False (CLI --completeness-condition auto or exact)")
     if not eps > 0:
         raise ValueError(f"epsilon must be a positive distance (paper: 0.1 for l2, 0.25 for cosine), got {epsilon}")
     if not plan.positions:
@@ -620,7 +627,7 @@ def evaluate(
         "pool_per_query": 64 * len(schedule) * n_repeats, "n_candidates": n_candidates, "min_members": plan.min_members,
         "max_candidates": max_candidates, "seed": seed, "device": str(hooked.model_device(model)),
         "training_noise": _training_noise(bank.meta), "noise_flag": bank.noise_flag,
-        "completeness_blurred": bank.noise_flag if blurred is None else bool(blurred),
+        "completeness_blurred": bank.noise_flag if blurred is None else blurred,
     }
     return EvaluationReport(
         faithfulness=faith,
@@ -655,12 +662,23 @@ def _bos_samples(bank: Any, model: Any, task: Any, site: Any, one_input: Tensor,
     return samples[task.is_valid(samples)]
 
 
-def _training_noise(meta: dict[str, Any]) -> str | None:
-    """How a bank's decoders were blurred in training, in words (None: exact activations)."""
-    configs = [m.get("train_config") or {} for m in meta.get("merged_from", [])] or [meta.get("train_config") or {}]
-    said = sorted({f"train_noise {c['train_noise']:g} ({c.get('train_noise_shape', 'gaussian')})"
-                   if c.get("train_noise") else "exact activations (train_noise 0)" for c in configs})
-    return None if said == ["exact activations (train_noise 0)"] else " and ".join(said)
+def _training_noise(meta: dict[str, Any]) -> str:
+    """How a bank's decoders were conditioned in training, in words (per setting with its
+    number of sites when merged banks differ)."""
+
+    def say(c: dict[str, Any]) -> str:
+        if not c.get("train_noise"):
+            return "exact activations (train_noise 0, as the paper)"
+        flag = " with the noise flag" if c.get("train_noise_flag") else ""
+        return f"activations blurred by train_noise {c['train_noise']:g} ({c.get('train_noise_shape', 'gaussian')}){flag}"
+
+    parts = [(say(m.get("train_config") or {}), len(m.get("sites") or [])) for m in meta.get("merged_from", [])]
+    if len({p for p, _ in parts}) > 1:
+        counts: dict[str, int] = {}
+        for p, n in parts:
+            counts[p] = counts.get(p, 0) + n
+        return " and ".join(f"{p} ({n} site{'' if n == 1 else 's'})" for p, n in counts.items())
+    return parts[0][0] if parts else say(meta.get("train_config") or {})
 
 
 def _agreement(fn: Feature, samples: Tensor, queries: Tensor) -> float:

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from . import hooked
 from .bank import BANK_JSON, WEIGHTS, DecoderBank
 from .devices import resolve_device
-from .io import atomic_write_dir, atomic_write_json, plain_number
+from .io import atomic_write_dir, atomic_write_json, plain_bool, plain_number
 from .sites import Site, parse_sites, validate_sites
 from .stacking import stack_same_shaped
 from .tasks import as_task
@@ -149,6 +149,8 @@ class TrainConfig:
         for name in ("lr", "weight_decay", "grad_clip", "bos_prob", "train_noise", "epsilon",
                      "rebalance_temperature", "time_limit_s"):
             setattr(self, name, plain_number(name, getattr(self, name), float))
+        for name in ("train_noise_flag", "rebalance", "amp", "stack", "compile"):
+            setattr(self, name, plain_bool(name, getattr(self, name)))
         if self.topology not in ("per_hook", "shared"):
             raise ValueError(f"topology must be 'per_hook' or 'shared', got {self.topology!r}")
         if self.schedule not in ("constant", "cosine"):
@@ -175,11 +177,9 @@ class TrainConfig:
                              f"0: none; above 1 the noise outweighs the activation), got {self.train_noise}")
         if self.train_noise_shape not in NOISE_SHAPES:
             raise ValueError(f"train_noise_shape must be one of {NOISE_SHAPES}, got {self.train_noise_shape!r}")
-        if not isinstance(self.train_noise_flag, bool):
-            raise TypeError(f"train_noise_flag must be True or False, got {self.train_noise_flag!r}")
         if self.train_noise_flag and self.train_noise == 0:
-            raise ValueError("train_noise_flag needs a train_noise > 0 (the flag tells the decoder which rows are "
-                             "blurred; with no noise there is nothing to flag)")
+            raise ValueError("train_noise_flag (CLI --train-noise-flag) needs a train_noise > 0 (CLI --train-noise): "
+                             "the flag tells the decoder which rows are blurred; with no noise there is nothing to flag")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -310,7 +310,7 @@ def condition(
     if not cfg.train_noise_flag:
         return bank.pad(blurred, site)
     flag = torch.rand(z.shape[0], generator=generator, device=generator.device) < 0.5
-    return bank.pad(torch.where(flag[:, None], blurred, z.to(blurred.device)), site, blurred=flag)
+    return bank.pad(torch.where(flag[:, None], blurred, z.to(blurred.device)), site, blurred=flag, check=False)
 
 
 def _check_trainable(mask: Tensor) -> None:
@@ -466,6 +466,21 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 RESUMABLE_CHANGES = ("steps", "time_limit_s", "eval_every", "checkpoint_every", "keep_checkpoints", "device", "compile")
 
 
+_CLI_NAMES = {"time_limit_s": "--time-limit", "stack": "--no-stack", "rebalance": "--no-rebalance",
+              "decoder": "--d-model, --n-layers, --n-heads", "sites": "--sites or --preset"}
+
+
+_CLI_SAME = ("topology", "steps", "batch_size", "lr", "warmup_steps", "schedule", "train_noise", "train_noise_shape",
+             "train_noise_flag", "eval_every", "eval_n", "checkpoint_every", "seed", "compile", "device")
+
+
+def _cli_name(field_name: str) -> str:
+    """`` (CLI --flag)`` for a TrainConfig field `tl-inversion train` sets; "" for the Python-only ones."""
+    if field_name in _CLI_SAME:
+        return f" (CLI --{field_name.replace('_', '-')})"
+    return f" (CLI {_CLI_NAMES[field_name]})" if field_name in _CLI_NAMES else ""
+
+
 def _check_resumable(ckpt: Path, cfg: TrainConfig) -> None:
     """Refuse to continue a checkpoint under a different training configuration."""
     # a key added after the checkpoint was written counts as its default (the run used it)
@@ -477,8 +492,8 @@ def _check_resumable(ckpt: Path, cfg: TrainConfig) -> None:
     if diff:
         raise ValueError(
             f"cannot resume {ckpt}: the training config differs from the checkpoint's in "
-            + ", ".join(f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in sorted(diff.items()))
-            + f". Only {', '.join(RESUMABLE_CHANGES)} may change; use another out_dir (CLI: --out) for a new run."
+            + ", ".join(f"{k}{_cli_name(k)} (checkpoint {a!r}, now {b!r})" for k, (a, b) in sorted(diff.items()))
+            + f". Only {', '.join(k + _cli_name(k) for k in RESUMABLE_CHANGES)} may change; use another out_dir (CLI: --out) for a new run."
         )
 
 
