@@ -20,8 +20,8 @@ written atomically.
 from __future__ import annotations
 
 import difflib
-import math
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path

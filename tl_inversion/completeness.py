@@ -303,7 +303,9 @@ def completeness(
     site = validate_site(site, model)
     dec, site_idx = bank.lookup(site)
     blurred = _blurred(bank, blurred)
-    bank.pad(torch.zeros(1, 1), site, blurred=blurred)  # a flag the bank lacks fails before the brute force
+    if blurred and not bank.noise_flag:  # before the brute force, not after it
+        raise ValueError("blurred=True needs a bank trained with train_noise_flag (CLI --train-noise-flag); this bank "
+                         "has only the exact condition (blurred=None or False)")
     queries = queries[None] if queries.ndim == 1 else queries
     if queries.shape[-1] != candidates.shape[-1]:
         raise ValueError(f"queries have {queries.shape[-1]} positions but candidates {candidates.shape[-1]}")

@@ -466,19 +466,19 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 RESUMABLE_CHANGES = ("steps", "time_limit_s", "eval_every", "checkpoint_every", "keep_checkpoints", "device", "compile")
 
 
-_CLI_NAMES = {"time_limit_s": "--time-limit", "stack": "--no-stack", "rebalance": "--no-rebalance",
-              "decoder": "--d-model, --n-layers, --n-heads", "sites": "--sites or --preset"}
-
-
-_CLI_SAME = ("topology", "steps", "batch_size", "lr", "warmup_steps", "schedule", "train_noise", "train_noise_shape",
-             "train_noise_flag", "eval_every", "eval_n", "checkpoint_every", "seed", "compile", "device")
+# how `tl-inversion train` spells the TrainConfig fields it sets (the rest are Python-only)
+_CLI_FLAGS = {
+    **{k: "--" + k.replace("_", "-") for k in ("topology", "steps", "batch_size", "lr", "warmup_steps", "schedule",
+                                             "train_noise", "train_noise_shape", "train_noise_flag", "eval_every",
+                                             "eval_n", "checkpoint_every", "seed", "compile", "device")},
+    "time_limit_s": "--time-limit", "stack": "--no-stack", "rebalance": "--no-rebalance",
+    "decoder": "--d-model, --n-layers, --n-heads", "sites": "--sites or --preset",
+}
 
 
 def _cli_name(field_name: str) -> str:
     """`` (CLI --flag)`` for a TrainConfig field `tl-inversion train` sets; "" for the Python-only ones."""
-    if field_name in _CLI_SAME:
-        return f" (CLI --{field_name.replace('_', '-')})"
-    return f" (CLI {_CLI_NAMES[field_name]})" if field_name in _CLI_NAMES else ""
+    return f" (CLI {_CLI_FLAGS[field_name]})" if field_name in _CLI_FLAGS else ""
 
 
 def _check_resumable(ckpt: Path, cfg: TrainConfig) -> None:
