@@ -6,6 +6,7 @@ import itertools
 import math
 
 import numpy as np
+import pandas.testing as pd_testing
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ from tl_inversion.completeness import (
     decoder_logprobs,
     plot_completeness,
     preimage_distances,
+    preimage_distances_by_site,
 )
 from tl_inversion.tasks import addition
 
@@ -101,6 +103,34 @@ def test_brute_force_matches_a_plain_loop(model, candidates, site):
         expect = [_loop_distance(model, cand[i], site, z[q]) for i in range(40)]
         assert np.allclose(dist[q].numpy(), expect, rtol=1e-4, atol=1e-5)
         assert not bool(torch.isin(cand.gather(1, pos[q][:, None]).squeeze(1), torch.tensor(TASK.special_ids)).any())
+
+
+def test_many_sites_in_one_pass_match_the_plain_loop(model, candidates):
+    cand = candidates[:30]
+    head = hooked.validate_sites([HEAD], model)[0]
+    acts = hooked.harvest(model, candidates[200:203], [RESID, HEAD])
+    z = {RESID: acts[hooked.validate_sites([RESID], model)[0]][:, 4], head: acts[head][:2, 6]}
+    out = preimage_distances_by_site(model, cand, z, TASK.special_ids, batch_size=8, progress=False)
+    assert set(out) == {RESID, head} and out[RESID][0].shape == (3, 30) and out[head][1].shape == (2, 30)
+    for site, key in ((RESID, RESID), (HEAD, head)):
+        for q in range(z[key].shape[0]):
+            expect = [_loop_distance(model, cand[i], site, z[key][q]) for i in range(30)]
+            assert np.allclose(out[key][0][q].numpy(), expect, rtol=1e-4, atol=1e-5)
+    # completeness with the distances given equals completeness computing them itself
+    queries = candidates[200:202]
+    zq = hooked.harvest(model, queries, [head])[head][:, 6]
+    given = preimage_distances_by_site(model, candidates[:400], {head: zq}, TASK.special_ids, progress=False)[head]
+    kw = dict(epsilon=0.5, max_candidates=None, n_samples=0, progress=False)
+    torch.manual_seed(0)
+    bank = DecoderBank.create([HEAD], {HEAD: hooked.site_width(model, HEAD)}, vocab_size=15, n_ctx=14,
+                              bos_id=TASK.bos_id, eos_id=TASK.eos_id, pad_id=TASK.pad_id, d_model=16, n_layers=1,
+                              n_heads=2, d_mlp=32, n_cond_blocks=1).eval()
+    a = completeness(model, bank, TASK, HEAD, queries, 6, candidates[:400], distances=given, **kw)
+    b = completeness(model, bank, TASK, HEAD, queries, 6, candidates[:400], **kw)
+    pd_testing.assert_frame_equal(a.summary, b.summary)
+    pd_testing.assert_frame_equal(a.scores, b.scores)
+    with pytest.raises(ValueError, match=r"distances must be two \[2, 400\] tensors"):
+        completeness(model, bank, TASK, HEAD, queries, 6, candidates[:400], distances=(given[0][:1], given[1][:1]), **kw)
 
 
 def test_completeness_numbers_are_consistent(model, bank, candidates, tmp_path):

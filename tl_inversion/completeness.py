@@ -45,6 +45,7 @@ from .verify import membership, special_mask_of
 __all__ = [
     "auroc",
     "preimage_distances",
+    "preimage_distances_by_site",
     "decoder_logprobs",
     "completeness",
     "CompletenessResult",
@@ -126,26 +127,58 @@ def preimage_distances(
     Raises:
         SiteError: the site does not fit the model. ValueError: bad metric or widths.
     """
+    return preimage_distances_by_site(model, candidates, {site: z_q}, special_ids, metric=metric,
+                                      batch_size=batch_size, progress=progress)[site]
+
+
+def preimage_distances_by_site(
+    model: Any,
+    candidates: Int[Tensor, "N n_ctx"],
+    z_by_site: dict[Any, Float[Tensor, "Q d"]],
+    special_ids: Sequence[int],
+    *,
+    metric: str = "l2",
+    batch_size: int = 4096,
+    progress: bool = True,
+) -> dict[Any, tuple[Float[Tensor, "Q N"], Int[Tensor, "Q N"]]]:
+    """:func:`preimage_distances` for several sites from ONE probed forward per batch.
+
+    Args:
+        model, candidates, special_ids, metric, batch_size, progress: as in
+            :func:`preimage_distances`.
+        z_by_site: ``{site: [Q_s, d_site] query activations}`` (each ``[d_site]`` allowed);
+            a site is a :class:`~tl_inversion.sites.Site` or its string.
+
+    Returns:
+        ``{site: (dist [Q_s, N] float32, matched_pos [Q_s, N] int64)}`` on CPU, keyed as
+        ``z_by_site``. Memory: 12 bytes per query, candidate
+        and site (addition's 810,000 inputs, 16 queries, 13 sites: about 2 GB).
+
+    Raises:
+        SiteError: a site does not fit the model. ValueError: bad metric or widths.
+    """
     check_metric(metric)
-    site = validate_site(site, model)
-    z_q = z_q[None] if z_q.ndim == 1 else z_q
-    n, q = candidates.shape[0], z_q.shape[0]
-    dist = torch.empty(q, n, dtype=torch.float32)
-    pos = torch.empty(q, n, dtype=torch.long)
     device = hooked.model_device(model)
-    zq = z_q.detach().to(device)
+    valid = {key: validate_site(key, model) for key in z_by_site}
+    zs = {key: (z[None] if z.ndim == 1 else z).detach().to(device) for key, z in z_by_site.items()}
+    n = candidates.shape[0]
+    out = {key: (torch.empty(z.shape[0], n, dtype=torch.float32), torch.empty(z.shape[0], n, dtype=torch.long))
+           for key, z in zs.items()}
     for start in tqdm(range(0, n, batch_size), disable=not progress, desc="true preimage", unit="batch"):
         batch = candidates[start : start + batch_size]
-        acts = hooked.harvest(model, batch, [site], validate=False)[site]
-        if acts.shape[-1] != zq.shape[-1]:
-            raise ValueError(f"z_q has width {zq.shape[-1]} but site {site} gives width {acts.shape[-1]}")
+        acts = hooked.harvest(model, batch, list(dict.fromkeys(valid.values())), validate=False)
         mask = special_mask_of(batch, special_ids).to(device)
-        with torch.inference_mode():
-            for i in range(q):
-                d, p = best_position(acts, zq[i], mask, metric)
-                dist[i, start : start + batch.shape[0]] = d.float().cpu()
-                pos[i, start : start + batch.shape[0]] = p.cpu()
-    return dist, pos
+        for key, zq in zs.items():
+            a = acts[valid[key]]
+            if a.shape[-1] != zq.shape[-1]:
+                raise ValueError(f"z_q has width {zq.shape[-1]} but site {valid[key]} gives width {a.shape[-1]}")
+            dist, pos = out[key]
+            with torch.inference_mode():
+                for i in range(zq.shape[0]):
+                    d, p = best_position(a, zq[i], mask, metric)
+                    dist[i, start : start + batch.shape[0]] = d.float().cpu()
+                    pos[i, start : start + batch.shape[0]] = p.cpu()
+    return out
 
 
 def decoder_logprobs(
@@ -253,6 +286,7 @@ def completeness(
     decoder_batch_size: int = 1024,
     progress: bool = True,
     blurred: bool | None = None,
+    distances: tuple[Tensor, Tensor] | None = None,
 ) -> CompletenessResult:
     """Completeness of a decoder against the brute-force true preimage (numbers, not a picture).
 
@@ -287,6 +321,9 @@ def completeness(
             with ``train_noise_flag``; :meth:`~tl_inversion.bank.DecoderBank.pad`);
             ``None``: blurred exactly when the bank has a noise flag. Recorded in the
             summary's ``blurred`` column.
+        distances: ``(dist [Q, N], matched_pos [Q, N])`` of these queries at this site, as
+            :func:`preimage_distances_by_site` gives them for many sites at once; ``None``
+            computes them here (one probed pass over the candidates).
 
     Returns:
         :class:`CompletenessResult` with ``summary`` and ``scores`` DataFrames.
@@ -318,8 +355,14 @@ def completeness(
     positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
     z_q = hooked.harvest(model, queries, [site], validate=False)[site]
     z_q = z_q[torch.arange(queries.shape[0], device=z_q.device), positions.to(z_q.device)]
-    dist, matched = preimage_distances(model, candidates, site, z_q, task.special_ids, metric=metric,
-                                       batch_size=batch_size, progress=progress)
+    if distances is None:
+        dist, matched = preimage_distances(model, candidates, site, z_q, task.special_ids, metric=metric,
+                                           batch_size=batch_size, progress=progress)
+    else:
+        dist, matched = distances
+        if tuple(dist.shape) != (queries.shape[0], candidates.shape[0]) or dist.shape != matched.shape:
+            raise ValueError(f"distances must be two [{queries.shape[0]}, {candidates.shape[0]}] tensors (queries x "
+                             f"candidates), got {list(dist.shape)} and {list(matched.shape)}")
     rng = np.random.default_rng(seed)
     gen = torch.Generator(device=bank.device).manual_seed(seed)
     n = candidates.shape[0]

@@ -37,7 +37,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import hooked
-from .completeness import completeness, plot_completeness
+from .completeness import completeness, plot_completeness, preimage_distances_by_site
 from .distance import default_epsilon
 from .evaluation import baseline_consistency, feature_consistency
 from .io import plain_bool
@@ -605,10 +605,16 @@ def evaluate(
             queries = cq.repeat(len(plan.completeness_positions), 1)
             positions = torch.cat([task.resolve_position(cq, p) for p in plan.completeness_positions])
             names = [str(p) for p in plan.completeness_positions for _ in range(cq.shape[0])]
+            # the true preimages of every site from one probed pass over the candidates
+            acts = hooked.harvest(model, queries, use_sites, validate=False)
+            rows = torch.arange(queries.shape[0])
+            z_by_site = {site: a[rows.to(a.device), positions.to(a.device)] for site, a in acts.items()}
+            distances = preimage_distances_by_site(model, candidates, z_by_site, task.special_ids, metric=metric,
+                                                   progress=False)
             for site in use_sites:
                 res = completeness(model, bank, task, site, queries, positions, candidates, epsilon=eps, metric=metric,
                                    max_candidates=max_candidates, n_samples=n_samples, class_fn=plan.class_fn,
-                                   seed=seed, progress=False, blurred=blurred)
+                                   seed=seed, progress=False, blurred=blurred, distances=distances.pop(site))
                 s = res.summary.rename(columns={"position": "position_index"})
                 s.insert(0, "position", [names[i] for i in s["query"]])
                 s.insert(0, "site", str(site))
