@@ -438,7 +438,7 @@ def test_noise_flag_blurs_half_the_rows_and_says_which():
     plain = DecoderBank.create([narrow], {str(narrow): 4}, vocab_size=8, n_ctx=6, bos_id=5, eos_id=6, pad_id=7, **SMALL)
     all_blurred = condition(plain, narrow, z, _cfg(train_noise=0.1, train_noise_shape="ball"), torch.Generator())
     assert all_blurred.shape == (n, 4) and bool(((all_blurred - z).norm(dim=-1) > 0).all())
-    with pytest.raises(ValueError, match="this bank has no noise flag"):
+    with pytest.raises(ValueError, match="needs a bank trained with train_noise_flag"):
         plain.pad(z, narrow, blurred=True)
     assert torch.equal(plain.pad(z, narrow, blurred=torch.zeros(n)), z)  # all rows exact: fine without a flag
     for bad, error, message in ((0.5, TypeError, "blurred must be True or False"),

@@ -244,6 +244,20 @@ class DecoderBank:
         """Whether the decoders read a noise flag (trained with ``train_noise_flag``)."""
         return bool(self.meta.get("noise_flag", False))
 
+    def check_blurred(self, blurred: Any) -> bool:
+        """``blurred`` as a plain bool, refused when this bank cannot give that condition.
+
+        Raises:
+            TypeError: ``blurred`` is not True or False (NumPy / 0-dim torch booleans pass).
+            ValueError: ``blurred`` is True and the bank has no :attr:`noise_flag`.
+        """
+        blurred = plain_bool("blurred", blurred)
+        if blurred and not self.noise_flag:
+            raise ValueError("a blurred condition (blurred=True; evaluate CLI: --completeness-condition blurred) needs "
+                             "a bank trained with train_noise_flag (CLI --train-noise-flag); this bank has only the "
+                             "exact condition (blurred=False; CLI --completeness-condition auto or exact)")
+        return blurred
+
     def pad(
         self, z: Float[Tensor, "batch d_site"], site: SiteLike, *, blurred: bool | Tensor = False, check: bool = True
     ) -> Float[Tensor, "batch d_act"]:
@@ -276,13 +290,10 @@ class DecoderBank:
             if blurred.shape != z.shape[:1] or (check and not bool(((blurred == 0) | (blurred == 1)).all())):
                 raise ValueError(f"blurred as a tensor must hold one 0/1 flag per row, shape [{z.shape[0]}]; "
                                  f"got shape {list(blurred.shape)}")
-            any_blurred = bool(blurred.any()) if check else True
+            self.check_blurred(bool(blurred.any()) if check else True)
         else:
-            any_blurred = plain_bool("blurred", blurred)
+            self.check_blurred(blurred)
         if not self.noise_flag:
-            if any_blurred:
-                raise ValueError("this bank has no noise flag (it was trained without train_noise_flag, CLI "
-                                 "--train-noise-flag); only its exact condition (blurred=False) exists")
             return torch.nn.functional.pad(z, (0, d_act - z.shape[-1])) if z.shape[-1] < d_act else z
         flag = torch.as_tensor(blurred, dtype=torch.float32, device=z.device).reshape(-1, 1)
         column = flag * z.norm(dim=-1, keepdim=True) / math.sqrt(z.shape[-1])

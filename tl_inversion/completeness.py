@@ -38,7 +38,6 @@ from tqdm.auto import tqdm
 
 from . import hooked
 from .distance import best_position, check_metric, default_epsilon
-from .io import plain_bool
 from .sites import SiteLike, validate_site
 from .verify import membership, special_mask_of
 
@@ -251,7 +250,8 @@ class CompletenessResult:
 
 
 def _blurred(bank: Any, blurred: bool | None) -> bool:
-    return bool(getattr(bank, "noise_flag", False)) if blurred is None else plain_bool("blurred", blurred)
+    """The condition asked for: ``None`` means blurred exactly when the bank has a noise flag."""
+    return bank.noise_flag if blurred is None else bank.check_blurred(blurred)
 
 
 def _row_keys(tokens: Tensor) -> list[bytes]:
@@ -339,10 +339,7 @@ def completeness(
     eps = default_epsilon(metric) if epsilon is None else float(epsilon)
     site = validate_site(site, model)
     dec, site_idx = bank.lookup(site)
-    blurred = _blurred(bank, blurred)
-    if blurred and not bank.noise_flag:  # before the brute force, not after it
-        raise ValueError("blurred=True needs a bank trained with train_noise_flag (CLI --train-noise-flag); this bank "
-                         "has only the exact condition (blurred=None or False)")
+    blurred = _blurred(bank, blurred)  # a condition the bank lacks fails here, before the brute force
     queries = queries[None] if queries.ndim == 1 else queries
     if queries.shape[-1] != candidates.shape[-1]:
         raise ValueError(f"queries have {queries.shape[-1]} positions but candidates {candidates.shape[-1]}")

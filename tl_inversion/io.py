@@ -1,8 +1,8 @@
 """Atomic writes: a file or folder is either the old one or the whole new one, never half.
 
 Used for every artifact and checkpoint, so a run killed at any instant loses nothing
-that was already saved. Also :func:`plain_number`, which configs use so that what they
-write as JSON reads back equal.
+that was already saved. Also :func:`plain_number` and :func:`plain_bool`, which configs
+use so that what they write as JSON reads back equal (and a string never passes for a bool).
 """
 
 from __future__ import annotations
@@ -90,6 +90,10 @@ def plain_bool(name: str, value: Any) -> bool:
 
     NumPy and torch booleans (0-dim) are unwrapped; numbers, strings and ``None`` are refused
     (``bool("no")`` is True, so a string would silently mean the opposite).
+
+    Args:
+        name: the field's or argument's name, for the message.
+        value: the given value.
 
     Raises:
         TypeError: anything but a Python, NumPy or 0-dim torch boolean.

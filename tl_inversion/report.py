@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -40,7 +41,6 @@ from . import hooked
 from .completeness import completeness, plot_completeness, preimage_distances_by_site
 from .distance import default_epsilon
 from .evaluation import baseline_consistency, feature_consistency
-from .io import plain_bool
 from .sampling import PAPER_SCHEDULE, check_query_positions, sample_many
 from .sites import parse_site
 from .tasks import as_task
@@ -516,11 +516,7 @@ def evaluate(
                   n_bos_samples=(n_bos_samples, 0), n_random=(n_random, 1), n_samples=(n_samples, 0))
     if max_candidates is not None and max_candidates < 2:
         raise ValueError(f"max_candidates must be >= 2 (or None for all), got {max_candidates}")
-    blurred = None if blurred is None else plain_bool("blurred", blurred)
-    if blurred and not bank.noise_flag:
-        raise ValueError("blurred=True (CLI --completeness-condition blurred) needs a bank trained with "
-                         "train_noise_flag (CLI --train-noise-flag); this bank has only the exact condition: use "
-                         "blurred=None or False (CLI --completeness-condition auto or exact)")
+    blurred = None if blurred is None else bank.check_blurred(blurred)
     if not eps > 0:
         raise ValueError(f"epsilon must be a positive distance (paper: 0.1 for l2, 0.25 for cosine), got {epsilon}")
     if not plan.positions:
@@ -678,13 +674,12 @@ def _training_noise(meta: dict[str, Any]) -> str:
         flag = " with the noise flag" if c.get("train_noise_flag") else ""
         return f"activations blurred by train_noise {c['train_noise']:g} ({c.get('train_noise_shape', 'gaussian')}){flag}"
 
-    parts = [(say(m.get("train_config") or {}), len(m.get("sites") or [])) for m in meta.get("merged_from", [])]
-    if len({p for p, _ in parts}) > 1:
-        counts: dict[str, int] = {}
-        for p, n in parts:
-            counts[p] = counts.get(p, 0) + n
+    counts: Counter[str] = Counter()
+    for m in meta.get("merged_from", []):
+        counts[say(m.get("train_config") or {})] += len(m.get("sites") or [])
+    if len(counts) > 1:
         return " and ".join(f"{p} ({n} site{'' if n == 1 else 's'})" for p, n in counts.items())
-    return parts[0][0] if parts else say(meta.get("train_config") or {})
+    return next(iter(counts)) if counts else say(meta.get("train_config") or {})
 
 
 def _agreement(fn: Feature, samples: Tensor, queries: Tensor) -> float:
