@@ -14,7 +14,10 @@
 # EVAL_GPU (default GPU_A), EVAL_ARGS (extra arguments of `tl-inversion evaluate`),
 # TRAIN_ARGS (extra arguments of `tl-inversion train`, e.g. --no-stack; a group that fails
 # with --compile resumes without it),
-# OMP_NUM_THREADS (CPU threads per process; default: a quarter of the cores).
+# OMP_NUM_THREADS (CPU threads per process; default: a quarter of the cores),
+# SITES_A / SITES_B (space-separated sites replacing the task's two groups; SITES_B may be
+# empty), EXTRA_BANKS (space-separated bank folders of other sites, e.g. from
+# `tl-inversion select-sites`, merged into the evaluated bank).
 # Writes <out>/group_a, <out>/group_b (training runs with bank/ and log.jsonl),
 # <out>/*.log and the report <out>/report/report.md.
 set -euo pipefail
@@ -56,6 +59,10 @@ addition)
     exit 2
     ;;
 esac
+if [ -n "${SITES_A:-}" ]; then
+    read -r -a group_a <<<"$SITES_A"
+    read -r -a group_b <<<"${SITES_B:-}"
+fi
 if [ "$SPLIT" = 0 ]; then
     group_a+=("${group_b[@]}")
     group_b=()
@@ -86,6 +93,7 @@ start=$(date +%s)
 train_group group_a "$GPU_A" "${group_a[@]}" &
 pid_a=$!
 banks=("$out/group_a/bank")
+read -r -a extra_banks <<<"${EXTRA_BANKS:-}"
 status=0
 if [ ${#group_b[@]} -gt 0 ]; then
     train_group group_b "$GPU_B" "${group_b[@]}" &
@@ -98,6 +106,6 @@ echo "training: $(($(date +%s) - start)) s on ${ngpu:-0} GPU(s); exit $status"
 tail -n 3 "$out"/group_*.log
 [ "$status" -eq 0 ] || exit "$status"
 # shellcheck disable=SC2086
-CUDA_VISIBLE_DEVICES=$EVAL_GPU $TLI evaluate --model "$model" --task "$task" --bank "${banks[@]}" \
+CUDA_VISIBLE_DEVICES=$EVAL_GPU $TLI evaluate --model "$model" --task "$task" --bank "${banks[@]}" "${extra_banks[@]}" \
     --out "$out/report" ${EVAL_ARGS:-}
 echo "evaluation: $(($(date +%s) - start)) s since the start"

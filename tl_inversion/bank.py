@@ -147,7 +147,8 @@ class DecoderBank:
         Returns:
             A bank whose ``groups`` are the inputs' groups in order; ``meta`` keeps the first
             bank's fingerprint and task, the union of probe signatures and faithfulness
-            rates, and each input's ``train_config`` under ``merged_from``.
+            rates, and the inputs' training runs (:meth:`training_runs`: sites, config, steps;
+            a merged input gives its own runs) under ``merged_from``.
 
         Raises:
             ValueError: fewer than two banks, a site in two banks, banks of different
@@ -181,8 +182,10 @@ class DecoderBank:
             raise ValueError(f"{'; '.join(name(i) for i, f in enumerate(flags) if f)} trained with a noise flag "
                              f"(--train-noise-flag), {'; '.join(name(i) for i, f in enumerate(flags) if not f)} "
                              "without; a bank conditions all its decoders one way, so merge only banks trained alike")
+        # a merged input contributes its own parts, so merges of merges keep every run's config
+        parts = [part for b in banks for part in b.training_runs()]
         noise = {(c.get("train_noise", 0.0), c.get("train_noise_shape", "gaussian") if c.get("train_noise") else None)
-                 for c in (b.meta.get("train_config") or {} for b in banks)}
+                 for c in (p.get("train_config") or {} for p in parts)}
         if len(noise) > 1:
             warnings.warn(f"merging banks trained with different noise (train_noise, shape): {sorted(noise, key=str)}; "
                           "their decoders' log-probabilities are not on one footing (the report lists each)", stacklevel=2)
@@ -194,16 +197,71 @@ class DecoderBank:
         meta["probe"] = {k: v for b in banks for k, v in b.meta.get("probe", {}).items()}
         meta["faithfulness"] = {k: v for b in banks for k, v in (b.meta.get("faithfulness") or {}).items()}
         meta["site_stats"] = {k: v for b in banks for k, v in (b.meta.get("site_stats") or {}).items()}
-        meta["merged_from"] = [
-            {"sites": [str(s) for s in b.sites], "train_config": b.meta.get("train_config"), "steps": b.meta.get("steps")}
-            for b in banks
-        ]
+        meta["merged_from"] = parts
         return cls(
             [d for b in banks for d in b.decoders],
             [list(g) for b in banks for g in b.groups],
             {k: v for b in banks for k, v in b.widths.items()},
             meta,
         )
+
+    def training_runs(self) -> list[dict[str, Any]]:
+        """The training runs behind this bank: ``[{"sites", "train_config", "steps"}]``, one
+        entry per run (a merged bank lists the runs it was merged from)."""
+        if self.meta.get("merged_from"):
+            return [dict(p) for p in self.meta["merged_from"]]
+        return [{"sites": [str(s) for s in self.sites], "train_config": self.meta.get("train_config"),
+                 "steps": self.meta.get("steps")}]
+
+    def select(self, sites: Sequence[SiteLike] | None = None, *, drop: Sequence[SiteLike] | None = None) -> "DecoderBank":
+        """A bank of some of this bank's sites (the decoders are shared, not copied).
+
+        With :meth:`merge` this combines runs: e.g. keep an earlier run's decoders for most
+        sites and a newer run's for a few (``old.select(drop=new.sites)`` merged with ``new``).
+
+        Args:
+            sites: the sites to keep (default: all); give this or ``drop``, not both.
+            drop: the sites to leave out.
+
+        Returns:
+            A bank with the kept decoders in this bank's order; the per-site records
+            (faithfulness, probe signatures, activation statistics, ``merged_from`` parts)
+            are kept for the kept sites only.
+
+        Raises:
+            ValueError: both or neither of ``sites`` / ``drop`` given, nothing would be kept,
+                or a shared decoder would keep only some of its sites (its site embedding
+                rows are indexed by the whole group: keep all of them or none).
+            SiteError: a site the bank does not cover (the message lists the bank's sites).
+        """
+        if (sites is None) == (drop is None):
+            raise ValueError("give the sites to keep (sites=...) or the sites to leave out (drop=...), not both or neither")
+        named = set()
+        for s in sites if sites is not None else drop:
+            self.lookup(s)  # a SiteError listing the bank's sites for one it lacks
+            named.add(str(parse_site(s)))
+        keep = named if sites is not None else {str(s) for s in self.sites} - named
+        if not keep:
+            raise ValueError(f"nothing left: dropping {sorted(named)} removes every site of the bank")
+        decoders, groups = [], []
+        for dec, group in zip(self.decoders, self.groups):
+            kept = [s for s in group if str(s) in keep]
+            if kept and len(kept) < len(group):
+                raise ValueError(
+                    f"sites {', '.join(str(s) for s in group)} share one decoder ({self.topology} topology); "
+                    f"keep all of them or none (asked to keep only {', '.join(str(s) for s in kept)})"
+                )
+            if kept:
+                decoders.append(dec)
+                groups.append(list(group))
+        meta = dict(self.meta)
+        for key in ("probe", "faithfulness", "site_stats"):
+            if isinstance(meta.get(key), dict):
+                meta[key] = {k: v for k, v in meta[key].items() if k in keep}
+        if meta.get("merged_from"):
+            parts = [dict(p, sites=[s for s in p.get("sites") or [] if s in keep]) for p in meta["merged_from"]]
+            meta["merged_from"] = [p for p in parts if p["sites"]]
+        return DecoderBank(decoders, groups, {k: v for k, v in self.widths.items() if k in keep}, meta)
 
     # lookup ---------------------------------------------------------------------------
     @property

@@ -6,6 +6,7 @@
     tl-inversion sample --model runs/probed --bank runs/dec/bank --task counting \\
         --query "aabca|a:3" --site "blocks.1.attn.hook_result[0]" --position :
     tl-inversion evaluate --model runs/probed --bank runs/dec/bank --task counting --out runs/report
+    tl-inversion select-sites --bank runs/dec/bank --drop-sites "blocks.0.hook_resid_pre" --out runs/some
 
 Every option maps to a field of :class:`~tl_inversion.training.TrainConfig`,
 :class:`~tl_inversion.probed.ProbedConfig`, :class:`~tl_inversion.report.EvalPlan` or an
@@ -177,6 +178,21 @@ def _check_out_dir(path: str, flag: str) -> None:
             break
 
 
+def cmd_select_sites(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bank import DecoderBank
+
+    if Path(args.out).resolve() in {Path(b).resolve() for b in args.bank}:
+        raise ValueError(f"--out {args.out} is one of the --bank folders; write the selection to a new folder")
+    banks = [DecoderBank.load(b) for b in args.bank]
+    bank = banks[0] if len(banks) == 1 else DecoderBank.merge(banks)
+    bank = bank.select(args.sites, drop=args.drop_sites)
+    bank.save(args.out, dtype=getattr(torch, args.save_dtype))
+    print(f"wrote {args.out}: {len(bank.sites)} sites ({', '.join(str(s) for s in bank.sites)})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -283,6 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", default=None, help="also write the samples as an HTML page to this file")
     p.add_argument("--allow-mismatch", action="store_true", help="warn instead of failing on a probed-model mismatch")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("select-sites", help="save some sites of one or more banks as a new bank (to merge runs site by site)")
+    p.add_argument("--bank", required=True, nargs="+", help="folder of a saved decoder bank (several: merged first)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--sites", nargs="+", help="the sites to keep")
+    which.add_argument("--drop-sites", nargs="+", help="the sites to leave out")
+    p.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="dtype of the new bank on disk (default: %(default)s)")
+    p.add_argument("--out", required=True, help="folder of the new bank (not one of the --bank folders)")
+    p.set_defaults(func=cmd_select_sites)
 
     p = sub.add_parser("evaluate", help="faithfulness, feature consistency and completeness per site and position: a report")
     _add_model_args(p)
