@@ -196,3 +196,96 @@ def test_bridge_refuses_an_in_memory_tokenizer_clearly(tmp_path):
                                   bos_token="t1", eos_token="t2")
     with pytest.raises(LoadError, match="save_pretrained"):
         load_hf_gpt2(write_gpt2(tmp_path / "m"), "bridge", tokenizer=tok)
+
+
+SEVEN = ["blocks.0.hook_resid_pre", "blocks.0.attn.hook_result[0]", "blocks.0.attn.hook_result[1]", "blocks.0.hook_resid_mid",
+         "blocks.1.attn.hook_result[0]", "blocks.1.attn.hook_result[1]", "blocks.1.hook_resid_post"]
+
+
+def _demo_parts(noise=(0.0, 0.1)):
+    """A tiny per-hook bank of seven sites and the same decoders as two banks (3 + 4 sites),
+    recorded as two training runs."""
+    torch.manual_seed(0)
+    bank = DecoderBank.create(SEVEN, {s: 8 for s in SEVEN}, vocab_size=40, n_ctx=33, bos_id=37, eos_id=38, pad_id=39,
+                              meta={"task": {"name": "counting"}}, d_model=16, n_layers=1, n_heads=2, n_cond_blocks=1)
+    parts = []
+    for lo, hi, level in ((0, 3, noise[0]), (3, 7, noise[1])):
+        groups = bank.groups[lo:hi]
+        meta = {**bank.meta, "train_config": {"train_noise": level, "train_noise_shape": "ball"},
+                "steps": 100 + lo, "faithfulness": {str(g[0]): 0.5 + 0.01 * i for i, g in enumerate(groups)}}
+        parts.append(DecoderBank(bank.decoders[lo:hi], groups, {str(g[0]): 8 for g in groups}, meta))
+    return None, bank, parts
+
+
+def test_select_keeps_or_drops_sites_and_their_records(tmp_path):
+    """select hands back the very decoders of the kept sites, in the bank's order, with the
+    per-site records and training runs of those sites only (expected lists built by hand)."""
+    _, bank, parts = _demo_parts()
+    names = [str(s) for s in bank.sites]
+    with pytest.warns(UserWarning, match="different noise"):
+        merged = DecoderBank.merge(parts)
+    dropped = [names[0], names[4]]
+    sel = merged.select(drop=dropped)
+    assert [str(s) for s in sel.sites] == [n for n in names if n not in dropped]
+    for site in sel.sites:
+        assert sel.lookup(site)[0] is merged.lookup(site)[0]
+    assert set(sel.widths) == set(names) - set(dropped)
+    assert set(sel.meta["faithfulness"]) == set(names) - set(dropped)
+    assert [p["sites"] for p in sel.meta["merged_from"]] == [names[1:3], names[3:4] + names[5:]]
+    assert [p["steps"] for p in sel.meta["merged_from"]] == [100, 103]
+    # keeping one site of the first run leaves that run alone in the record
+    one = merged.select([names[1]])
+    assert [str(s) for s in one.sites] == [names[1]] and one.training_runs() == [{**merged.meta["merged_from"][0], "sites": [names[1]]}]
+    # an unmerged bank is one training run: its own config
+    assert parts[1].training_runs() == [{"sites": names[3:], "train_config": parts[1].meta["train_config"], "steps": 103}]
+    # a selection saves and loads, and decodes exactly as the original decoders
+    sel.save(tmp_path / "sel")
+    loaded = DecoderBank.load(tmp_path / "sel")
+    z = torch.randn(4, 8)
+    for site in loaded.sites:
+        a = bank.lookup(site)[0].generate(z, 0, generator=torch.Generator().manual_seed(1))
+        b = loaded.lookup(site)[0].generate(z, 0, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(a, b)
+
+
+def test_merge_of_a_selection_keeps_every_training_run():
+    """Replacing two sites of a merged bank by a third run: merged_from lists the three runs,
+    the noise warning sees all three settings and the report counts sites per setting."""
+    from tl_inversion.report import _training_noise
+
+    _, bank, parts = _demo_parts()
+    names = [str(s) for s in bank.sites]
+    with pytest.warns(UserWarning, match="different noise"):
+        merged = DecoderBank.merge(parts)
+    swap = [names[1], names[6]]
+    new = DecoderBank([bank.lookup(s)[0] for s in swap], [[bank.sites[names.index(s)]] for s in swap],
+                      {s: bank.widths[s] for s in swap},
+                      {**bank.meta, "train_config": {"train_noise": 0.2, "train_noise_shape": "ball"}, "steps": 7})
+    with pytest.warns(UserWarning, match=r"\(0.0, None\), \(0.1, 'ball'\), \(0.2, 'ball'\)"):
+        combined = DecoderBank.merge([merged.select(drop=swap), new])
+    assert [p["sites"] for p in combined.meta["merged_from"]] == [
+        [names[0], names[2]], [n for n in names[3:] if n != names[6]], swap]
+    assert [p["steps"] for p in combined.meta["merged_from"]] == [100, 103, 7]
+    said = _training_noise(combined.meta)
+    assert "train_noise 0.1 (ball) (3 sites)" in said and "train_noise 0.2 (ball) (2 sites)" in said
+    assert "exact activations" in said and "(2 sites)" in said
+
+
+def test_select_refusals_name_the_problem(tmp_path):
+    _, bank, parts = _demo_parts()
+    names = [str(s) for s in bank.sites]
+    with pytest.raises(ValueError, match="not both or neither"):
+        bank.select()
+    with pytest.raises(ValueError, match="not both or neither"):
+        bank.select(names[:1], drop=names[1:2])
+    with pytest.raises(SiteError, match="closest: 'blocks.1.hook_resid_post'.*this bank covers"):
+        bank.select(["blocks.1.hook_resid_pots"])
+    with pytest.raises(SiteError, match="no decoder for site 'blocks.1.hook_mlp_out'"):
+        bank.select(drop=["blocks.1.hook_mlp_out"])
+    with pytest.raises(ValueError, match="removes every site"):
+        bank.select(drop=names)
+    shared = DecoderBank.create(names[:3], {n: bank.widths[n] for n in names[:3]}, topology="shared", vocab_size=40,
+                                n_ctx=33, bos_id=37, eos_id=38, pad_id=39, d_model=16, n_layers=1, n_heads=2)
+    with pytest.raises(ValueError, match="share one decoder .*keep all of them or none"):
+        shared.select(names[:2])
+    assert [str(s) for s in shared.select(names[:3]).sites] == names[:3]

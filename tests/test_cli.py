@@ -135,3 +135,33 @@ def test_ctrl_c_says_how_to_resume(capsys, monkeypatch):
     monkeypatch.setattr(cli, "cmd_train", interrupted)
     assert main(["train", "--model", "M", "--out", "O", "--preset", "paper"]) == 130
     assert "interrupted (checkpoints are kept: run the same command to resume)" in capsys.readouterr().err
+
+
+def test_select_sites_writes_a_bank_of_the_kept_sites(capsys, tmp_path):
+    from tl_inversion.bank import DecoderBank
+
+    bank_dir = str(asset_dir() / "decoders")
+    _, bank = load_demo()
+    names = [str(s) for s in bank.sites]
+    assert main(["select-sites", "--bank", bank_dir, "--drop-sites", names[0], "--out", str(tmp_path / "s")]) == 0
+    assert f"2 sites ({', '.join(names[1:])})" in capsys.readouterr().out
+    assert [str(s) for s in DecoderBank.load(tmp_path / "s").sites] == names[1:]
+    assert main(["select-sites", "--bank", bank_dir, "--sites", names[2], "--save-dtype", "float16",
+                 "--out", str(tmp_path / "one")]) == 0
+    one = DecoderBank.load(tmp_path / "one")
+    assert [str(s) for s in one.sites] == [names[2]]
+    ref = bank.lookup(names[2])[0].state_dict()
+    for k, v in one.decoders[0].state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, ref[k].half().float(), rtol=0, atol=0)
+    for args, message in (
+        (["--sites", "blocks.9.hook_resid_post"], "no decoder for site 'blocks.9.hook_resid_post'"),
+        (["--drop-sites", *names], "removes every site"),
+    ):
+        assert main(["select-sites", "--bank", bank_dir, *args, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert main(["select-sites", "--bank", str(tmp_path / "s"), "--sites", names[1], "--out", str(tmp_path / "s")]) == 2
+    assert "is one of the --bank folders" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["select-sites", "--bank", bank_dir, "--sites", names[1], "--drop-sites", names[2], "--out", "x"])
