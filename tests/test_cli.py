@@ -91,6 +91,24 @@ def test_evaluate_bad_arguments_are_one_line(capsys, tmp_path, extra, message):
     assert message in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--sites", "blocks.1.hook_resid_pots"], "(closest: 'blocks.1.hook_resid_post'); this bank covers"),
+    (["--completeness-condition", "blurred"], "needs a bank trained with train_noise_flag"),
+])
+def test_evaluate_and_sample_read_the_bank_before_the_model(capsys, tmp_path, extra, message):
+    """A wrong site or condition is reported before the model is loaded: with a model folder
+    that does not exist, the bank's error is the one that comes back."""
+    args = ["evaluate", "--model", str(tmp_path / "no_model"), "--bank", str(asset_dir() / "decoders"),
+            "--out", str(tmp_path / "r")] + extra
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "config.json" not in err
+    if extra[0] == "--sites":
+        assert main(_sample_args(**{"--model": str(tmp_path / "no_model"), "--site": extra[1]})) == 2
+        err = capsys.readouterr().err
+        assert message in err and "config.json" not in err
+
+
 def test_evaluate_out_must_be_a_folder(capsys, tmp_path):
     f = tmp_path / "file"
     f.write_text("x")

@@ -95,14 +95,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_bank(paths: Sequence[str], model: Any, allow_mismatch: bool = False) -> Any:
-    """One bank from one folder, or several per-hook banks merged (DecoderBank.merge)."""
+def _read_banks(paths: Sequence[str]) -> tuple[list[Any], Any]:
+    """The banks of the folders (on the CPU, not yet checked against a model) and one bank of
+    them all (the folder's own, or DecoderBank.merge of several): read before the model is
+    loaded, so a wrong bank, site or condition is reported at once."""
     from .bank import DecoderBank
+
+    banks = [DecoderBank.load(p) for p in paths]
+    return banks, banks[0] if len(banks) == 1 else DecoderBank.merge(banks)
+
+
+def _attach_bank(banks: Sequence[Any], bank: Any, model: Any, allow_mismatch: bool = False) -> Any:
+    """``bank`` checked against the probed model (each folder's fingerprint) and moved to its device."""
     from .hooked import model_device
 
-    device = model_device(model)
-    banks = [DecoderBank.load(p, model, allow_mismatch=allow_mismatch, device=device) for p in paths]
-    return banks[0] if len(banks) == 1 else DecoderBank.merge(banks)
+    for b in banks:
+        b.check_model(model, allow_mismatch=allow_mismatch)
+    return bank.to(model_device(model))
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -111,8 +120,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise ValueError(f"--top must be >= 1 (rows to print), got {args.top}")
+    banks, bank = _read_banks(args.bank)
+    bank.lookup(args.site)
     model = _load_model(args)
-    bank = _load_bank(args.bank, model, allow_mismatch=args.allow_mismatch)
+    bank = _attach_bank(banks, bank, model, allow_mismatch=args.allow_mismatch)
     result = sample_preimage(bank, model, get_task(args.task), args.query, args.site, args.position,
                              epsilon=args.epsilon, metric=args.metric, n_repeats=args.n_repeats,
                              batch_size=args.batch_size, seed=args.seed, allow_mismatch=args.allow_mismatch)
@@ -139,8 +150,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-candidates must be 0 (all) or >= 2, got {args.max_candidates}")
     if args.epsilon is not None and not args.epsilon > 0:
         raise ValueError(f"--epsilon must be positive, got {args.epsilon}")
+    blurred = {"auto": None, "exact": False, "blurred": True}[args.completeness_condition]
+    banks, bank = _read_banks(args.bank)
+    for site in args.sites or []:
+        bank.lookup(site)
+    if blurred:
+        bank.check_blurred(blurred)
     model = _load_model(args)
-    bank = _load_bank(args.bank, model)
+    bank = _attach_bank(banks, bank, model)
     task = get_task(args.task)
     try:
         plan = default_plan(args.task)
@@ -159,8 +176,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate(model, bank, task, task_data(args.task, "test"), plan, sites=args.sites,
                       n_faithfulness=args.n_faithfulness, n_queries=args.n_queries, n_repeats=args.n_repeats,
                       max_candidates=args.max_candidates or None, n_samples=args.n_samples, epsilon=args.epsilon,
-                      metric=args.metric, seed=args.seed,
-                      blurred={"auto": None, "exact": False, "blurred": True}[args.completeness_condition])
+                      metric=args.metric, seed=args.seed, blurred=blurred)
     path = report.write(args.out)
     print(report.faithfulness[["faithfulness", "pool_in_preimage", "valid"]].to_string(float_format=lambda x: f"{x:.3f}"))
     print(json.dumps(report.summary(), indent=2))
