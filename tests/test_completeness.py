@@ -166,6 +166,15 @@ def test_completeness_numbers_are_consistent(model, bank, candidates, tmp_path):
         assert (rows["matched_position"].to_numpy() == argmin).all()
         members = d.min(-1).values.numpy() <= eps
         assert s.loc[q, "members_at_query_position"] == pytest.approx(float((argmin[members] == q_pos).mean()))
+        # the AUROC of each kind of member (matching at the query's position / elsewhere)
+        # against all non-members, by counting pairs
+        logp = rows["logp"].to_numpy()
+        for col, kind in (("auroc_at_query_position", argmin == q_pos), ("auroc_elsewhere", argmin != q_pos)):
+            keep = (members & kind) | ~members
+            if (members & kind).any():
+                assert s.loc[q, col] == pytest.approx(_pairwise_auroc(logp[keep], (members & kind)[keep]))
+            else:
+                assert np.isnan(s.loc[q, col])
     lp = decoder_logprobs(bank, RESID, z[0], candidates[:10])
     assert np.allclose(lp.numpy(), sc[sc["query"] == 0]["logp"].to_numpy()[:10], atol=1e-5)
     png = plot_completeness(res, tmp_path / "c.png", query=0)

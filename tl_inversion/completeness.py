@@ -232,7 +232,10 @@ class CompletenessResult:
             ``members_at_query_position`` (fraction of members whose closest position, the
             arg-min of the membership distance, is the query's own position: low values mean
             most of the preimage matches z_q somewhere else in the input), ``n_scored``
-            (candidates scored by the decoder), ``auroc``, ``blurred`` (the noise flag the
+            (candidates scored by the decoder), ``auroc``, ``auroc_at_query_position`` and
+            ``auroc_elsewhere`` (the scored members matching at the query's position, resp.
+            at another one, each against all scored non-members: which kind of member the
+            decoder misses; NaN where a group is empty), ``blurred`` (the noise flag the
             decoder was conditioned with), ``n_samples``,
             ``n_distinct_samples``, ``sample_faithfulness`` (fraction of samples inside
             epsilon), ``recall`` (distinct members found among the samples / members) and,
@@ -252,6 +255,16 @@ class CompletenessResult:
 def _blurred(bank: Any, blurred: bool | None) -> bool:
     """The condition asked for: ``None`` means blurred exactly when the bank has a noise flag."""
     return bank.noise_flag if blurred is None else bank.check_blurred(blurred)
+
+
+def _auroc_by_match(logp: np.ndarray, member: np.ndarray, at_query: np.ndarray) -> dict[str, float]:
+    """AUROC of the members matching at the query's position, and of those matching
+    elsewhere, each against all scored non-members (NaN where a group is empty)."""
+    out = {}
+    for name, group in (("auroc_at_query_position", member & at_query), ("auroc_elsewhere", member & ~at_query)):
+        keep = group | ~member
+        out[name] = auroc(logp[keep], group[keep])
+    return out
 
 
 def _row_keys(tokens: Tensor) -> list[bytes]:
@@ -390,6 +403,7 @@ def completeness(
             "members_at_query_position": float((at[members] == int(positions[qi])).mean()) if len(members) else float("nan"),
             "n_scored": int(len(chosen)),
             "auroc": auroc(lp.numpy(), member[chosen]),
+            **_auroc_by_match(lp.numpy(), member[chosen], at[chosen] == int(positions[qi])),
             "blurred": blurred,
         }
         if n_samples:

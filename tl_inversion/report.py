@@ -290,7 +290,8 @@ class EvaluationReport:
             if not by_share.empty:
                 parts += ["", "The same rows by the true preimage's share of all inputs (diffuse activations, with "
                           "large preimages, separate least):", "", by_share.astype(object).to_markdown(floatfmt=fmt)]
-            cols = ["site", "position", "text", "n_members", "members_at_query_position", "auroc", "recall",
+            cols = ["site", "position", "text", "n_members", "members_at_query_position", "auroc",
+                    "auroc_at_query_position", "auroc_elsewhere", "recall",
                     "class_recall", "sample_faithfulness"]
             cols = [k for k in cols if k in self.completeness.columns]
             parts += ["", "All rows:", "", self.completeness[cols].to_markdown(index=False, floatfmt=fmt)]
