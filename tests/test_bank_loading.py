@@ -140,7 +140,9 @@ def test_merge_keeps_each_decoder_and_survives_a_round_trip(tmp_path):
     assert [str(s) for s in merged.sites] == [str(s) for s in bank.sites]
     DecoderBank.merge(parts).save(tmp_path / "m")
     loaded = DecoderBank.load(tmp_path / "m", model)
-    assert loaded.meta["topology"] == "per_hook" and len(loaded.meta["merged_from"]) == 2
+    # both parts are pieces of the demo's one training run (same config and steps): one run
+    assert loaded.meta["topology"] == "per_hook" and len(loaded.meta["merged_from"]) == 1
+    assert loaded.meta["merged_from"][0]["sites"] == [str(s) for s in bank.sites]
     z = torch.randn(5, bank.decoders[0].cfg.d_act)
     for site in bank.sites:
         for other in (merged, loaded):
@@ -267,8 +269,9 @@ def test_merge_of_a_selection_keeps_every_training_run():
         [names[0], names[2]], [n for n in names[3:] if n != names[6]], swap]
     assert [p["steps"] for p in combined.meta["merged_from"]] == [100, 103, 7]
     said = _training_noise(combined.meta)
-    assert "train_noise 0.1 (ball) (3 sites)" in said and "train_noise 0.2 (ball) (2 sites)" in said
-    assert "exact activations" in said and "(2 sites)" in said
+    assert said == (f"exact activations (train_noise 0, as the paper) (2 sites: {names[0]}, {names[2]}) and "
+                    f"activations blurred by train_noise 0.1 (ball) (3 sites: {', '.join(names[3:6])}) and "
+                    f"activations blurred by train_noise 0.2 (ball) (2 sites: {names[1]}, {names[6]})")
 
 
 def test_select_refusals_name_the_problem(tmp_path):
@@ -289,3 +292,36 @@ def test_select_refusals_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="share one decoder .*keep all of them or none"):
         shared.select(names[:2])
     assert [str(s) for s in shared.select(names[:3]).sites] == names[:3]
+
+
+def test_select_and_merge_details():
+    """Pieces of one run merge back into one run; a site string works as a list of one; the
+    copy's records are its own; a selection of a mixed merge names its topology; banks of
+    different probed models do not merge."""
+    _, bank, parts = _demo_parts()
+    names = [str(s) for s in bank.sites]
+    with pytest.warns(UserWarning, match="different noise"):
+        merged = DecoderBank.merge(parts)
+    back = DecoderBank.merge([merged.select(drop=[names[1], names[4]]), merged.select([names[1], names[4]])])
+    assert [sorted(r["sites"]) for r in back.training_runs()] == [sorted(names[:3]), sorted(names[3:])]
+    assert [str(s) for s in merged.select(names[2]).sites] == [names[2]]
+    with pytest.raises(ValueError, match=r"sites=\[\] keeps no site"):
+        merged.select([])
+    sel = merged.select(drop=names[0])
+    sel.meta["merged_from"][0]["train_config"]["train_noise"] = 9.0
+    sel.meta["faithfulness"][names[1]] = -1.0
+    assert merged.meta["merged_from"][0]["train_config"]["train_noise"] == 0.0
+    assert merged.meta["faithfulness"][names[1]] == 0.5 + 0.01
+    shared = DecoderBank.create(["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"], {"blocks.0.hook_mlp_out": 8,
+                                "blocks.1.hook_mlp_out": 8}, topology="shared", vocab_size=40, n_ctx=33, bos_id=37,
+                                eos_id=38, pad_id=39, meta=dict(parts[0].meta), d_model=16, n_layers=1, n_heads=2)
+    mixed = DecoderBank.merge([parts[0], shared])
+    assert mixed.topology == "mixed"
+    assert mixed.select(names[:2]).topology == "per_hook"
+    assert mixed.select(["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"]).topology == "shared"
+    with pytest.raises(ValueError, match="share one decoder"):
+        mixed.select(drop="blocks.1.hook_mlp_out")
+    other = DecoderBank(parts[1].decoders, parts[1].groups, parts[1].widths,
+                        {**parts[1].meta, "fingerprint": {"architecture": None, "weights_sha256": "0123abcd"}})
+    with pytest.raises(ValueError, match=r"another probed model \(weights differ"):
+        DecoderBank.merge([parts[0], other])

@@ -35,7 +35,10 @@ def test_sample_errors_are_one_line(capsys, over, message):
     assert main(_sample_args(**over)) == 2
     err = capsys.readouterr().err
     assert message in err
-    assert "Traceback" not in err and err.count("\n") == 1
+    # one error line; a warning before it (the malformed query) is one CLI line too
+    lines = err.splitlines()
+    assert "Traceback" not in err and [x.split(":")[1] for x in lines].count(" error") == 1
+    assert all(x.startswith("tl-inversion sample: ") for x in lines) and len(lines) <= 2
 
 
 def test_sample_prints_the_preimage(capsys, tmp_path):
@@ -155,7 +158,7 @@ def test_ctrl_c_says_how_to_resume(capsys, monkeypatch):
     assert "interrupted (checkpoints are kept: run the same command to resume)" in capsys.readouterr().err
 
 
-def test_select_sites_writes_a_bank_of_the_kept_sites(capsys, tmp_path):
+def test_select_sites_writes_a_bank_of_the_kept_sites(capsys, tmp_path, monkeypatch):
     from tl_inversion.bank import DecoderBank
 
     bank_dir = str(asset_dir() / "decoders")
@@ -179,7 +182,38 @@ def test_select_sites_writes_a_bank_of_the_kept_sites(capsys, tmp_path):
         assert main(["select-sites", "--bank", bank_dir, *args, "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
-    assert main(["select-sites", "--bank", str(tmp_path / "s"), "--sites", names[1], "--out", str(tmp_path / "s")]) == 2
-    assert "is one of the --bank folders" in capsys.readouterr().err
+    for out in (tmp_path / "s", tmp_path):
+        assert main(["select-sites", "--bank", str(tmp_path / "s"), "--sites", names[1], "--out", str(out)]) == 2
+        assert "is or holds the --bank folder" in capsys.readouterr().err
+    keep = tmp_path / "notes"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    monkeypatch.chdir(keep)
+    for out in (keep, keep / "notes.txt", ".", ""):
+        assert main(["select-sites", "--bank", bank_dir, "--sites", names[1], "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "exists and is not an empty folder" in err and err.count("\n") == 1
+    assert (keep / "notes.txt").read_text() == "mine"
+    (tmp_path / "empty").mkdir()
+    assert main(["select-sites", "--bank", bank_dir, "--sites", names[1], "--out", str(tmp_path / "empty")]) == 0
+    assert f"1 site ({names[1]})" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["select-sites", "--bank", bank_dir, "--sites", names[1], "--drop-sites", names[2], "--out", "x"])
+
+
+def test_cli_warnings_are_one_line(capsys, tmp_path):
+    """A merge of banks blurred differently warns in one CLI line, without a source echo."""
+    from tl_inversion.bank import DecoderBank
+
+    _, bank = load_demo()
+    names = [str(s) for s in bank.sites]
+    for i, noise in ((0, 0.0), (1, 0.1)):
+        part = bank.select(drop=names[i])
+        part.meta["train_config"] = {**(part.meta.get("train_config") or {}), "train_noise": noise}
+        part.select(names[2]).save(tmp_path / f"p{i}") if i else part.select(names[1]).save(tmp_path / f"p{i}")
+    assert main(["select-sites", "--bank", str(tmp_path / "p0"), str(tmp_path / "p1"), "--drop-sites", names[1],
+                 "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("tl-inversion select-sites: warning: merging banks trained with different noise")
+    assert err.count("\n") == 1 and "UserWarning" not in err
+    assert [str(s) for s in DecoderBank.load(tmp_path / "o").sites] == [names[2]]

@@ -280,6 +280,9 @@ def test_the_report_says_how_the_decoders_were_blurred():
     merged = {"merged_from": [{"sites": ["a", "b"], "train_config": {"train_noise": 0.0}},
                               {"sites": ["c"], "train_config": {"train_noise": 0.2}},
                               {"sites": ["d"], "train_config": {}}]}
-    assert _training_noise(merged) == f"{exact} (3 sites) and activations blurred by train_noise 0.2 (gaussian) (1 site)"
+    assert _training_noise(merged) == f"{exact} (3 sites: a, b, d) and activations blurred by train_noise 0.2 (gaussian) (1 site: c)"
+    # the evaluated sites only
+    assert _training_noise(merged, ["a", "c"]) == f"{exact} (1 site: a) and activations blurred by train_noise 0.2 (gaussian) (1 site: c)"
+    assert _training_noise(merged, ["b", "d"]) == exact
     same = {"merged_from": [{"sites": ["a"], "train_config": {"train_noise": 0.1}}, {"sites": ["b"], "train_config": {"train_noise": 0.1}}]}
     assert _training_noise(same) == "activations blurred by train_noise 0.1 (gaussian)"

@@ -19,6 +19,7 @@ written atomically.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import math
@@ -152,7 +153,8 @@ class DecoderBank:
 
         Raises:
             ValueError: fewer than two banks, a site in two banks, banks of different
-                tasks (vocabulary hash, special ids, n_ctx) or architectures, or banks with
+                tasks (vocabulary hash, special ids, n_ctx), architectures, weights or weight
+                processing (another probed model), or banks with
                 and without a noise flag.
             ModelMismatchError: ``model`` is given and a bank was trained on another model.
         """
@@ -170,10 +172,15 @@ class DecoderBank:
             for key in ("task", "special_ids"):
                 if b.meta.get(key) != first.get(key):
                     raise ValueError(f"bank {i} was trained on another task: {key} {b.meta.get(key)!r} vs {first.get(key)!r}")
-            a0 = first.get("fingerprint", {}).get("architecture")
-            ai = b.meta.get("fingerprint", {}).get("architecture")
-            if a0 != ai:
-                raise ValueError(f"bank {i} was trained on a model of another architecture: {ai} vs {a0}")
+            f0, fi = first.get("fingerprint", {}), b.meta.get("fingerprint", {})
+            if f0.get("architecture") != fi.get("architecture"):
+                raise ValueError(f"bank {i} was trained on a model of another architecture: "
+                                 f"{fi.get('architecture')} vs {f0.get('architecture')}")
+            for key, what in (("weights_sha256", "weights"), ("processing", "weight processing")):
+                if f0.get(key) != fi.get(key):
+                    raise ValueError(f"bank {i} was trained on another probed model ({what} differ: "
+                                     f"{str(fi.get(key))[:40]} vs {str(f0.get(key))[:40]}); merge only banks "
+                                     "of one model")
         flags = [b.noise_flag for b in banks]
         if len(set(flags)) > 1:
             def name(i: int) -> str:
@@ -183,12 +190,18 @@ class DecoderBank:
                              f"(--train-noise-flag), {'; '.join(name(i) for i, f in enumerate(flags) if not f)} "
                              "without; a bank conditions all its decoders one way, so merge only banks trained alike")
         # a merged input contributes its own parts, so merges of merges keep every run's config
-        parts = [part for b in banks for part in b.training_runs()]
+        parts: list[dict[str, Any]] = []
+        for part in (p for b in banks for p in b.training_runs()):
+            same = [q for q in parts if (q["train_config"], q["steps"]) == (part["train_config"], part["steps"])]
+            if same:  # two pieces of one run (e.g. two selections of one bank) are one run
+                same[0]["sites"] = same[0]["sites"] + part["sites"]
+            else:
+                parts.append(part)
         noise = {(c.get("train_noise", 0.0), c.get("train_noise_shape", "gaussian") if c.get("train_noise") else None)
                  for c in (p.get("train_config") or {} for p in parts)}
         if len(noise) > 1:
             warnings.warn(f"merging banks trained with different noise (train_noise, shape): {sorted(noise, key=str)}; "
-                          "their decoders' log-probabilities are not on one footing (the report lists each)", stacklevel=2)
+                          "their decoders' log-probabilities are not on one footing (an evaluate report names each setting's sites)", stacklevel=2)
         if model is not None:
             for b in banks:
                 b.check_model(model)
@@ -207,21 +220,23 @@ class DecoderBank:
 
     def training_runs(self) -> list[dict[str, Any]]:
         """The training runs behind this bank: ``[{"sites", "train_config", "steps"}]``, one
-        entry per run (a merged bank lists the runs it was merged from)."""
+        entry per run (a merged bank lists the runs it was merged from; :meth:`merge` takes
+        entries with equal ``train_config`` and ``steps`` for one run)."""
         if self.meta.get("merged_from"):
-            return [dict(p) for p in self.meta["merged_from"]]
+            return copy.deepcopy(self.meta["merged_from"])
         return [{"sites": [str(s) for s in self.sites], "train_config": self.meta.get("train_config"),
                  "steps": self.meta.get("steps")}]
 
     def select(self, sites: Sequence[SiteLike] | None = None, *, drop: Sequence[SiteLike] | None = None) -> "DecoderBank":
         """A bank of some of this bank's sites (the decoders are shared, not copied).
 
-        With :meth:`merge` this combines runs: e.g. keep an earlier run's decoders for most
-        sites and a newer run's for a few (``old.select(drop=new.sites)`` merged with ``new``).
+        With :meth:`merge` this combines runs: to use a newer run ``new`` for some of the
+        sites of ``old``, merge ``old.select(drop=new.sites)`` with ``new`` (``new`` then
+        covers only sites ``old`` has; for others, drop only the shared ones).
 
         Args:
-            sites: the sites to keep (default: all); give this or ``drop``, not both.
-            drop: the sites to leave out.
+            sites: the sites to keep (a site string or a list); give this or ``drop``, not both.
+            drop: the sites to leave out (a site string or a list).
 
         Returns:
             A bank with the kept decoders in this bank's order; the per-site records
@@ -236,25 +251,30 @@ class DecoderBank:
         """
         if (sites is None) == (drop is None):
             raise ValueError("give the sites to keep (sites=...) or the sites to leave out (drop=...), not both or neither")
+        given = sites if sites is not None else drop
         named = set()
-        for s in sites if sites is not None else drop:
+        for s in [given] if isinstance(given, (str, Site)) else given:
             self.lookup(s)  # a SiteError listing the bank's sites for one it lacks
             named.add(str(parse_site(s)))
         keep = named if sites is not None else {str(s) for s in self.sites} - named
         if not keep:
-            raise ValueError(f"nothing left: dropping {sorted(named)} removes every site of the bank")
+            raise ValueError("sites=[] keeps no site" if sites is not None
+                             else f"nothing left: dropping {sorted(named)} removes every site of the bank")
         decoders, groups = [], []
         for dec, group in zip(self.decoders, self.groups):
             kept = [s for s in group if str(s) in keep]
             if kept and len(kept) < len(group):
                 raise ValueError(
-                    f"sites {', '.join(str(s) for s in group)} share one decoder ({self.topology} topology); "
+                    f"sites {', '.join(str(s) for s in group)} share one decoder (trained with topology 'shared'); "
                     f"keep all of them or none (asked to keep only {', '.join(str(s) for s in kept)})"
                 )
             if kept:
                 decoders.append(dec)
                 groups.append(list(group))
-        meta = dict(self.meta)
+        meta = copy.deepcopy(self.meta)
+        if meta.get("topology") == "mixed":
+            meta["topology"] = ("per_hook" if all(len(g) == 1 for g in groups)
+                                else "shared" if len(groups) == 1 else "mixed")
         for key in ("probe", "faithfulness", "site_stats"):
             if isinstance(meta.get(key), dict):
                 meta[key] = {k: v for k, v in meta[key].items() if k in keep}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -199,13 +200,19 @@ def cmd_select_sites(args: argparse.Namespace) -> int:
 
     from .bank import DecoderBank
 
-    if Path(args.out).resolve() in {Path(b).resolve() for b in args.bank}:
-        raise ValueError(f"--out {args.out} is one of the --bank folders; write the selection to a new folder")
+    out = Path(args.out).resolve()
+    for b in args.bank:
+        if out == Path(b).resolve() or out in Path(b).resolve().parents:
+            raise ValueError(f"--out {args.out} is or holds the --bank folder {b}; write the selection to a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {args.out} exists and is not an empty folder; select-sites writes a new folder "
+                         "and replaces nothing: give a new path")
     banks = [DecoderBank.load(b) for b in args.bank]
     bank = banks[0] if len(banks) == 1 else DecoderBank.merge(banks)
     bank = bank.select(args.sites, drop=args.drop_sites)
     bank.save(args.out, dtype=getattr(torch, args.save_dtype))
-    print(f"wrote {args.out}: {len(bank.sites)} sites ({', '.join(str(s) for s in bank.sites)})")
+    n = len(bank.sites)
+    print(f"wrote {args.out}: {n} site{'' if n == 1 else 's'} ({', '.join(str(s) for s in bank.sites)})")
     return 0
 
 
@@ -322,8 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--sites", nargs="+", help="the sites to keep")
     which.add_argument("--drop-sites", nargs="+", help="the sites to leave out")
     p.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
-                   help="dtype of the new bank on disk (default: %(default)s)")
-    p.add_argument("--out", required=True, help="folder of the new bank (not one of the --bank folders)")
+                   help="dtype of the new bank on disk (float16 inputs are stored as float32 unless this says "
+                        "float16) (default: %(default)s)")
+    p.add_argument("--out", required=True, help="a new (or empty) folder for the new bank; nothing is replaced")
     p.set_defaults(func=cmd_select_sites)
 
     p = sub.add_parser("evaluate", help="faithfulness, feature consistency and completeness per site and position: a report")
@@ -363,8 +371,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .tasks.base import PositionError
 
     args = build_parser().parse_args(argv)
+
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        """This package's warnings (UserWarning) as one CLI line without a source echo."""
+        if issubclass(category, UserWarning):
+            print(f"tl-inversion {args.command}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line
+            return int(args.func(args) or 0)
     except ModelMismatchError as e:
         if hasattr(args, "allow_mismatch"):
             msg = str(e).replace("pass allow_mismatch=True", "pass --allow-mismatch")

@@ -629,7 +629,7 @@ def evaluate(
         "metric": metric, "n_faithfulness": n_faithfulness, "n_queries": n_queries,
         "pool_per_query": 64 * len(schedule) * n_repeats, "n_candidates": n_candidates, "min_members": plan.min_members,
         "max_candidates": max_candidates, "seed": seed, "device": str(hooked.model_device(model)),
-        "training_noise": _training_noise(bank.meta), "noise_flag": bank.noise_flag,
+        "training_noise": _training_noise(bank.meta, [str(x) for x in use_sites]), "noise_flag": bank.noise_flag,
         "completeness_blurred": bank.noise_flag if blurred is None else blurred,
     }
     return EvaluationReport(
@@ -665,9 +665,9 @@ def _bos_samples(bank: Any, model: Any, task: Any, site: Any, one_input: Tensor,
     return samples[task.is_valid(samples)]
 
 
-def _training_noise(meta: dict[str, Any]) -> str:
-    """How a bank's decoders were conditioned in training, in words (per setting with its
-    number of sites when merged banks differ)."""
+def _training_noise(meta: dict[str, Any], sites: list[str] | None = None) -> str:
+    """How a bank's decoders were conditioned in training, in words; when the sites (all, or
+    those of ``sites``) were trained differently, each setting with its sites."""
 
     def say(c: dict[str, Any]) -> str:
         if not c.get("train_noise"):
@@ -675,12 +675,15 @@ def _training_noise(meta: dict[str, Any]) -> str:
         flag = " with the noise flag" if c.get("train_noise_flag") else ""
         return f"activations blurred by train_noise {c['train_noise']:g} ({c.get('train_noise_shape', 'gaussian')}){flag}"
 
-    counts: Counter[str] = Counter()
-    for m in meta.get("merged_from", []):
-        counts[say(m.get("train_config") or {})] += len(m.get("sites") or [])
-    if len(counts) > 1:
-        return " and ".join(f"{p} ({n} site{'' if n == 1 else 's'})" for p, n in counts.items())
-    return next(iter(counts)) if counts else say(meta.get("train_config") or {})
+    runs = meta.get("merged_from") or [{"sites": sites or [], "train_config": meta.get("train_config")}]
+    by_setting: dict[str, list[str]] = {}
+    for run in runs:
+        kept = [s for s in run.get("sites") or [] if sites is None or s in sites]
+        if kept or len(runs) == 1:
+            by_setting.setdefault(say(run.get("train_config") or {}), []).extend(kept)
+    if len(by_setting) > 1:
+        return " and ".join(f"{p} ({len(v)} site{'' if len(v) == 1 else 's'}: {', '.join(v)})" for p, v in by_setting.items())
+    return next(iter(by_setting)) if by_setting else say(meta.get("train_config") or {})
 
 
 def _agreement(fn: Feature, samples: Tensor, queries: Tensor) -> float:
