@@ -325,3 +325,16 @@ def test_select_and_merge_details():
                         {**parts[1].meta, "fingerprint": {"architecture": None, "weights_sha256": "0123abcd"}})
     with pytest.raises(ValueError, match=r"another probed model \(weights differ"):
         DecoderBank.merge([parts[0], other])
+
+
+def test_a_negative_head_counts_from_the_last_head():
+    """As the README says for sites: [-1] is the probed model's last head (the demo model has
+    one head per layer, so [-1] is [0]); [-2] does not exist there."""
+    from tl_inversion.demo import load_demo
+
+    _, bank = load_demo()
+    assert bank.meta["fingerprint"]["architecture"]["n_heads"] == 1
+    assert bank.lookup("blocks.1.attn.hook_result[-1]") == bank.lookup("blocks.1.attn.hook_result[0]")
+    assert [str(s) for s in bank.select("blocks.0.attn.hook_result[-1]").sites] == ["blocks.0.attn.hook_result[0]"]
+    with pytest.raises(SiteError, match=r"no decoder for site 'blocks.1.attn.hook_result\[-2\]'"):
+        bank.lookup("blocks.1.attn.hook_result[-2]")

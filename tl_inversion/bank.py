@@ -255,7 +255,7 @@ class DecoderBank:
         named = set()
         for s in [given] if isinstance(given, (str, Site)) else given:
             self.lookup(s)  # a SiteError listing the bank's sites for one it lacks
-            named.add(str(parse_site(s)))
+            named.add(str(self._parse(s)))
         keep = named if sites is not None else {str(s) for s in self.sites} - named
         if not keep:
             raise ValueError("sites=[] keeps no site" if sites is not None
@@ -299,13 +299,22 @@ class DecoderBank:
         """Device of the (first) decoder's parameters."""
         return next(self.decoders[0].parameters()).device
 
+    def _parse(self, site: SiteLike) -> Site:
+        """``site`` parsed, a negative head counted from the last head of the probed model."""
+        site = parse_site(site)
+        n_heads = (self.meta.get("fingerprint") or {}).get("architecture", {}).get("n_heads")
+        if site.head is not None and site.head < 0 and isinstance(n_heads, int) and site.head >= -n_heads:
+            site = Site(site.hook, site.head + n_heads)
+        return site
+
     def lookup(self, site: SiteLike) -> tuple[Decoder, int]:
-        """The decoder covering ``site`` and the site's embedding row in it.
+        """The decoder covering ``site`` and the site's embedding row in it (a negative head
+        index counts from the probed model's last head, as in :func:`~tl_inversion.sites.validate_site`).
 
         Raises:
             SiteError: the bank has no decoder for that site (the message lists its sites).
         """
-        site = parse_site(site)
+        site = self._parse(site)
         for dec, group in zip(self.decoders, self.groups):
             if site in group:
                 return dec, group.index(site)
