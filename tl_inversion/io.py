@@ -15,12 +15,32 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a folder tree at ``path`` if there is one."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give (``0o666`` less the
+    umask), not the owner-only ones of a temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -39,19 +59,21 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def atomic_write_dir(path: str | Path, fill: Callable[[Path], None]) -> Path:
     """Build a folder with ``fill(tmp_folder)``, then move it into place at ``path``.
 
-    An existing folder at ``path`` is replaced only after the new one is complete.
+    An existing folder (or file) at ``path`` is replaced only after the new one is complete.
+    The folder gets the permissions of a plain ``mkdir`` (``0o777`` less the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         fill(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
             os.replace(path, old)
             os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         else:
             os.replace(tmp, path)
     except BaseException:
