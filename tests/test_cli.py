@@ -171,6 +171,13 @@ def test_select_sites_writes_a_bank_of_the_kept_sites(capsys, tmp_path, monkeypa
                  "--out", str(tmp_path / "one")]) == 0
     one = DecoderBank.load(tmp_path / "one")
     assert [str(s) for s in one.sites] == [names[2]]
+    # without --save-dtype the input's own dtype is kept: float16 stays float16
+    from safetensors import safe_open
+
+    assert main(["select-sites", "--bank", str(tmp_path / "one"), "--sites", names[2], "--out", str(tmp_path / "one16")]) == 0
+    with safe_open(str(tmp_path / "one16" / "decoders.safetensors"), "pt") as f:
+        kinds = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert "F16" in kinds and "F32" not in kinds
     ref = bank.lookup(names[2])[0].state_dict()
     for k, v in one.decoders[0].state_dict().items():
         if v.is_floating_point():

@@ -195,6 +195,21 @@ def _check_out_dir(path: str, flag: str) -> None:
             break
 
 
+def _stored_dtype(folder: str) -> str:
+    """The floating dtype a bank folder's weights are stored in (``"float32"`` if none is)."""
+    from safetensors import safe_open
+
+    from .bank import WEIGHTS
+
+    names = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
+    with safe_open(str(Path(folder) / WEIGHTS), "pt") as f:
+        for key in f.keys():
+            kind = f.get_slice(key).get_dtype()
+            if kind in names:
+                return names[kind]
+    return "float32"
+
+
 def cmd_select_sites(args: argparse.Namespace) -> int:
     import torch
 
@@ -210,7 +225,9 @@ def cmd_select_sites(args: argparse.Namespace) -> int:
     banks = [DecoderBank.load(b) for b in args.bank]
     bank = banks[0] if len(banks) == 1 else DecoderBank.merge(banks)
     bank = bank.select(args.sites, drop=args.drop_sites)
-    bank.save(args.out, dtype=getattr(torch, args.save_dtype))
+    stored = {_stored_dtype(b) for b in args.bank}
+    dtype = args.save_dtype or (stored.pop() if len(stored) == 1 else "float32")
+    bank.save(args.out, dtype=getattr(torch, dtype))
     n = len(bank.sites)
     print(f"wrote {args.out}: {n} site{'' if n == 1 else 's'} ({', '.join(str(s) for s in bank.sites)})")
     return 0
@@ -328,9 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--sites", nargs="+", help="the sites to keep")
     which.add_argument("--drop-sites", nargs="+", help="the sites to leave out")
-    p.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
-                   help="dtype of the new bank on disk (float16 inputs are stored as float32 unless this says "
-                        "float16) (default: %(default)s)")
+    p.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="dtype of the new bank on disk (default: the --bank folders' own when they agree, "
+                        "else float32)")
     p.add_argument("--out", required=True, help="a new (or empty) folder for the new bank; nothing is replaced")
     p.set_defaults(func=cmd_select_sites)
 
