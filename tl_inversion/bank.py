@@ -302,7 +302,7 @@ class DecoderBank:
     def _parse(self, site: SiteLike) -> Site:
         """``site`` parsed, a negative head counted from the last head of the probed model."""
         site = parse_site(site)
-        n_heads = (self.meta.get("fingerprint") or {}).get("architecture", {}).get("n_heads")
+        n_heads = ((self.meta.get("fingerprint") or {}).get("architecture") or {}).get("n_heads")
         if site.head is not None and site.head < 0 and isinstance(n_heads, int) and site.head >= -n_heads:
             site = Site(site.hook, site.head + n_heads)
         return site

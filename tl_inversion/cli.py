@@ -213,8 +213,6 @@ def _stored_dtype(folder: str) -> str:
 def cmd_select_sites(args: argparse.Namespace) -> int:
     import torch
 
-    from .bank import DecoderBank
-
     out = Path(args.out).resolve()
     for b in args.bank:
         if out == Path(b).resolve() or out in Path(b).resolve().parents:
@@ -222,8 +220,7 @@ def cmd_select_sites(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out {args.out} exists and is not an empty folder; select-sites writes a new folder "
                          "and replaces nothing: give a new path")
-    banks = [DecoderBank.load(b) for b in args.bank]
-    bank = banks[0] if len(banks) == 1 else DecoderBank.merge(banks)
+    _, bank = _read_banks(args.bank)
     bank = bank.select(args.sites, drop=args.drop_sites)
     stored = {_stored_dtype(b) for b in args.bank}
     dtype = args.save_dtype or (stored.pop() if len(stored) == 1 else "float32")
