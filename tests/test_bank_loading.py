@@ -307,6 +307,8 @@ def test_select_and_merge_details():
     assert [str(s) for s in merged.select(names[2]).sites] == [names[2]]
     with pytest.raises(ValueError, match=r"sites=\[\] keeps no site"):
         merged.select([])
+    with pytest.raises(TypeError, match="a site string or a list of them, got int"):
+        merged.select(3)
     sel = merged.select(drop=names[0])
     sel.meta["merged_from"][0]["train_config"]["train_noise"] = 9.0
     sel.meta["faithfulness"][names[1]] = -1.0

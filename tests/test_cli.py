@@ -58,8 +58,10 @@ def test_malformed_query_warns():
 
 def test_evaluate_writes_a_report(capsys, tmp_path):
     site = "blocks.1.attn.hook_result[0]"
+    # [-1]: the last head (the demo model has one per layer), reported as [0]
     args = ["evaluate", "--model", str(asset_dir() / "probed"), "--bank", str(asset_dir() / "decoders"),
-            "--task", "counting", "--out", str(tmp_path / "rep"), "--sites", site, "--n-faithfulness", "6",
+            "--task", "counting", "--out", str(tmp_path / "rep"), "--sites", "blocks.1.attn.hook_result[-1]",
+            "--n-faithfulness", "6",
             "--n-queries", "2", "--positions", ":"]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -196,7 +198,8 @@ def test_select_sites_writes_a_bank_of_the_kept_sites(capsys, tmp_path, monkeypa
     keep.mkdir()
     (keep / "notes.txt").write_text("mine")
     monkeypatch.chdir(keep)
-    for out in (keep, keep / "notes.txt", ".", ""):
+    (keep / "dangling").symlink_to(tmp_path / "nowhere")
+    for out in (keep, keep / "notes.txt", ".", "", keep / "dangling"):
         assert main(["select-sites", "--bank", bank_dir, "--sites", names[1], "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert "exists and is not an empty folder" in err and err.count("\n") == 1

@@ -25,10 +25,15 @@ def test_written_files_and_folders_get_plain_permissions(tmp_path, umask_022):
 
     def fill(d):
         atomic_write_bytes(d / "inner.json", b"{}")
+        (d / "sub").mkdir(mode=0o700)
+        with os.fdopen(os.open(d / "sub" / "weights", os.O_CREAT | os.O_WRONLY, 0o600), "wb") as f:
+            f.write(b"w")  # as safetensors' save_file does: owner-only
 
     atomic_write_dir(tmp_path / "bank", fill)
     assert stat.S_IMODE((tmp_path / "bank").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "bank" / "inner.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "bank" / "sub").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "bank" / "sub" / "weights").stat().st_mode) == 0o644
 
 
 def test_replacing_leaves_only_the_new_folder(tmp_path):

@@ -252,10 +252,12 @@ class DecoderBank:
         if (sites is None) == (drop is None):
             raise ValueError("give the sites to keep (sites=...) or the sites to leave out (drop=...), not both or neither")
         given = sites if sites is not None else drop
+        if not isinstance(given, (str, Site)) and not hasattr(given, "__iter__"):
+            raise TypeError(f"sites / drop take a site string or a list of them, got {type(given).__name__}")
         named = set()
         for s in [given] if isinstance(given, (str, Site)) else given:
             self.lookup(s)  # a SiteError listing the bank's sites for one it lacks
-            named.add(str(self._parse(s)))
+            named.add(str(self.resolve_site(s)))
         keep = named if sites is not None else {str(s) for s in self.sites} - named
         if not keep:
             raise ValueError("sites=[] keeps no site" if sites is not None
@@ -299,8 +301,12 @@ class DecoderBank:
         """Device of the (first) decoder's parameters."""
         return next(self.decoders[0].parameters()).device
 
-    def _parse(self, site: SiteLike) -> Site:
-        """``site`` parsed, a negative head counted from the last head of the probed model."""
+    def resolve_site(self, site: SiteLike) -> Site:
+        """``site`` parsed, a negative head index counted from the probed model's last head.
+
+        Raises:
+            SiteError: ``site`` is not a site string (the bank need not cover it).
+        """
         site = parse_site(site)
         n_heads = ((self.meta.get("fingerprint") or {}).get("architecture") or {}).get("n_heads")
         if site.head is not None and site.head < 0 and isinstance(n_heads, int) and site.head >= -n_heads:
@@ -314,7 +320,7 @@ class DecoderBank:
         Raises:
             SiteError: the bank has no decoder for that site (the message lists its sites).
         """
-        site = self._parse(site)
+        site = self.resolve_site(site)
         for dec, group in zip(self.decoders, self.groups):
             if site in group:
                 return dec, group.index(site)

@@ -216,9 +216,9 @@ def cmd_select_sites(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     for b in args.bank:
         if out == Path(b).resolve() or out in Path(b).resolve().parents:
-            raise ValueError(f"--out {args.out} is or holds the --bank folder {b}; write the selection to a new folder")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"--out {args.out} exists and is not an empty folder; select-sites writes a new folder "
+            raise ValueError(f"--out {args.out!r} is or holds the --bank folder {b}; write the selection to a new folder")
+    if Path(args.out).is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
+        raise ValueError(f"--out {args.out!r} exists and is not an empty folder; select-sites writes a new folder "
                          "and replaces nothing: give a new path")
     _, bank = _read_banks(args.bank)
     bank = bank.select(args.sites, drop=args.drop_sites)

@@ -60,14 +60,19 @@ def atomic_write_dir(path: str | Path, fill: Callable[[Path], None]) -> Path:
     """Build a folder with ``fill(tmp_folder)``, then move it into place at ``path``.
 
     An existing folder (or file) at ``path`` is replaced only after the new one is complete.
-    The folder gets the permissions of a plain ``mkdir`` (``0o777`` less the umask).
+    The folder and what ``fill`` wrote get the permissions of a plain ``mkdir`` / ``open``
+    (``0o777`` / ``0o666`` less the umask), whatever the writer used (``tempfile`` and
+    safetensors' ``save_file`` create owner-only ones).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
         fill(tmp)
+        mask = _umask()
+        for p in (tmp, *tmp.rglob("*")):
+            if not p.is_symlink():
+                os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             _remove(old)

@@ -41,7 +41,6 @@ from .completeness import completeness, plot_completeness, preimage_distances_by
 from .distance import default_epsilon
 from .evaluation import baseline_consistency, feature_consistency
 from .sampling import PAPER_SCHEDULE, check_query_positions, sample_many
-from .sites import parse_site
 from .tasks import as_task
 from .tasks.base import PositionError
 from .training import measure_faithfulness, sample_positions
@@ -535,7 +534,7 @@ def evaluate(
             task.resolve_position(cq, p)
     bank.check_model(model)
     bank.check_task(task)
-    use_sites = list(bank.sites) if sites is None else [parse_site(s) for s in sites]
+    use_sites = list(bank.sites) if sites is None else [bank.resolve_site(s) for s in sites]
     for s in use_sites:
         bank.lookup(s)  # SiteError listing the bank's sites
     g = torch.Generator().manual_seed(seed)
