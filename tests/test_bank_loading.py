@@ -268,7 +268,7 @@ def test_merge_of_a_selection_keeps_every_training_run():
     assert [p["sites"] for p in combined.meta["merged_from"]] == [
         [names[0], names[2]], [n for n in names[3:] if n != names[6]], swap]
     assert [p["steps"] for p in combined.meta["merged_from"]] == [100, 103, 7]
-    said = _training_noise(combined.meta)
+    said = _training_noise(combined.training_runs())
     assert said == (f"exact activations (train_noise 0, as the paper) (2 sites: {names[0]}, {names[2]}) and "
                     f"activations blurred by train_noise 0.1 (ball) (3 sites: {', '.join(names[3:6])}) and "
                     f"activations blurred by train_noise 0.2 (ball) (2 sites: {names[1]}, {names[6]})")

@@ -273,16 +273,17 @@ def test_the_report_says_how_the_decoders_were_blurred():
     from tl_inversion.report import _training_noise
 
     exact = "exact activations (train_noise 0, as the paper)"
-    assert _training_noise({"train_config": {"train_noise": 0.0}}) == exact
-    assert _training_noise({}) == exact  # a bank from before the key existed
-    assert _training_noise({"train_config": {"train_noise": 0.1, "train_noise_shape": "ball", "train_noise_flag": True}}) \
+    assert _training_noise([{"sites": ["a"], "train_config": {"train_noise": 0.0}}]) == exact
+    assert _training_noise([{"sites": ["a"], "train_config": None}]) == exact  # a bank from before the key existed
+    assert _training_noise([{"sites": ["a"], "train_config": {"train_noise": 0.1, "train_noise_shape": "ball",
+                                                              "train_noise_flag": True}}]) \
         == "activations blurred by train_noise 0.1 (ball) with the noise flag"
-    merged = {"merged_from": [{"sites": ["a", "b"], "train_config": {"train_noise": 0.0}},
-                              {"sites": ["c"], "train_config": {"train_noise": 0.2}},
-                              {"sites": ["d"], "train_config": {}}]}
+    merged = [{"sites": ["a", "b"], "train_config": {"train_noise": 0.0}},
+              {"sites": ["c"], "train_config": {"train_noise": 0.2}},
+              {"sites": ["d"], "train_config": {}}]
     assert _training_noise(merged) == f"{exact} (3 sites: a, b, d) and activations blurred by train_noise 0.2 (gaussian) (1 site: c)"
     # the evaluated sites only
     assert _training_noise(merged, ["a", "c"]) == f"{exact} (1 site: a) and activations blurred by train_noise 0.2 (gaussian) (1 site: c)"
     assert _training_noise(merged, ["b", "d"]) == exact
-    same = {"merged_from": [{"sites": ["a"], "train_config": {"train_noise": 0.1}}, {"sites": ["b"], "train_config": {"train_noise": 0.1}}]}
+    same = [{"sites": ["a"], "train_config": {"train_noise": 0.1}}, {"sites": ["b"], "train_config": {"train_noise": 0.1}}]
     assert _training_noise(same) == "activations blurred by train_noise 0.1 (gaussian)"

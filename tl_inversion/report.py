@@ -627,7 +627,7 @@ def evaluate(
         "metric": metric, "n_faithfulness": n_faithfulness, "n_queries": n_queries,
         "pool_per_query": 64 * len(schedule) * n_repeats, "n_candidates": n_candidates, "min_members": plan.min_members,
         "max_candidates": max_candidates, "seed": seed, "device": str(hooked.model_device(model)),
-        "training_noise": _training_noise(bank.meta, [str(x) for x in use_sites]), "noise_flag": bank.noise_flag,
+        "training_noise": _training_noise(bank.training_runs(), [str(x) for x in use_sites]), "noise_flag": bank.noise_flag,
         "completeness_blurred": bank.noise_flag if blurred is None else blurred,
     }
     return EvaluationReport(
@@ -663,9 +663,10 @@ def _bos_samples(bank: Any, model: Any, task: Any, site: Any, one_input: Tensor,
     return samples[task.is_valid(samples)]
 
 
-def _training_noise(meta: dict[str, Any], sites: list[str] | None = None) -> str:
-    """How a bank's decoders were conditioned in training, in words; when the sites (all, or
-    those of ``sites``) were trained differently, each setting with its sites."""
+def _training_noise(runs: list[dict[str, Any]], sites: list[str] | None = None) -> str:
+    """How decoders were conditioned in training, in words, from a bank's
+    :meth:`~tl_inversion.bank.DecoderBank.training_runs`; when the sites (all, or those of
+    ``sites``) were trained differently, each setting with its sites."""
 
     def say(c: dict[str, Any]) -> str:
         if not c.get("train_noise"):
@@ -673,15 +674,14 @@ def _training_noise(meta: dict[str, Any], sites: list[str] | None = None) -> str
         flag = " with the noise flag" if c.get("train_noise_flag") else ""
         return f"activations blurred by train_noise {c['train_noise']:g} ({c.get('train_noise_shape', 'gaussian')}){flag}"
 
-    runs = meta.get("merged_from") or [{"sites": sites or [], "train_config": meta.get("train_config")}]
     by_setting: dict[str, list[str]] = {}
     for run in runs:
         kept = [s for s in run.get("sites") or [] if sites is None or s in sites]
-        if kept or len(runs) == 1:
+        if kept:
             by_setting.setdefault(say(run.get("train_config") or {}), []).extend(kept)
     if len(by_setting) > 1:
         return " and ".join(f"{p} ({len(v)} site{'' if len(v) == 1 else 's'}: {', '.join(v)})" for p, v in by_setting.items())
-    return next(iter(by_setting)) if by_setting else say(meta.get("train_config") or {})
+    return next(iter(by_setting)) if by_setting else say({})
 
 
 def _agreement(fn: Feature, samples: Tensor, queries: Tensor) -> float:
