@@ -334,7 +334,7 @@ def test_perturb_ball_is_uniform_in_the_ball():
     assert q.tolist() == pytest.approx([0.1 ** 0.25, 0.5 ** 0.25], abs=0.01)  # 0.5623, 0.8409
     n = (out - z) / (out - z).norm(dim=-1, keepdim=True)
     assert float(n.mean(0).abs().max()) < 0.02
-    with pytest.raises(ValueError, match=r"noise shape must be one of \('gaussian', 'ball'\), got 'cube'"):
+    with pytest.raises(ValueError, match=r"noise shape must be one of \('gaussian', 'ball', 'preimage'\), got 'cube'"):
         perturb(z, 0.1, torch.Generator(), "cube")
     with pytest.raises(ValueError, match="train_noise_shape must be one of"):
         _cfg(train_noise_shape="cube")
@@ -360,6 +360,10 @@ def test_training_with_noise_resumes_and_old_checkpoints_still_resume(counting_m
     # the shape reaches the training step: ball noise gives other weights than gaussian noise
     ball = train(counting_model, task, tr, te, _cfg(train_noise=0.1, train_noise_shape="ball"), progress=False)
     assert any(not torch.equal(v, ball.bank.state_dict()[k]) for k, v in full.bank.state_dict().items())
+    pre = train(counting_model, task, tr, te, _cfg(train_noise=0.1, train_noise_shape="preimage"), progress=False)
+    assert any(not torch.equal(v, pre.bank.state_dict()[k]) for k, v in ball.bank.state_dict().items())
+    with pytest.raises(ValueError, match=r"train_noise_shape 'preimage' needs train_noise < 1 .* got 1.0"):
+        _cfg(train_noise=1.0, train_noise_shape="preimage")
     # a checkpoint written before train_noise existed resumes as a noise-free run
     train(counting_model, task, tr, te, _cfg(steps=2), out_dir=tmp_path / "c", progress=False)
     ckpt = latest_checkpoint(tmp_path / "c")

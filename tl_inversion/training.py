@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from . import hooked
 from .bank import BANK_JSON, WEIGHTS, DecoderBank
 from .devices import resolve_device
+from .noise import NOISE_SHAPES, perturb
 from .io import atomic_write_dir, atomic_write_json, plain_bool, plain_number
 from .sites import Site, parse_sites, validate_sites
 from .stacking import stack_same_shaped
@@ -51,7 +52,6 @@ from .verify import membership
 
 LATEST = "latest.json"
 LOG_EVERY = 50  # steps between log records (losses are read from the GPU only then)
-NOISE_SHAPES = ("gaussian", "ball")  # of train_noise (see perturb)
 
 
 @dataclass
@@ -78,9 +78,11 @@ class TrainConfig:
             smoothed posterior whose ``log p(x | z_q)`` falls with D(x, z_q), so near the
             epsilon boundary members outrank non-members (completeness AUROC) instead of
             both being unseen (see :func:`perturb`).
-        train_noise_shape: ``"gaussian"`` (the above, default) or ``"ball"`` (noise uniform
-            in the ball of radius ``train_noise * ||z||``: the decoder is trained towards the
-            uniform distribution over the inputs within ``train_noise`` of the condition).
+        train_noise_shape: ``"gaussian"`` (the above, default), ``"ball"`` (noise uniform
+            in the ball of radius ``train_noise * ||z||``; its posterior weights inputs by
+            ``||f||^-d``) or ``"preimage"`` (the kernel whose posterior is uniform over the
+            ``train_noise``-preimage of the condition; needs ``train_noise < 1``). See
+            :mod:`tl_inversion.noise`.
         train_noise_flag: with ``train_noise``: blur only a random half of the rows and tell
             the decoder which (a noise-flag column, :meth:`DecoderBank.pad`), so one
             network learns both the exact posterior (flag 0: sampling, faithfulness) and
@@ -177,6 +179,9 @@ class TrainConfig:
                              f"0: none; above 1 the noise outweighs the activation), got {self.train_noise}")
         if self.train_noise_shape not in NOISE_SHAPES:
             raise ValueError(f"train_noise_shape must be one of {NOISE_SHAPES}, got {self.train_noise_shape!r}")
+        if self.train_noise_shape == "preimage" and self.train_noise >= 1:
+            raise ValueError("train_noise_shape 'preimage' needs train_noise < 1 (its radius, in units of D; "
+                             f"epsilon is 0.1), got {self.train_noise}")
         if self.train_noise_flag and self.train_noise == 0:
             raise ValueError("train_noise_flag (CLI --train-noise-flag) needs a train_noise > 0 (CLI --train-noise): "
                              "the flag tells the decoder which rows are blurred; with no noise there is nothing to flag")
@@ -237,52 +242,6 @@ def _explain_compile_errors(enabled: bool, device: torch.device) -> Iterator[Non
                 "train without compiling (compile=False; CLI: leave out --compile): same mathematics, slower steps"
             ) from e
         raise
-
-
-def perturb(
-    z: Float[Tensor, "batch d"], level: float, generator: torch.Generator, shape: str = "gaussian"
-) -> Float[Tensor, "batch d"]:
-    """Blur activations: ``z + n`` with a noise ``n`` of norm up to about ``level * ||z||``.
-
-    ``level`` is in units of the distance D = ||z - z_q|| / ||z_q|| (method: Distance).
-
-    * ``"gaussian"``: ``n = N(0, I) * u * level * ||z|| / sqrt(d)`` with ``u ~ U(0, 1)`` per
-      row: norm about ``u * level * ||z||`` (times chi_d / sqrt(d), so a few percent of rows
-      exceed ``level``, more on narrow sites): a mix of nearly exact and blurred conditions.
-    * ``"ball"``: ``n`` uniform in the ball of radius ``level * ||z||`` (uniform direction,
-      norm ``level * ||z|| * U^(1/d)``). The posterior this trains towards is uniform over
-      the inputs whose activation lies within ``level`` of the condition, i.e. the
-      epsilon-preimage itself when ``level`` = epsilon.
-
-    Training blurs every activation it conditions on, the BOS ("no information") one too.
-
-    Args:
-        z: ``[batch, d]`` activations (computed in float32, returned in ``z``'s dtype).
-        level: the largest noise level, >= 0 and finite; 0 returns ``z`` and draws nothing.
-        generator: random source; the result is on its device (``z`` is moved there).
-        shape: ``"gaussian"`` or ``"ball"``.
-
-    Raises:
-        ValueError: an unknown shape, a negative or non-finite level.
-
-    Source: not in InversionView (the paper trains on exact activations; its sampling
-    perturbs the query instead); this project's addition, measured in README Results.
-    """
-    if shape not in NOISE_SHAPES:
-        raise ValueError(f"noise shape must be one of {NOISE_SHAPES}, got {shape!r}")
-    if not (level >= 0 and math.isfinite(level)):
-        raise ValueError(f"noise level must be finite and >= 0, got {level}")
-    if level == 0:
-        return z
-    z = z.to(generator.device)
-    zf = z.float()
-    norm = zf.norm(dim=-1, keepdim=True)
-    u = torch.rand(z.shape[0], 1, generator=generator, device=z.device, dtype=torch.float32)
-    noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=torch.float32)
-    if shape == "gaussian":
-        return (zf + noise * (u * level * norm / math.sqrt(z.shape[-1]))).to(z.dtype)
-    direction = noise / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return (zf + direction * (u ** (1.0 / z.shape[-1]) * level * norm)).to(z.dtype)
 
 
 def condition(

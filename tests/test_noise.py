@@ -1,0 +1,82 @@
+"""The preimage kernel: its posterior is uniform over the epsilon-preimage, checked by Monte Carlo.
+
+Independent expectation: for a handful of activations ``f_i`` (one per "input", uniform
+prior), draw ``z ~ K(. | f_i)`` many times and look at the draws that land in a small ball
+around a point ``z0``. The share of each ``i`` among them estimates ``p(i | z0)``. For the
+preimage kernel it must be the same for every ``i`` with ``||z0 - f_i|| <= eps ||z0||``
+(hand-computed below) and zero for the others; the ball kernel (density ``||f||^-d``) must
+give the members unequal shares in the ratio of ``||f_i||^-d``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tl_inversion.noise import perturb, preimage_kernel_sample
+
+EPS = 0.3
+# the activations of five inputs, and a point z0 (first two coordinates; the rest are 0)
+F2 = [(1.0, 0.0), (1.25, 0.0), (1.1, 0.25), (1.6, 0.0), (0.7, 0.2)]
+Z0 = (1.12, 0.0)
+# ||z0 - f_i|| = 0.12, 0.13, 0.2508, 0.48, 0.4651 against EPS * ||z0|| = 0.336: members 0, 1, 2
+MEMBERS = [0, 1, 2]
+
+
+def _shares(d: int, shape: str, n: int, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    f = torch.zeros(len(F2), d)
+    f[:, :2] = torch.tensor(F2)
+    z0 = torch.zeros(d)
+    z0[:2] = torch.tensor(Z0)
+    g = torch.Generator().manual_seed(0)
+    hits = torch.zeros(len(F2))
+    for i in range(len(F2)):
+        z = perturb(f[i].expand(n, d).contiguous(), EPS, g, shape)
+        hits[i] = ((z - z0).norm(dim=-1) <= radius).sum()
+    return hits / hits.sum(), hits
+
+
+def test_membership_by_hand():
+    for i, (a, b) in enumerate(F2):
+        dist = math.hypot(a - Z0[0], b - Z0[1])
+        assert (dist <= EPS * math.hypot(*Z0)) == (i in MEMBERS)
+        # every f_i is clearly inside or outside (margin > the neighbourhood radius used below)
+        assert abs(dist - EPS * math.hypot(*Z0)) > 0.08
+
+
+@pytest.mark.parametrize("d,radius", [(2, 0.02), (3, 0.04)])
+def test_preimage_kernel_posterior_is_uniform_over_the_preimage(d, radius):
+    share, hits = _shares(d, "preimage", 400_000, radius)
+    assert hits[MEMBERS].min() > 500  # enough draws for the 0.035 tolerance (sd of a share about 0.008)
+    assert share[MEMBERS].tolist() == pytest.approx([1 / 3] * 3, abs=0.035)
+    assert share[3:].sum() == 0
+
+
+def test_ball_kernel_posterior_weights_members_by_norm_to_the_minus_d():
+    """Ball kernel, d = 2: the density at z0 of f_i's ball is 1 / (pi (EPS ||f_i||)^2) where z0
+    lies in it: f_0 (norm 1) and f_1 (norm 1.25) both cover z0, so their shares are in the ratio
+    1.25^2 = 1.5625; f_2 (norm 1.128, radius 0.338 > 0.2508) covers it too."""
+    share, _ = _shares(2, "ball", 400_000, 0.02)
+    norms = torch.tensor([math.hypot(*p) for p in F2[:3]])
+    expected = norms ** -2 / (norms ** -2).sum()
+    assert share[:3].tolist() == pytest.approx(expected.tolist(), abs=0.035)
+    assert float(share[0] / share[1]) == pytest.approx(1.5625, rel=0.12)
+
+
+def test_preimage_kernel_draws_stay_in_the_region_and_reject_bad_levels():
+    g = torch.Generator().manual_seed(1)
+    f = torch.randn(5000, 32, generator=g) * torch.linspace(0.1, 10, 5000)[:, None]
+    z = preimage_kernel_sample(f, 0.1, g)
+    assert bool(((z - f).norm(dim=-1) <= 0.1 * z.norm(dim=-1) * (1 + 1e-5)).all())
+    # scale invariance: the relative distance does not depend on ||f||
+    rel = (z - f).norm(dim=-1) / f.norm(dim=-1)
+    assert float(rel[:2500].median()) == pytest.approx(float(rel[2500:].median()), abs=0.005)
+    # a zero activation (e.g. a dead head) stays zero, width 1 works
+    assert torch.equal(preimage_kernel_sample(torch.zeros(3, 4), 0.1, g), torch.zeros(3, 4))
+    one = preimage_kernel_sample(torch.full((100, 1), 2.0), 0.1, g)
+    assert bool(((one - 2.0).abs() <= 0.1 * one.abs() * (1 + 1e-5)).all())
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=rf"the preimage kernel needs 0 < level < 1 .* got {bad}"):
+            preimage_kernel_sample(f, bad, g)
