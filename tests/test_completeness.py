@@ -230,3 +230,49 @@ def test_a_noise_flagged_bank_scores_with_the_blurred_condition(model, candidate
         DecoderBank.merge([flagged, DecoderBank.create(["blocks.1.hook_resid_post"], {"blocks.1.hook_resid_post": 32},
                                                        vocab_size=15, n_ctx=14, bos_id=TASK.bos_id, eos_id=TASK.eos_id,
                                                        pad_id=TASK.pad_id, d_model=16, n_layers=1, n_heads=2)])
+
+
+def test_auroc_ideal_is_the_auroc_of_the_training_kernels_posterior(model, candidates):
+    """auroc_ideal by a plain computation: run_with_cache activations at every non-special
+    position, the kernel written out here, AUROC by counting pairs. With the preimage kernel at
+    level epsilon the ideal posterior is positive exactly on the members, so it is 1."""
+    torch.manual_seed(2)
+    widths = {RESID: hooked.site_width(model, RESID)}
+    flagged = DecoderBank.create([RESID], widths, vocab_size=15, n_ctx=14, bos_id=TASK.bos_id, eos_id=TASK.eos_id,
+                                 pad_id=TASK.pad_id, noise_flag=True, d_model=16, n_layers=1, n_heads=2, d_mlp=32,
+                                 n_cond_blocks=1).eval()
+    cand = candidates[:300]
+    queries = candidates[:2]
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(cand)
+    acts = cache[RESID].double()
+    special = torch.isin(cand, torch.tensor(TASK.special_ids))
+    z = acts[:2, int(TASK.resolve_position(queries, "A1")[0])]
+    eps = 0.5
+
+    def run(**kw):
+        return completeness(model, flagged, TASK, RESID, queries, "A1", cand, epsilon=eps, max_candidates=None,
+                            n_samples=0, progress=False, **kw).summary
+
+    # a bank that does not record its training noise: unknown
+    assert run()["auroc_ideal"].isna().all()
+    flagged.meta["train_config"] = {"train_noise": eps, "train_noise_shape": "preimage"}
+    assert run()["auroc_ideal"].tolist() == [1.0, 1.0]
+    flagged.meta["train_config"] = {"train_noise": 0.8, "train_noise_shape": "ball"}
+    got = run()["auroc_ideal"].tolist()
+    assert min(got) < 0.99  # a ball wider than epsilon admits non-members: not a trivial 1
+    d = acts.shape[-1]
+    for q in range(2):
+        fn = acts.norm(dim=-1)
+        dist = (acts - z[q]).norm(dim=-1)
+        inside = (dist <= 0.8 * fn) & ~special
+        weight = (inside * fn ** -d).sum(-1)  # [300]; the 1 / n(x) factor is the same for every input here
+        member = ((dist / z[q].norm()).masked_fill(special, float("inf")).min(-1).values <= eps).numpy()
+        assert 0 < member.sum() < 300
+        assert got[q] == pytest.approx(_pairwise_auroc(weight.numpy(), member))
+    # the exact condition's ideal: only numerically identical activations count
+    exact = run(blurred=False)["auroc_ideal"].tolist()
+    for q in range(2):
+        same = (((acts - z[q]).norm(dim=-1) <= 1e-6 * z[q].norm()) & ~special).sum(-1).numpy()
+        member = (((acts - z[q]).norm(dim=-1) / z[q].norm()).masked_fill(special, float("inf")).min(-1).values <= eps).numpy()
+        assert exact[q] == pytest.approx(_pairwise_auroc(same, member))

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from tl_inversion.noise import perturb, preimage_kernel_sample
+from tl_inversion.noise import kernel_log_posterior, perturb, preimage_kernel_sample
 
 EPS = 0.3
 # the activations of five inputs, and a point z0 (first two coordinates; the rest are 0)
@@ -80,3 +81,39 @@ def test_preimage_kernel_draws_stay_in_the_region_and_reject_bad_levels():
     for bad in (0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match=rf"the preimage kernel needs 0 < level < 1 .* got {bad}"):
             preimage_kernel_sample(f, bad, g)
+
+
+def test_kernel_log_posterior_by_hand():
+    zq = torch.tensor([1.0, 0.0])
+    acts = torch.tensor([
+        [[1.0, 0.05], [1.2, 0.0], [1.0, 0.0]],   # D = 0.05, 0.2, (special)
+        [[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]],    # D = 1, 1.41, 2
+        [[1.0, 0.08], [0.95, 0.0], [1.0, 0.0]],  # D = 0.08, 0.05, 0 (exact copy)
+    ])
+    ignore = torch.tensor([[False, False, True], [False, False, False], [False, False, False]])
+    # preimage kernel, level 0.1: positions within 0.1, over the non-special positions
+    out = kernel_log_posterior(zq, acts, ignore, "preimage", 0.1)
+    assert out.tolist() == pytest.approx([math.log(1 / 2), -math.inf, math.log(3 / 3)])
+    # exact training: only the identical activation counts
+    ex = kernel_log_posterior(zq, acts, ignore, None, 0.0)
+    assert ex.tolist() == pytest.approx([-math.inf, -math.inf, math.log(1 / 3)])
+    # ball kernel, level 0.3: ||zq - f|| <= 0.3 ||f||, each weighted ||f||^-2 (d = 2)
+    # input 0: f = (1, .05) (dist .05 <= .3003) and (1.2, 0) (dist .2 <= .36): (1.0025^-1 + 1.44^-1) / 2
+    ball = kernel_log_posterior(zq, acts, ignore, "ball", 0.3)
+    assert float(ball[0]) == pytest.approx(math.log((1 / 1.0025 + 1 / 1.44) / 2))
+    assert ball[1] == -math.inf
+    # input 2: (1, .08) dist .08 <= .301; (.95, 0) dist .05 <= .285; (1, 0) dist 0
+    assert float(ball[2]) == pytest.approx(math.log((1 / 1.0064 + 1 / 0.9025 + 1) / 3))
+
+
+def test_kernel_log_posterior_gaussian_against_a_fine_integral():
+    """d = 1, z_q = 1, f = 1.2, level 0.5: int_0^1 N(1; 1.2, (0.6 u)^2) du by a 400,001-point trapezoid."""
+    u = np.linspace(1e-9, 1.0, 400_001)
+    sd = 0.5 * 1.2 * u
+    dens = np.exp(-(0.2**2) / (2 * sd**2)) / (np.sqrt(2 * np.pi) * sd)
+    expected = math.log(float(np.sum((dens[1:] + dens[:-1]) / 2 * np.diff(u))))
+    out = kernel_log_posterior(torch.tensor([1.0]), torch.tensor([[[1.2]]]), torch.tensor([[False]]), "gaussian", 0.5)
+    # the kernel's normalisation constant (2 pi)^(-d/2) is dropped: a constant shifts no ranking
+    assert float(out[0]) - 0.5 * math.log(2 * math.pi) == pytest.approx(expected, abs=2e-3)
+    with pytest.raises(ValueError, match=r"noise shape must be one of .* or None, got 'cube'"):
+        kernel_log_posterior(torch.tensor([1.0]), torch.tensor([[[1.2]]]), torch.tensor([[False]]), "cube", 0.5)

@@ -266,6 +266,12 @@ def test_auroc_by_preimage_share_groups_rows_by_hand():
     assert got.loc["[0.1, 1]", "max"] == pytest.approx(0.60)  # share exactly 0.1 opens the last interval
     assert list(got["frac_ge_0.95"]) == [1.0, 1.0, 0.0, 0.0]
     assert rep.completeness_summary().loc["all", "rows"] == 6
+    assert "auroc_ideal_median" not in rep.summary()
+    # the ideal AUROC of the eligible rows with an AUROC (the ineligible 0.2 and the NaN-AUROC row left out)
+    comp["auroc_ideal"] = [1.0, 0.96, 0.94, 0.80, 0.99, 0.90, 0.20, 1.0]
+    s = EvaluationReport(pd.DataFrame(), pd.DataFrame(), comp, pd.DataFrame()).summary()
+    assert s["auroc_ideal_median"] == pytest.approx(0.95)  # median of 1, .96, .94, .80, .99, .90
+    assert s["auroc_ideal_frac_ge_0.95"] == pytest.approx(3 / 6)
     assert EvaluationReport(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame()).completeness_by_preimage_size().empty
 
 

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from . import hooked
 from .distance import best_position, check_metric, default_epsilon
+from .noise import kernel_log_posterior
 from .sites import SiteLike, validate_site
 from .verify import membership, special_mask_of
 
@@ -235,8 +236,12 @@ class CompletenessResult:
             (candidates scored by the decoder), ``auroc``, ``auroc_at_query_position`` and
             ``auroc_elsewhere`` (the scored members matching at the query's position, resp.
             at another one, each against all scored non-members: which kind of member the
-            decoder misses; NaN where a group is empty), ``blurred`` (the noise flag the
-            decoder was conditioned with), ``n_samples``,
+            decoder misses; NaN where a group is empty), ``auroc_ideal`` (the AUROC, on the
+            same scored candidates, of the posterior a perfectly trained decoder would give:
+            :func:`tl_inversion.noise.kernel_log_posterior` of the kernel the condition was
+            trained with; below 0.95 means no decoder trained this way reaches 0.95 there
+            except by error; NaN when the bank does not record its training noise),
+            ``blurred`` (the noise flag the decoder was conditioned with), ``n_samples``,
             ``n_distinct_samples``, ``sample_faithfulness`` (fraction of samples inside
             epsilon), ``recall`` (distinct members found among the samples / members) and,
             with ``class_fn``, ``n_member_classes`` and ``class_recall``.
@@ -265,6 +270,18 @@ def _auroc_by_match(logp: np.ndarray, member: np.ndarray, at_query: np.ndarray) 
         keep = group | ~member
         out[name] = auroc(logp[keep], group[keep])
     return out
+
+
+def _training_kernel(bank: Any, site: Any, blurred: bool) -> tuple[str | None, float] | None:
+    """The kernel the condition was trained with: ``(shape, level)``; ``(None, 0)`` for the
+    exact condition; ``None`` when the bank does not record how its site was trained."""
+    if not blurred:
+        return None, 0.0
+    for run in bank.training_runs():
+        cfg = run.get("train_config") or {}
+        if str(site) in run.get("sites", []) and cfg.get("train_noise"):
+            return cfg.get("train_noise_shape", "gaussian"), float(cfg["train_noise"])
+    return None
 
 
 def _row_keys(tokens: Tensor) -> list[bytes]:
@@ -373,6 +390,7 @@ def completeness(
         if tuple(dist.shape) != (queries.shape[0], candidates.shape[0]) or dist.shape != matched.shape:
             raise ValueError(f"distances must be two [{queries.shape[0]}, {candidates.shape[0]}] tensors (queries x "
                              f"candidates), got {list(dist.shape)} and {list(matched.shape)}")
+    kernel = _training_kernel(bank, site, blurred)
     rng = np.random.default_rng(seed)
     gen = torch.Generator(device=bank.device).manual_seed(seed)
     n = candidates.shape[0]
@@ -391,6 +409,13 @@ def completeness(
         lp = decoder_logprobs(bank, site, z_q[qi], candidates[torch.from_numpy(chosen)], blurred=blurred,
                               batch_size=decoder_batch_size, progress=progress and len(chosen) > 10 * decoder_batch_size)
         at = matched[qi].numpy()
+        ideal = float("nan")
+        if kernel is not None:
+            scored = candidates[torch.from_numpy(chosen)]
+            acts = torch.cat([hooked.harvest(model, scored[i : i + batch_size], [site], validate=False)[site].cpu()
+                              for i in range(0, scored.shape[0], batch_size)])
+            ideal = auroc(kernel_log_posterior(z_q[qi], acts, special_mask_of(scored, task.special_ids), *kernel).numpy(),
+                          member[chosen])
         score_frames.append(pd.DataFrame({"query": qi, "candidate": chosen, "distance": d[chosen],
                                           "matched_position": at[chosen], "logp": lp.numpy(),
                                           "member": member[chosen]}))
@@ -404,6 +429,7 @@ def completeness(
             "n_scored": int(len(chosen)),
             "auroc": auroc(lp.numpy(), member[chosen]),
             **_auroc_by_match(lp.numpy(), member[chosen], at[chosen] == int(positions[qi])),
+            "auroc_ideal": ideal,
             "blurred": blurred,
         }
         if n_samples:

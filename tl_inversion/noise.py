@@ -36,10 +36,10 @@ import math
 from functools import lru_cache
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
-__all__ = ["NOISE_SHAPES", "perturb", "preimage_kernel_sample"]
+__all__ = ["NOISE_SHAPES", "perturb", "preimage_kernel_sample", "kernel_log_posterior"]
 
 NOISE_SHAPES = ("gaussian", "ball", "preimage")
 _GRID = 8193  # points of the angle's inverse CDF
@@ -156,3 +156,71 @@ def preimage_kernel_sample(
     t = torch.rand(n, 1, generator=generator, device=dev, dtype=torch.float64)
     rho = (lo.log() + t * (hi / lo).log()).exp().float()
     return (norm * rho * direction).to(f.dtype)
+
+
+def kernel_log_posterior(
+    z_q: Float[Tensor, " d"],
+    acts: Float[Tensor, "N T d"],
+    ignore: Bool[Tensor, "N T"],
+    shape: str | None,
+    level: float,
+) -> Float[Tensor, " N"]:
+    """``log sum_t P(t) K(z_q | f_t(x))`` per input: the posterior a perfectly trained decoder gives.
+
+    A decoder trained on ``(x, z ~ K(. | f_t(x)))`` with ``t`` uniform over ``x``'s
+    non-special positions learns ``p(x | z_q) ∝ p(x) sum_t K(z_q | f_t(x)) / n(x)``; with a
+    uniform prior over the inputs given, this is that posterior's log up to one constant,
+    so its ranking of the inputs is the best any decoder so trained can do (used by
+    :func:`tl_inversion.completeness.completeness` as ``auroc_ideal``).
+
+    Kernels (``level`` = r; ``D_t = ||z_q - f_t|| / ||z_q||``):
+
+    * ``None`` or ``level`` 0 (exact training): ``K`` is a point mass; counted as the number of
+      positions with ``D_t <= 1e-6`` (numerically identical activations).
+    * ``"preimage"``: number of positions with ``D_t <= r``.
+    * ``"ball"``: ``sum_t 1[||z_q - f_t|| <= r ||f_t||] ||f_t||^-d``.
+    * ``"gaussian"``: ``sum_t int_0^1 N(z_q; f_t, (u r ||f_t|| / sqrt d)^2 I) du`` (midpoint rule,
+      512 points).
+
+    Args:
+        z_q: ``[d]`` the query activation.
+        acts: ``[N, T, d]`` the site's activations of ``N`` inputs at every position.
+        ignore: ``[N, T]`` True at special positions (BOS, EOS, PAD): never matched.
+        shape: ``"gaussian"``, ``"ball"``, ``"preimage"`` or ``None``; level: ``train_noise``.
+
+    Returns:
+        ``[N]`` float64 on CPU; ``-inf`` where no position can have produced ``z_q``.
+
+    Raises:
+        ValueError: an unknown shape or a negative / non-finite level.
+
+    Source: this project's addition (the kernels are in the module docstring).
+    """
+    if shape is not None and shape not in NOISE_SHAPES:
+        raise ValueError(f"noise shape must be one of {NOISE_SHAPES} or None, got {shape!r}")
+    if not (level >= 0 and math.isfinite(level)):
+        raise ValueError(f"noise level must be finite and >= 0, got {level}")
+    f = acts.double().cpu()
+    zq = z_q.double().cpu()
+    d = f.shape[-1]
+    keep = ~ignore.cpu()
+    dist = (f - zq).norm(dim=-1)  # [N, T]
+    fnorm = f.norm(dim=-1)
+    n_pos = keep.sum(-1).clamp_min(1).double()
+    neg_inf = torch.tensor(-math.inf, dtype=torch.float64)
+    if shape is None or level == 0 or shape == "preimage":
+        radius = 1e-6 if shape is None or level == 0 else level
+        count = ((dist <= radius * zq.norm()) & keep).sum(-1).double()
+        return torch.where(count > 0, (count / n_pos).log(), neg_inf)
+    if shape == "ball":
+        log_k = torch.where((dist <= level * fnorm) & keep, -d * fnorm.clamp_min(1e-300).log(), neg_inf)
+    else:
+        u = (torch.arange(512, dtype=torch.float64) + 0.5) / 512  # [U]
+        log_k = torch.empty_like(dist)
+        for start in range(0, dist.shape[0], 1024):  # [1024, T, U] at a time
+            sl = slice(start, start + 1024)
+            sigma = (u * level / math.sqrt(d))[None, None, :] * fnorm[sl, :, None].clamp_min(1e-300)
+            log_n = -d * sigma.log() - dist[sl, :, None] ** 2 / (2 * sigma**2)
+            log_k[sl] = torch.logsumexp(log_n, -1) - math.log(512)
+        log_k = torch.where(keep, log_k, neg_inf)
+    return torch.logsumexp(log_k, -1) - n_pos.log()

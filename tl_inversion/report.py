@@ -225,7 +225,9 @@ class EvaluationReport:
 
     def summary(self) -> dict[str, Any]:
         """Headline numbers: mean faithfulness over sites (at the trained positions, pooled),
-        the AUROC distribution, and per feature the best site's consistency."""
+        the AUROC distribution (with ``auroc_ideal_median`` / ``auroc_ideal_frac_ge_0.95``:
+        the same for a perfectly trained decoder of the bank's training noise, where known),
+        and per feature the best site's consistency."""
         f = self.faithfulness
         out: dict[str, Any] = {
             # the paper's definition: random trainable position, mean over sites
@@ -238,6 +240,11 @@ class EvaluationReport:
             out["auroc_median"] = float(cs.loc["all", "median"])
             out["auroc_frac_ge_0.95"] = float(cs.loc["all", "frac_ge_0.95"])
             out["auroc_rows"] = int(cs.loc["all", "rows"])
+            c = self.completeness
+            ideal = c.loc[c["eligible"] & c["auroc"].notna(), "auroc_ideal"].dropna() if "auroc_ideal" in c else []
+            if len(ideal):  # what a perfectly trained decoder of the same training noise would give
+                out["auroc_ideal_median"] = float(ideal.median())
+                out["auroc_ideal_frac_ge_0.95"] = float((ideal >= 0.95).mean())
         return out
 
     def to_markdown(self, plots: dict[str, str] | None = None) -> str:
@@ -289,7 +296,7 @@ class EvaluationReport:
                 parts += ["", "The same rows by the true preimage's share of all inputs (diffuse activations, with "
                           "large preimages, separate least):", "", by_share.astype(object).to_markdown(floatfmt=fmt)]
             cols = ["site", "position", "text", "n_members", "members_at_query_position", "auroc",
-                    "auroc_at_query_position", "auroc_elsewhere", "recall",
+                    "auroc_at_query_position", "auroc_elsewhere", "auroc_ideal", "recall",
                     "class_recall", "sample_faithfulness"]
             cols = [k for k in cols if k in self.completeness.columns]
             parts += ["", "All rows:", "", self.completeness[cols].to_markdown(index=False, floatfmt=fmt)]
