@@ -232,7 +232,7 @@ def test_a_noise_flagged_bank_scores_with_the_blurred_condition(model, candidate
                                                        pad_id=TASK.pad_id, d_model=16, n_layers=1, n_heads=2)])
 
 
-def test_auroc_ideal_is_the_auroc_of_the_training_kernels_posterior(model, candidates):
+def test_auroc_ideal_is_the_auroc_of_the_training_kernels_posterior(model, candidates, monkeypatch):
     """auroc_ideal by a plain computation: run_with_cache activations at every non-special
     position, the kernel written out here, AUROC by counting pairs. With the preimage kernel at
     level epsilon the ideal posterior is positive exactly on the members, so it is 1."""
@@ -276,3 +276,21 @@ def test_auroc_ideal_is_the_auroc_of_the_training_kernels_posterior(model, candi
         same = (((acts - z[q]).norm(dim=-1) <= 1e-6 * z[q].norm()) & ~special).sum(-1).numpy()
         member = (((acts - z[q]).norm(dim=-1) / z[q].norm()).masked_fill(special, float("inf")).min(-1).values <= eps).numpy()
         assert exact[q] == pytest.approx(_pairwise_auroc(same, member))
+
+    # a bank trained with noise but no flag: every training row was blurred, so its (only,
+    # exact-flag) condition is the blurred posterior; the preimage kernel at epsilon gives 1
+    plain = DecoderBank.create([RESID], widths, vocab_size=15, n_ctx=14, bos_id=TASK.bos_id, eos_id=TASK.eos_id,
+                               pad_id=TASK.pad_id, d_model=16, n_layers=1, n_heads=2, d_mlp=32, n_cond_blocks=1).eval()
+    plain.meta["train_config"] = {"train_noise": eps, "train_noise_shape": "preimage"}
+    kw = dict(epsilon=eps, max_candidates=None, n_samples=0, progress=False)
+    assert completeness(model, plain, TASK, RESID, queries, "A1", cand, **kw).summary["auroc_ideal"].tolist() == [1.0, 1.0]
+    # trained on "=" only (a position policy): the ideal counts the match at "=" alone
+    eq = TASK.resolve_position(cand, "=")
+    monkeypatch.setattr(TASK, "train_position_mask",
+                        lambda x: torch.nn.functional.one_hot(TASK.resolve_position(x, "="), x.shape[1]).bool())
+    got = completeness(model, plain, TASK, RESID, queries, "A1", cand, **kw).summary["auroc_ideal"].tolist()
+    for q in range(2):
+        at_eq = ((acts[torch.arange(300), eq] - z[q]).norm(dim=-1) <= eps * z[q].norm()).numpy().astype(float)
+        member = (((acts - z[q]).norm(dim=-1) / z[q].norm()).masked_fill(special, float("inf")).min(-1).values <= eps).numpy()
+        assert got[q] == pytest.approx(_pairwise_auroc(at_eq, member))
+    assert min(got) < 1.0  # members matching elsewhere than "=" are out of reach of such a decoder

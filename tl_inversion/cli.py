@@ -284,13 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after warm-up: constant, or cosine decay to 10%% over --steps or --time-limit "
                         "(default: %(default)s)")
     p.add_argument("--train-noise", type=float, default=0.0,
-                   help="blur each training activation with Gaussian noise of norm up to about this many units of "
-                        "the distance D, in [0, 1] (level uniform per input; 0: exact activations, as the paper) "
-                        "(default: %(default)s)")
+                   help="blur each training activation by noise of this level, in units of the distance D, in [0, 1] "
+                        "(< 1 for --train-noise-shape preimage; 0: exact activations, as the paper) (default: %(default)s)")
     p.add_argument("--train-noise-shape", choices=["gaussian", "ball", "preimage"], default="gaussian",
-                   help="gaussian: norm uniform up to --train-noise; ball: uniform in the ball of that radius; "
-                        "preimage: the decoder learns the uniform distribution over the --train-noise-preimage "
-                        "(tl_inversion.noise) (default: %(default)s)")
+                   help="gaussian: norm uniform up to the level; ball: uniform in the ball of that radius; "
+                        "preimage: the decoder learns the uniform distribution over the inputs within the level "
+                        "(the epsilon-preimage when the level is epsilon; tl_inversion.noise) (default: %(default)s)")
     p.add_argument("--train-noise-flag", action="store_true",
                    help="with --train-noise > 0: blur only a random half of the rows and tell the decoder which (a "
                         "noise-flag input); one decoder then samples from the exact condition and scores completeness "

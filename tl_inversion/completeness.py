@@ -16,7 +16,8 @@ epsilon-preimage by brute force and reports
 
 Cost and memory: distances need one probed forward per ``batch_size`` candidates, stopped
 after the site's layer (cheap); memory is ``[batch_size, n_ctx, d_site]`` per batch plus
-``[n_queries, N]`` floats. Decoder scoring is the heavy part (one teacher-forced decoder
+``[n_queries, N]`` floats (``auroc_ideal`` re-reads the scored candidates in batches of
+``batch_size``, with a float64 copy of each batch's activations). Decoder scoring is the heavy part (one teacher-forced decoder
 pass per candidate and query), so ``max_candidates`` caps the number of candidates scored
 per query: all members (up to ``max_candidates // 2``) plus a uniform random sample of
 non-members fill the cap. AUROC does not depend on the class proportions, so sampling
@@ -239,8 +240,9 @@ class CompletenessResult:
             decoder misses; NaN where a group is empty), ``auroc_ideal`` (the AUROC, on the
             same scored candidates, of the posterior a perfectly trained decoder would give:
             :func:`tl_inversion.noise.kernel_log_posterior` of the kernel the condition was
-            trained with; below 0.95 means no decoder trained this way reaches 0.95 there
-            except by error; NaN when the bank does not record its training noise),
+            trained with, over the task's training positions; a decoder can beat it only
+            by its errors; 1 by construction for the ``"preimage"`` kernel at epsilon; NaN
+            when the bank does not record how the site was trained),
             ``blurred`` (the noise flag the decoder was conditioned with), ``n_samples``,
             ``n_distinct_samples``, ``sample_faithfulness`` (fraction of samples inside
             epsilon), ``recall`` (distinct members found among the samples / members) and,
@@ -273,15 +275,29 @@ def _auroc_by_match(logp: np.ndarray, member: np.ndarray, at_query: np.ndarray) 
 
 
 def _training_kernel(bank: Any, site: Any, blurred: bool) -> tuple[str | None, float] | None:
-    """The kernel the condition was trained with: ``(shape, level)``; ``(None, 0)`` for the
-    exact condition; ``None`` when the bank does not record how its site was trained."""
-    if not blurred:
-        return None, 0.0
+    """The kernel the condition was trained with: ``(shape, level)``, ``(None, 0)`` for an exact
+    one, ``None`` when the bank does not record how the site was trained. With a noise flag,
+    flag 0 rows were exact; without one, every row had the run's ``train_noise``."""
     for run in bank.training_runs():
-        cfg = run.get("train_config") or {}
-        if str(site) in run.get("sites", []) and cfg.get("train_noise"):
-            return cfg.get("train_noise_shape", "gaussian"), float(cfg["train_noise"])
+        cfg = run.get("train_config")
+        if cfg is None or str(site) not in run.get("sites", []):
+            continue
+        if not cfg.get("train_noise") or (bank.noise_flag and not blurred):
+            return None, 0.0
+        return cfg.get("train_noise_shape", "gaussian"), float(cfg["train_noise"])
     return None
+
+
+def _ideal_logp(model: Any, task: Any, site: Any, z_q: Tensor, scored: Tensor, kernel: tuple[str | None, float],
+                batch_size: int) -> np.ndarray:
+    """:func:`~tl_inversion.noise.kernel_log_posterior` of ``scored`` inputs, batch by batch,
+    over the positions training draws from (the task's training positions)."""
+    out = []
+    for i in range(0, scored.shape[0], batch_size):
+        x = scored[i : i + batch_size]
+        acts = hooked.harvest(model, x, [site], validate=False)[site]
+        out.append(kernel_log_posterior(z_q, acts, ~task.train_position_mask(x).bool().cpu(), *kernel).numpy())
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def _row_keys(tokens: Tensor) -> list[bytes]:
@@ -411,10 +427,7 @@ def completeness(
         at = matched[qi].numpy()
         ideal = float("nan")
         if kernel is not None:
-            scored = candidates[torch.from_numpy(chosen)]
-            acts = torch.cat([hooked.harvest(model, scored[i : i + batch_size], [site], validate=False)[site].cpu()
-                              for i in range(0, scored.shape[0], batch_size)])
-            ideal = auroc(kernel_log_posterior(z_q[qi], acts, special_mask_of(scored, task.special_ids), *kernel).numpy(),
+            ideal = auroc(_ideal_logp(model, task, site, z_q[qi], candidates[torch.from_numpy(chosen)], kernel, batch_size),
                           member[chosen])
         score_frames.append(pd.DataFrame({"query": qi, "candidate": chosen, "distance": d[chosen],
                                           "matched_position": at[chosen], "logp": lp.numpy(),

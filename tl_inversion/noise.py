@@ -12,10 +12,11 @@ A decoder trained on ``(x, z')`` with ``z' ~ K(. | f_t(x))`` learns the posterio
   less, and non-members just outside the preimage but with large ``||f||`` are admitted.
 * ``"preimage"``: the kernel ``K(z | f) = c ||z||^-d 1[||z - f|| <= level ||z||]``, normalised for
   every ``f`` (scale and rotation invariance). Its ``f``-dependence is the indicator only,
-  so the posterior at a query ``z_q`` is ``p(x) * #{t : D(f_t(x), z_q) <= level}`` — uniform
-  over the ``level``-preimage of ``z_q`` (method: Membership, with D normalised by the
-  query's norm), weighted by the number of matching positions. With ``level`` = epsilon,
-  it is the distribution completeness asks the decoder for.
+  so the posterior at a query ``z_q`` is ``p(x) * #{t : D(f_t(x), z_q) <= level} / n(x)``
+  (``n(x)``: the positions training draws from) — uniform over the ``level``-preimage of
+  ``z_q`` (method: Membership, with D normalised by the query's norm), weighted by the
+  share of matching positions. With ``level`` = epsilon, it is the distribution
+  completeness asks the decoder for.
 
 Sampling the preimage kernel exactly (scale ``f`` to unit norm, ``e = f / ||f||``): in
 polar coordinates ``z = ||f|| rho u``, the density ``||z||^-d dz ∝ d(log rho) du``, so
@@ -70,8 +71,8 @@ def perturb(
         shape: ``"gaussian"``, ``"ball"`` or ``"preimage"``.
 
     Raises:
-        ValueError: an unknown shape, a negative or non-finite level, or ``level >= 1``
-        with ``"preimage"``.
+        ValueError: an unknown shape, a negative or non-finite level, ``level >= 1``
+        with ``"preimage"``, or ``z`` not 2-D.
 
     Source: this project's addition (see the module docstring).
     """
@@ -79,6 +80,8 @@ def perturb(
         raise ValueError(f"noise shape must be one of {NOISE_SHAPES}, got {shape!r}")
     if not (level >= 0 and math.isfinite(level)):
         raise ValueError(f"noise level must be finite and >= 0, got {level}")
+    if z.ndim != 2:
+        raise ValueError(f"z must be [batch, d] activations, got shape {list(z.shape)}")
     if level == 0:
         return z
     z = z.to(generator.device)
@@ -94,19 +97,32 @@ def perturb(
     return (zf + direction * (u ** (1.0 / z.shape[-1]) * level * norm)).to(z.dtype)
 
 
-def _radii(cos: Tensor, level: float) -> tuple[Tensor, Tensor]:
-    """``rho_-, rho_+``: where the ray of direction cosine ``cos`` to ``e`` is within ``level * rho`` of ``e``."""
-    root = (cos * cos - 1.0 + level * level).clamp_min(0.0).sqrt()
-    return (cos - root) / (1.0 - level * level), (cos + root) / (1.0 - level * level)
+def _radii(theta: Tensor, level: float) -> tuple[Tensor, Tensor]:
+    """``rho_-, rho_+`` (float64): where the ray at angle ``theta`` to ``e`` is within ``level * rho`` of ``e``."""
+    theta = theta.double()
+    sin = theta.sin()
+    root = ((level - sin) * (level + sin)).clamp_min(0.0).sqrt()  # sqrt(cos^2 - 1 + level^2), no cancellation
+    return (theta.cos() - root) / (1.0 - level * level), (theta.cos() + root) / (1.0 - level * level)
+
+
+def _log_angle_density(theta: Tensor, level: float, d: int) -> Tensor:
+    lo, hi = _radii(theta, level)
+    log_len = (hi / lo).log().clamp_min(1e-300).log()  # log of log(rho_+ / rho_-)
+    return log_len + (d - 2) * theta.sin().clamp_min(1e-300).log() if d > 2 else log_len
 
 
 @lru_cache(maxsize=32)
 def _angle_grid(level: float, d: int) -> tuple[Tensor, Tensor]:
-    """``(theta [G], cdf [G])`` (float64, CPU): the angle's CDF on a grid over ``[0, arcsin(level)]``."""
-    theta = torch.linspace(0.0, math.asin(level), _GRID, dtype=torch.float64)
-    lo, hi = _radii(theta.cos(), level)
-    log_len = (hi / lo).log().clamp_min(1e-300).log()  # log of log(rho_+ / rho_-)
-    log_dens = log_len + (d - 2) * theta.sin().clamp_min(1e-300).log() if d > 2 else log_len
+    """``(theta [G], cdf [G])`` (float64, CPU): the angle's CDF on a grid over ``[0, arcsin(level)]``,
+    narrowed to where the density is above ``e^-40`` of its peak (wide sites concentrate the
+    angle near ``arcsin(level)``; the grid follows it)."""
+    top = math.asin(level)
+    coarse = torch.linspace(0.0, top, _GRID, dtype=torch.float64)
+    log_dens = _log_angle_density(coarse, level, d)
+    alive = torch.nonzero(log_dens > log_dens.max() - 40).squeeze(-1)
+    lo_i, hi_i = max(int(alive[0]) - 1, 0), min(int(alive[-1]) + 1, _GRID - 1)
+    theta = torch.linspace(float(coarse[lo_i]), float(coarse[hi_i]), _GRID, dtype=torch.float64)
+    log_dens = _log_angle_density(theta, level, d)
     dens = (log_dens - log_dens.max()).exp()
     cdf = torch.cat([torch.zeros(1, dtype=torch.float64), ((dens[1:] + dens[:-1]) / 2).cumsum(0)])
     return theta, cdf / cdf[-1]
@@ -119,7 +135,8 @@ def preimage_kernel_sample(
 
     Exact up to the angle's inverse CDF on an 8,193-point grid (see the module docstring for
     the derivation and for why this kernel trains towards the uniform distribution over the
-    ``level``-preimage). A zero row stays zero.
+    ``level``-preimage); computed in float64, returned in ``f``'s dtype (float16 / bfloat16
+    rounding can put a draw a hair outside the region). A zero row stays zero.
 
     Args:
         f: ``[batch, d]`` float activations.
@@ -131,10 +148,13 @@ def preimage_kernel_sample(
 
     Raises:
         ValueError: ``level`` outside ``(0, 1)`` (for ``level >= 1`` the set
-        ``{z : ||z - f|| <= level ||z||}`` is unbounded and the kernel has no normalisation).
+        ``{z : ||z - f|| <= level ||z||}`` is unbounded and the kernel has no normalisation),
+        or ``f`` not 2-D.
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"the preimage kernel needs 0 < level < 1 (level is epsilon in units of D), got {level}")
+    if f.ndim != 2:
+        raise ValueError(f"f must be [batch, d] activations, got shape {list(f.shape)}")
     n, d = f.shape
     dev = f.device
     norm = f.norm(dim=-1, keepdim=True)
@@ -147,14 +167,16 @@ def preimage_kernel_sample(
         cdf, grid = cdf.to(dev), grid.to(dev)
         k = torch.searchsorted(cdf, u).clamp(1, _GRID - 1)
         w = (u - cdf[k - 1]) / (cdf[k] - cdf[k - 1]).clamp_min(1e-300)
-        theta = (grid[k - 1] + w * (grid[k] - grid[k - 1])).float()[:, None]
-    g = torch.randn(n, d, generator=generator, device=dev, dtype=torch.float32)
+        theta = (grid[k - 1] + w * (grid[k] - grid[k - 1]))[:, None]  # float64: cos(1e-4) is 1 in float32
+    theta = theta.double()
+    e, norm = e.double(), norm.double()
+    g = torch.randn(n, d, generator=generator, device=dev, dtype=torch.float64)
     v = g - (g * e).sum(-1, keepdim=True) * e
     v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
     direction = theta.cos() * e + theta.sin() * v
-    lo, hi = _radii(theta.cos().double(), level)
+    lo, hi = _radii(theta, level)
     t = torch.rand(n, 1, generator=generator, device=dev, dtype=torch.float64)
-    rho = (lo.log() + t * (hi / lo).log()).exp().float()
+    rho = (lo.log() + t * (hi / lo).log()).exp()
     return (norm * rho * direction).to(f.dtype)
 
 
@@ -167,45 +189,56 @@ def kernel_log_posterior(
 ) -> Float[Tensor, " N"]:
     """``log sum_t P(t) K(z_q | f_t(x))`` per input: the posterior a perfectly trained decoder gives.
 
-    A decoder trained on ``(x, z ~ K(. | f_t(x)))`` with ``t`` uniform over ``x``'s
-    non-special positions learns ``p(x | z_q) ∝ p(x) sum_t K(z_q | f_t(x)) / n(x)``; with a
-    uniform prior over the inputs given, this is that posterior's log up to one constant,
-    so its ranking of the inputs is the best any decoder so trained can do (used by
+    A decoder trained on ``(x, z ~ K(. | f_t(x)))`` with ``t`` uniform over the ``n(x)``
+    positions training draws from learns ``p(x | z_q) ∝ p(x) sum_t K(z_q | f_t(x)) / n(x)``
+    (plus the same BOS term for every input, which changes no ranking); with a uniform prior
+    over the inputs given, this is that posterior's log up to one constant, so its ranking of
+    the inputs is what a perfectly trained decoder would give (used by
     :func:`tl_inversion.completeness.completeness` as ``auroc_ideal``).
 
     Kernels (``level`` = r; ``D_t = ||z_q - f_t|| / ||z_q||``):
 
     * ``None`` or ``level`` 0 (exact training): ``K`` is a point mass; counted as the number of
       positions with ``D_t <= 1e-6`` (numerically identical activations).
-    * ``"preimage"``: number of positions with ``D_t <= r``.
+    * ``"preimage"``: number of positions with ``D_t <= r`` (needs ``r < 1``).
     * ``"ball"``: ``sum_t 1[||z_q - f_t|| <= r ||f_t||] ||f_t||^-d``.
     * ``"gaussian"``: ``sum_t int_0^1 N(z_q; f_t, (u r ||f_t|| / sqrt d)^2 I) du`` (midpoint rule,
-      512 points).
+      512 points; the constant ``(2 pi)^(-d/2)`` is left out).
 
     Args:
         z_q: ``[d]`` the query activation.
         acts: ``[N, T, d]`` the site's activations of ``N`` inputs at every position.
-        ignore: ``[N, T]`` True at special positions (BOS, EOS, PAD): never matched.
+        ignore: ``[N, T]`` bool, True where training never draws the position: special
+            tokens (BOS, EOS, PAD) and positions outside the task's training positions
+            (``~task.train_position_mask``).
         shape: ``"gaussian"``, ``"ball"``, ``"preimage"`` or ``None``; level: ``train_noise``.
 
     Returns:
         ``[N]`` float64 on CPU; ``-inf`` where no position can have produced ``z_q``.
+        Memory: a float64 copy of ``acts`` (call it on batches of inputs).
 
     Raises:
-        ValueError: an unknown shape or a negative / non-finite level.
+        ValueError: an unknown shape, a negative / non-finite level (``>= 1`` for
+        ``"preimage"``), or shapes that do not fit (``z_q [d]``, ``acts [N, T, d]``,
+        ``ignore`` bool ``[N, T]``).
 
     Source: this project's addition (the kernels are in the module docstring).
     """
     if shape is not None and shape not in NOISE_SHAPES:
         raise ValueError(f"noise shape must be one of {NOISE_SHAPES} or None, got {shape!r}")
-    if not (level >= 0 and math.isfinite(level)):
-        raise ValueError(f"noise level must be finite and >= 0, got {level}")
+    if not (level >= 0 and math.isfinite(level)) or (shape == "preimage" and level >= 1):
+        raise ValueError(f"noise level must be finite and >= 0 (< 1 for 'preimage'), got {level}")
+    if z_q.ndim != 1 or acts.ndim != 3 or acts.shape[-1] != z_q.shape[0]:
+        raise ValueError(f"z_q must be [d] and acts [N, T, d] of the same d, got {list(z_q.shape)} and {list(acts.shape)}")
+    if ignore.dtype != torch.bool or tuple(ignore.shape) != tuple(acts.shape[:2]):
+        raise ValueError(f"ignore must be a bool [N, T] = {list(acts.shape[:2])} mask, got {ignore.dtype} {list(ignore.shape)}")
     f = acts.double().cpu()
     zq = z_q.double().cpu()
     d = f.shape[-1]
     keep = ~ignore.cpu()
     dist = (f - zq).norm(dim=-1)  # [N, T]
     fnorm = f.norm(dim=-1)
+    del f
     n_pos = keep.sum(-1).clamp_min(1).double()
     neg_inf = torch.tensor(-math.inf, dtype=torch.float64)
     if shape is None or level == 0 or shape == "preimage":
@@ -219,7 +252,7 @@ def kernel_log_posterior(
         log_k = torch.empty_like(dist)
         for start in range(0, dist.shape[0], 1024):  # [1024, T, U] at a time
             sl = slice(start, start + 1024)
-            sigma = (u * level / math.sqrt(d))[None, None, :] * fnorm[sl, :, None].clamp_min(1e-300)
+            sigma = (u * level / math.sqrt(d))[None, None, :] * fnorm[sl, :, None].clamp_min(1e-150)
             log_n = -d * sigma.log() - dist[sl, :, None] ** 2 / (2 * sigma**2)
             log_k[sl] = torch.logsumexp(log_n, -1) - math.log(512)
         log_k = torch.where(keep, log_k, neg_inf)

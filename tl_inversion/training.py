@@ -175,8 +175,9 @@ class TrainConfig:
         if not 0 <= self.bos_prob < 1:
             raise ValueError(f"bos_prob must be in [0, 1), got {self.bos_prob}")
         if not 0 <= self.train_noise <= 1:  # also refuses NaN
-            raise ValueError(f"train_noise must be in [0, 1] (units of the distance D, whose epsilon is 0.1; "
-                             f"0: none; above 1 the noise outweighs the activation), got {self.train_noise}")
+            raise ValueError(f"train_noise must be in [0, 1] (< 1 for train_noise_shape 'preimage'; units of the "
+                             f"distance D, whose epsilon is 0.1; 0: none; above 1 the noise outweighs the activation), "
+                             f"got {self.train_noise}")
         if self.train_noise_shape not in NOISE_SHAPES:
             raise ValueError(f"train_noise_shape must be one of {NOISE_SHAPES}, got {self.train_noise_shape!r}")
         if self.train_noise_shape == "preimage" and self.train_noise >= 1:
