@@ -71,7 +71,7 @@ def main() -> None:
         t0 = time.perf_counter()
         res = completeness(model, bank, task, site, queries, positions, cand, max_candidates=args.max_candidates,
                            n_samples=0, progress=False, distances=dists.pop(site))
-        s = res.summary
+        s = res.summary.rename(columns={"position": "position_index"})
         for shape, level in args.kernels:
             vals = []
             for qi in range(queries.shape[0]):

@@ -17,10 +17,10 @@ epsilon-preimage by brute force and reports
 Cost and memory: distances need one probed forward per ``batch_size`` candidates, stopped
 after the site's layer (cheap); memory is ``[batch_size, n_ctx, d_site]`` per batch plus
 ``[n_queries, N]`` floats (``auroc_ideal`` re-reads the scored candidates in batches of
-``batch_size``, with a float64 copy of each batch's activations). Decoder scoring is the heavy part (one teacher-forced decoder
-pass per candidate and query), so ``max_candidates`` caps the number of candidates scored
-per query: all members (up to ``max_candidates // 2``) plus a uniform random sample of
-non-members fill the cap. AUROC does not depend on the class proportions, so sampling
+``batch_size``, with a float64 copy of each batch's activations). Decoder scoring is the
+heavy part (one teacher-forced decoder pass per candidate and query), so
+``max_candidates`` caps the number of candidates scored per query: all members (up to
+``max_candidates // 2``) plus a uniform random sample of non-members fill the cap. AUROC does not depend on the class proportions, so sampling
 within each class leaves it unbiased; recall always uses the full member set.
 """
 
