@@ -56,13 +56,8 @@ def main() -> None:
     task = addition.make_task()
     plan = default_plan("addition")
     cand = plan.candidates()
-    cq = task.encode(list(plan.completeness_queries))
-    queries = cq.repeat(len(plan.completeness_positions), 1)
-    positions = torch.cat([task.resolve_position(cq, p) for p in plan.completeness_positions])
-    names = [str(p) for p in plan.completeness_positions for _ in range(cq.shape[0])]
-    acts = hooked.harvest(model, queries, sites, validate=False)
-    rows = torch.arange(queries.shape[0])
-    z_by_site = {s: a[rows.to(a.device), positions.to(a.device)] for s, a in acts.items()}
+    queries, positions, names = plan.completeness_rows(task)  # as evaluate
+    z_by_site = hooked.activations_at(model, queries, positions, sites, validate=False)
     t0 = time.perf_counter()
     dists = preimage_distances_by_site(model, cand, z_by_site, task.special_ids, progress=False, batch_size=16384)
     print(f"true preimages: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -72,16 +67,18 @@ def main() -> None:
         res = completeness(model, bank, task, site, queries, positions, cand, max_candidates=args.max_candidates,
                            n_samples=0, progress=False, distances=dists.pop(site))
         s = res.summary.rename(columns={"position": "position_index"})
-        for shape, level in args.kernels:
-            vals = []
-            for qi in range(queries.shape[0]):
-                sc = res.scores[res.scores["query"] == qi]
-                x = cand[torch.from_numpy(sc["candidate"].to_numpy())]
-                a = torch.cat([hooked.harvest(model, x[i : i + 4096], [site], validate=False)[site].cpu()
-                               for i in range(0, x.shape[0], 4096)])
-                logp = kernel_log_posterior(z_by_site[site][qi], a, special_mask_of(x, task.special_ids), shape, level)
-                vals.append(auroc(logp.numpy(), sc["member"].to_numpy()))
-            s[f"ideal_{shape}_{level:g}"] = vals
+        vals: dict[str, list[float]] = {f"ideal_{shape}_{level:g}": [] for shape, level in args.kernels}
+        for qi in range(queries.shape[0]):  # one probed pass over a row's scored candidates, every kernel
+            sc = res.scores[res.scores["query"] == qi]
+            x = cand[torch.tensor(sc["candidate"].to_numpy())]
+            a = torch.cat([hooked.harvest(model, x[i : i + 4096], [site], validate=False)[site].cpu()
+                           for i in range(0, x.shape[0], 4096)])
+            ignore = special_mask_of(x, task.special_ids)
+            for shape, level in args.kernels:
+                logp = kernel_log_posterior(z_by_site[site][qi], a, ignore, shape, level)
+                vals[f"ideal_{shape}_{level:g}"].append(auroc(logp.numpy(), sc["member"].to_numpy()))
+        for name, v in vals.items():
+            s[name] = v
         s.insert(0, "position", [names[i] for i in s["query"]])
         s.insert(0, "site", str(site))
         frames.append(s)

@@ -42,11 +42,8 @@ def main() -> None:
     task = addition.make_task()
     plan = default_plan("addition")
     sites = hooked.validate_sites(paper_addition_sites(), model)
-    cq = task.encode(plan.completeness_queries)
-    queries = cq.repeat(len(plan.completeness_positions), 1)
-    positions = torch.cat([task.resolve_position(cq, p) for p in plan.completeness_positions])
-    rows = torch.arange(queries.shape[0])
-    z = {s: a[rows.to(a.device), positions.to(a.device)] for s, a in hooked.harvest(model, queries, sites).items()}
+    queries, positions, _ = plan.completeness_rows(task)
+    z = hooked.activations_at(model, queries, positions, sites)
     candidates = addition.paper_split("all")[: args.n]
     t = time.perf_counter()
     per_site = {s: preimage_distances(model, candidates, s, z[s], task.special_ids, progress=False) for s in sites}

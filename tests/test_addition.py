@@ -120,3 +120,16 @@ def test_probed_recipe_runs_a_few_steps(tmp_path):
     info = train_probed_model(task, tr, te, task.answer_mask, cfg, tmp_path / "m", progress=False)
     assert 0.0 <= info["test_accuracy"] <= 1.0
     assert (tmp_path / "m" / "config.json").exists()
+
+
+def test_plan_completeness_rows_are_queries_by_position():
+    from tl_inversion.report import default_plan
+
+    plan = default_plan("addition")
+    queries, positions, names = plan.completeness_rows(addition.make_task())
+    # four queries at = A1 A2 A3, position-major; [BOS] 6 1 5 + 8 6 1 = 1 4 7 6: '=' is index 8
+    assert names == ["="] * 4 + ["A1"] * 4 + ["A2"] * 4 + ["A3"] * 4
+    assert positions.tolist() == [8] * 4 + [9] * 4 + [10] * 4 + [11] * 4
+    assert torch.equal(queries[0], queries[4]) and torch.equal(queries[3], queries[15])
+    assert addition.make_task().decode(queries[:4]) == ["615+861=1476", "925+398=1323", "101+539=640", "556+280=836"]
+

@@ -268,6 +268,12 @@ def test_merge_of_a_selection_keeps_every_training_run():
     assert [p["sites"] for p in combined.meta["merged_from"]] == [
         [names[0], names[2]], [n for n in names[3:] if n != names[6]], swap]
     assert [p["steps"] for p in combined.meta["merged_from"]] == [100, 103, 7]
+    # each site's own run: the swapped ones the third run's config, the others their part's
+    assert combined.training_config(names[6]) == {"train_noise": 0.2, "train_noise_shape": "ball"}
+    assert combined.training_config(names[3]) == parts[1].meta["train_config"]
+    assert combined.training_config(names[0]) == parts[0].meta["train_config"]
+    with pytest.raises(SiteError, match="this bank covers"):
+        combined.training_config("blocks.1.hook_resid_pots")
     said = _training_noise(combined.training_runs())
     assert said == (f"exact activations (train_noise 0, as the paper) (2 sites: {names[0]}, {names[2]}) and "
                     f"activations blurred by train_noise 0.1 (ball) (3 sites: {', '.join(names[3:6])}) and "

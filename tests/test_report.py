@@ -183,6 +183,12 @@ def test_report_files_and_markdown(model, table, tmp_path):
         assert heading in text
     for name in ("faithfulness.csv", "consistency.csv", "completeness.csv", "faithfulness.png", "completeness_auroc.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
+    # an evaluation without completeness or features in the same folder leaves no file of the old one
+    bare = evaluate(model, bank, TASK, table, EvalPlan(positions=["="]), n_faithfulness=8, n_queries=2,
+                    n_bos_samples=4, n_random=20, progress=False)
+    bare.write(tmp_path / "report")
+    left = sorted(p.name for p in (tmp_path / "report").iterdir())
+    assert left == ["faithfulness.csv", "faithfulness.png", "report.md"]
 
 
 def test_bad_inputs_are_named(model, table):

@@ -52,6 +52,20 @@ def test_harvest_equals_full_run_with_cache(tiny_model):
     torch.testing.assert_close(got[Site("blocks.0.hook_mlp_out")], cache["blocks.0.hook_mlp_out"])
 
 
+def test_activations_at_reads_each_row_at_its_position(tiny_model):
+    tokens = torch.randint(0, tiny_model.cfg.d_vocab, (4, 8), generator=torch.Generator().manual_seed(2))
+    positions = torch.tensor([0, 7, 3, 3])
+    got = hooked.activations_at(tiny_model, tokens, positions, ["blocks.1.hook_resid_mid", "blocks.0.attn.hook_z[1]"])
+    _, cache = tiny_model.run_with_cache(tokens)
+    for i, p in enumerate(positions.tolist()):
+        torch.testing.assert_close(got[Site("blocks.1.hook_resid_mid")][i], cache["blocks.1.hook_resid_mid"][i, p])
+        torch.testing.assert_close(got[Site("blocks.0.attn.hook_z", 1)][i], cache["blocks.0.attn.hook_z"][i, p, 1])
+    with pytest.raises(ValueError, match="one index per row"):
+        hooked.activations_at(tiny_model, tokens, positions[:3], ["blocks.0.hook_resid_post"])
+    with pytest.raises(ValueError, match=r"0 \.\. 7"):
+        hooked.activations_at(tiny_model, tokens, torch.tensor([0, 8, 1, 1]), ["blocks.0.hook_resid_post"])
+
+
 def test_per_head_result_equals_transformer_lens_hook_result(tiny_model, tiny_model_variant):
     """Our z @ W_O[h] against TL's own hook_result (where set_use_attn_result works)."""
     tokens = torch.randint(0, tiny_model.cfg.d_vocab, (2, 8), generator=torch.Generator().manual_seed(1))

@@ -227,6 +227,21 @@ class DecoderBank:
         return [{"sites": [str(s) for s in self.sites], "train_config": self.meta.get("train_config"),
                  "steps": self.meta.get("steps")}]
 
+    def training_config(self, site: SiteLike) -> dict[str, Any] | None:
+        """The ``train_config`` of the run that trained ``site``'s decoder (see
+        :meth:`training_runs`), ``None`` when the bank does not record it (a bank built
+        with :meth:`create` and never trained).
+
+        Raises:
+            SiteError: a site the bank does not cover (the message lists the bank's sites).
+        """
+        self.lookup(site)  # a site the bank lacks is an error, not "unrecorded"
+        name = str(self.resolve_site(site))
+        for run in self.training_runs():
+            if name in (run.get("sites") or []):
+                return copy.deepcopy(run.get("train_config"))
+        return None
+
     def select(self, sites: Sequence[SiteLike] | None = None, *, drop: Sequence[SiteLike] | None = None) -> "DecoderBank":
         """A bank of some of this bank's sites (the decoders are shared, not copied).
 

@@ -278,14 +278,12 @@ def _training_kernel(bank: Any, site: Any, blurred: bool) -> tuple[str | None, f
     """The kernel the condition was trained with: ``(shape, level)``, ``(None, 0)`` for an exact
     one, ``None`` when the bank does not record how the site was trained. With a noise flag,
     flag 0 rows were exact; without one, every row had the run's ``train_noise``."""
-    for run in bank.training_runs():
-        cfg = run.get("train_config")
-        if cfg is None or str(site) not in run.get("sites", []):
-            continue
-        if not cfg.get("train_noise") or (bank.noise_flag and not blurred):
-            return None, 0.0
-        return cfg.get("train_noise_shape", "gaussian"), float(cfg["train_noise"])
-    return None
+    cfg = bank.training_config(site)
+    if cfg is None:
+        return None
+    if not cfg.get("train_noise") or (bank.noise_flag and not blurred):
+        return None, 0.0
+    return cfg.get("train_noise_shape", "gaussian"), float(cfg["train_noise"])
 
 
 def _ideal_logp(model: Any, task: Any, site: Any, z_q: Tensor, scored: Tensor, kernel: tuple[str | None, float],

@@ -105,6 +105,41 @@ def harvest(
     return out
 
 
+def activations_at(
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    positions: Int[Tensor, " batch"],
+    sites: Sequence[SiteLike],
+    *,
+    validate: bool = True,
+) -> dict[Site, Float[Tensor, "batch d_site"]]:
+    """Each row's activation at its own position, for many sites from one forward.
+
+    Args:
+        model: a ``HookedTransformer`` or ``TransformerBridge``.
+        tokens: token ids ``[batch, pos]``.
+        positions: ``[batch]`` position index read in each row.
+        sites: sites or their string forms.
+        validate: as :func:`harvest`.
+
+    Returns:
+        ``{site: tensor [batch, d_site]}`` on the model's device: ``harvest(...)[site][i,
+        positions[i]]`` for every row ``i``.
+
+    Raises:
+        ValueError: ``positions`` is not one index per row, or an index is outside
+            ``0 .. pos - 1``; and whatever :func:`harvest` raises.
+    """
+    positions = torch.as_tensor(positions).reshape(-1).long()
+    if positions.shape[0] != tokens.shape[0]:
+        raise ValueError(f"positions must give one index per row: {tokens.shape[0]} rows, {positions.shape[0]} positions")
+    if positions.numel() and (positions.min() < 0 or positions.max() >= tokens.shape[-1]):
+        raise ValueError(f"positions must lie in 0 .. {tokens.shape[-1] - 1}, got {positions.min()} .. {positions.max()}")
+    acts = harvest(model, tokens, sites, validate=validate)
+    rows = torch.arange(tokens.shape[0])
+    return {site: a[rows.to(a.device), positions.to(a.device)] for site, a in acts.items()}
+
+
 def check_tokens(model: Any, tokens: Int[Tensor, "batch pos"], name: str = "tokens") -> None:
     """Refuse token ids the model cannot run: not ``[batch, pos]`` integers, more positions
     than ``n_ctx``, or ids outside ``0..d_vocab-1`` (torch would only say "index out of range").

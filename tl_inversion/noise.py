@@ -82,9 +82,9 @@ def perturb(
         raise ValueError(f"noise level must be finite and >= 0, got {level}")
     if z.ndim != 2:
         raise ValueError(f"z must be [batch, d] activations, got shape {list(z.shape)}")
+    z = z.to(generator.device)
     if level == 0:
         return z
-    z = z.to(generator.device)
     if shape == "preimage":
         return preimage_kernel_sample(z.float(), level, generator).to(z.dtype)
     zf = z.float()

@@ -77,6 +77,23 @@ class EvalPlan:
     class_fn: Callable[[Tensor], Any] | None = None
     min_members: int = 10
 
+    def completeness_rows(self, task: Any) -> tuple[Tensor, Tensor, list[str]]:
+        """The completeness rows: every query at every completeness position.
+
+        Returns:
+            ``(queries [R, n_ctx], positions [R], names)`` with ``R = len(completeness_positions)
+            * len(completeness_queries)``, position-major (the queries repeated per
+            position), ``positions`` the resolved indices and ``names`` their labels.
+
+        Raises:
+            ValueError: a query the task cannot encode, or a position it cannot resolve.
+        """
+        cq = task.encode(list(self.completeness_queries))
+        queries = cq.repeat(len(self.completeness_positions), 1)
+        positions = torch.cat([task.resolve_position(cq, p) for p in self.completeness_positions])
+        names = [str(p) for p in self.completeness_positions for _ in range(cq.shape[0])]
+        return queries, positions, names
+
 
 def default_plan(task_name: str | Any) -> EvalPlan:
     """The plan for a built-in task (give its name, or the task: its ``name`` is used).
@@ -307,15 +324,24 @@ class EvaluationReport:
         return "\n".join(parts) + "\n"
 
     def write(self, out_dir: str | Path) -> Path:
-        """Write ``report.md``, ``faithfulness.csv``, ``consistency.csv``, ``completeness.csv``
-        and plots (``faithfulness.png``, ``completeness_auroc.png``, completeness scatters) to
-        ``out_dir``; returns the path of ``report.md``."""
+        """Write ``report.md``, ``faithfulness.csv``, ``consistency.csv`` (when the plan has
+        features), ``completeness.csv`` (when completeness was measured) and plots
+        (``faithfulness.png``, ``completeness_auroc.png``, completeness scatters) to
+        ``out_dir``; returns the path of ``report.md``. A table that was not measured gets
+        no file (an old one of that name in ``out_dir`` is removed, so the folder never
+        mixes two evaluations)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.faithfulness.to_csv(out / "faithfulness.csv")
-        self.consistency.to_csv(out / "consistency.csv")
-        self.completeness.to_csv(out / "completeness.csv", index=False)
+        for name, table, index in (("consistency.csv", self.consistency, True),
+                                   ("completeness.csv", self.completeness, False)):
+            if table.empty:
+                (out / name).unlink(missing_ok=True)
+            else:
+                table.to_csv(out / name, index=index)
         plots = {"Faithfulness rate per site and position": _plot_faithfulness(self.faithfulness, out / "faithfulness.png").name}
+        for stale in ("completeness_auroc.png", "completeness_worst.png", "completeness_best.png"):
+            (out / stale).unlink(missing_ok=True)
         if not self.completeness.empty:
             plots["Completeness AUROC per site"] = _plot_auroc(self.completeness, out / "completeness_auroc.png").name
             e = self.completeness[self.completeness["eligible"] & self.completeness["auroc"].notna()]
@@ -603,14 +629,9 @@ def evaluate(
         if completeness_on:
             candidates = plan.candidates()
             n_candidates = int(candidates.shape[0])
-            cq = task.encode(list(plan.completeness_queries))
-            queries = cq.repeat(len(plan.completeness_positions), 1)
-            positions = torch.cat([task.resolve_position(cq, p) for p in plan.completeness_positions])
-            names = [str(p) for p in plan.completeness_positions for _ in range(cq.shape[0])]
+            queries, positions, names = plan.completeness_rows(task)
             # the true preimages of every site from one probed pass over the candidates
-            acts = hooked.harvest(model, queries, use_sites, validate=False)
-            rows = torch.arange(queries.shape[0])
-            z_by_site = {site: a[rows.to(a.device), positions.to(a.device)] for site, a in acts.items()}
+            z_by_site = hooked.activations_at(model, queries, positions, use_sites, validate=False)
             distances = preimage_distances_by_site(model, candidates, z_by_site, task.special_ids, metric=metric,
                                                    progress=False)
             for site in use_sites:
