@@ -133,3 +133,25 @@ def test_plan_completeness_rows_are_queries_by_position():
     assert torch.equal(queries[0], queries[4]) and torch.equal(queries[3], queries[15])
     assert addition.make_task().decode(queries[:4]) == ["615+861=1476", "925+398=1323", "101+539=640", "556+280=836"]
 
+
+def test_plan_completeness_rows_resolve_each_query_and_refuse_bad_plans():
+    """Counting queries of different lengths: each row's own index, counted by hand on
+    'B d d k d k k x d k | k : 4' (':' at 12, the query letter at 11) and
+    'B q q z q z b q | q : 4' (':' at 10, the letter at 9)."""
+    from tl_inversion.report import EvalPlan
+    from tl_inversion.tasks import counting
+
+    task = counting.make_task()
+    plan = EvalPlan(positions=[":"], completeness_queries=["ddkdkkxdk|k:4", "qqzqzbq|q:4"],
+                    completeness_positions=[":", "c"])
+    queries, positions, names = plan.completeness_rows(task)
+    assert positions.tolist() == [12, 10, 11, 9] and names == [":", ":", "c", "c"]
+    assert task.decode(queries) == ["ddkdkkxdk|k:4", "qqzqzbq|q:4"] * 2
+    with pytest.raises(TypeError, match=r"must be a list, got the string 'A1'; write \['A1'\]"):
+        EvalPlan(positions=["="], completeness_queries=["615+861=1476"], completeness_positions="A1").completeness_rows(
+            addition.make_task())
+    with pytest.raises(ValueError, match="needs completeness_queries and completeness_positions, got 1 queries and 0"):
+        EvalPlan(positions=["="], completeness_queries=["615+861=1476"]).completeness_rows(addition.make_task())
+    with pytest.raises(TypeError, match="task must be a task object"):
+        plan.completeness_rows("counting")
+

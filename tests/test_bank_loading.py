@@ -272,6 +272,8 @@ def test_merge_of_a_selection_keeps_every_training_run():
     assert combined.training_config(names[6]) == {"train_noise": 0.2, "train_noise_shape": "ball"}
     assert combined.training_config(names[3]) == parts[1].meta["train_config"]
     assert combined.training_config(names[0]) == parts[0].meta["train_config"]
+    combined.training_config(names[6])["train_noise"] = 9.0  # a copy: the bank's record is unchanged
+    assert combined.training_config(names[6])["train_noise"] == 0.2
     with pytest.raises(SiteError, match="this bank covers"):
         combined.training_config("blocks.1.hook_resid_pots")
     said = _training_noise(combined.training_runs())

@@ -119,6 +119,31 @@ def test_kernel_log_posterior_gaussian_against_a_fine_integral():
         kernel_log_posterior(torch.tensor([1.0]), torch.tensor([[[1.2]]]), torch.tensor([[False]]), "cube", 0.5)
 
 
+@pytest.mark.parametrize("d", [3, 32, 768])
+def test_kernel_log_posterior_gaussian_wide_sites_against_quadrature(d):
+    """Widths 3 / 32 / 768, activations at D / level from 0.05 (the width mixture's peak at
+    small widths) to 4 (far tail, where the incomplete gamma function underflows and an
+    asymptotic series takes over): against int_0^1 (u a)^-d exp(-delta^2 / (2 u^2 a^2)) du
+    by mpmath's adaptive quadrature at 30 digits, split around the integrand's peak."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 30
+    level = 0.1
+    ratios = [0.05, 0.5, 1.0, 1.5, 2.5, 4.0]
+    zq = torch.zeros(d, dtype=torch.float64)
+    zq[0] = 1.0
+    acts = zq.repeat(len(ratios), 1, 1).clone()  # one position per input: z_q + r * level * e_2
+    acts[:, 0, 1] = torch.tensor(ratios, dtype=torch.float64) * level
+    out = kernel_log_posterior(zq, acts, torch.zeros(len(ratios), 1, dtype=torch.bool), "gaussian", level).numpy()
+    for i, r in enumerate(ratios):
+        delta = r * level
+        a = level * math.sqrt(1.0 + delta**2) / math.sqrt(d)  # level ||f|| / sqrt(d)
+        peak = min(r, 1.0)  # the integrand is largest at u = delta / (a sqrt d) ~ r, or at u = 1
+        cuts = sorted({0.0, 0.5 * peak, 0.9 * peak, peak, min(1.0, 1.1 * peak), 0.99, 0.999, 0.9999, 1.0})
+        val = mpmath.quad(lambda u: (u * a) ** (-d) * mpmath.exp(-(delta**2) / (2 * (u * a) ** 2)), cuts)
+        assert out[i] == pytest.approx(float(mpmath.log(val)), rel=1e-9, abs=1e-6), (d, r)
+    assert np.all(np.diff(out) < 0)  # nearer activations score higher
+
+
 def test_preimage_kernel_small_levels_and_wide_sites():
     """Small levels stay inside the region (the angle is kept in float64), and on a 768-wide
     site the angle follows its law: its CDF from a 400,001-point numerical integration of
@@ -149,8 +174,12 @@ def test_preimage_kernel_small_levels_and_wide_sites():
 
 def test_bad_shapes_are_named():
     g = torch.Generator()
-    with pytest.raises(ValueError, match=r"z must be \[batch, d\] activations, got shape \[16\]"):
+    with pytest.raises(ValueError, match=r"z must be \[batch, d >= 1\] activations, got shape \[16\]"):
         perturb(torch.randn(16), 0.1, g, "gaussian")
+    with pytest.raises(ValueError, match=r"got shape \[3, 0\]"):
+        perturb(torch.randn(3, 0), 0.1, g, "ball")
+    with pytest.raises(TypeError, match="generator must be a torch.Generator .*got NoneType"):
+        perturb(torch.randn(3, 2), 0.0, None)
     with pytest.raises(ValueError, match=r"f must be \[batch, d\] activations, got shape \[2, 3, 4\]"):
         preimage_kernel_sample(torch.randn(2, 3, 4), 0.1, g)
     zq, acts, ign = torch.ones(2), torch.ones(3, 4, 2), torch.zeros(3, 4, dtype=torch.bool)

@@ -184,6 +184,9 @@ def test_report_files_and_markdown(model, table, tmp_path):
     for name in ("faithfulness.csv", "consistency.csv", "completeness.csv", "faithfulness.png", "completeness_auroc.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
     # an evaluation without completeness or features in the same folder leaves no file of the old one
+    # (the scatters of an earlier evaluation with finite AUROCs too: stand-ins here, the oracle gives NaN)
+    for stale in ("completeness_worst.png", "completeness_best.png"):
+        (tmp_path / "report" / stale).write_bytes(b"old")
     bare = evaluate(model, bank, TASK, table, EvalPlan(positions=["="]), n_faithfulness=8, n_queries=2,
                     n_bos_samples=4, n_random=20, progress=False)
     bare.write(tmp_path / "report")

@@ -64,6 +64,21 @@ def test_activations_at_reads_each_row_at_its_position(tiny_model):
         hooked.activations_at(tiny_model, tokens, positions[:3], ["blocks.0.hook_resid_post"])
     with pytest.raises(ValueError, match=r"0 \.\. 7"):
         hooked.activations_at(tiny_model, tokens, torch.tensor([0, 8, 1, 1]), ["blocks.0.hook_resid_post"])
+    site = ["blocks.0.hook_resid_post"]
+    for bad, message in ((torch.tensor([0.5, 1.0, 2.0, 3.0]), "integer indices, got torch.float32"),
+                         (torch.tensor([True, False, True, True]), "integer indices, got torch.bool"),
+                         (torch.tensor([[0, 1], [2, 3]]), r"shape \[4\], got \[2, 2\]")):
+        with pytest.raises(ValueError, match=message):
+            hooked.activations_at(tiny_model, tokens, bad, site)
+    with pytest.raises(ValueError, match="no sites given"):
+        hooked.activations_at(tiny_model, tokens, positions, [])
+    with pytest.raises(ValueError, match="tokens has no rows"):
+        hooked.activations_at(tiny_model, tokens[:0], positions[:0], site)
+    with pytest.raises(ValueError, match=r"integer tensor \[batch, pos\]"):
+        hooked.activations_at(tiny_model, tokens[0], positions, site)
+    # a list of ints works, and an unvalidated head given as a string is parsed
+    fast = hooked.activations_at(tiny_model, tokens, [0, 7, 3, 3], ["blocks.0.attn.hook_z[1]"], validate=False)
+    torch.testing.assert_close(fast[Site("blocks.0.attn.hook_z", 1)][1], cache["blocks.0.attn.hook_z"][1, 7, 1])
 
 
 def test_per_head_result_equals_transformer_lens_hook_result(tiny_model, tiny_model_variant):

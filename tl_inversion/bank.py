@@ -232,6 +232,12 @@ class DecoderBank:
         :meth:`training_runs`), ``None`` when the bank does not record it (a bank built
         with :meth:`create` and never trained).
 
+        Returns:
+            A copy of the :class:`~tl_inversion.training.TrainConfig` fields as the run was
+            given them: its ``sites`` are the whole run's as typed (they may include sites
+            since dropped by :meth:`select`, or a negative head index) and ``steps`` is the
+            step budget; the steps actually trained are in :meth:`training_runs`.
+
         Raises:
             SiteError: a site the bank does not cover (the message lists the bank's sites).
         """

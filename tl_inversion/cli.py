@@ -352,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--bank", required=True, nargs="+", help="folder of a saved decoder bank (several: merged)")
     p.add_argument("--task", default="counting", help="registered task: counting or addition (default: counting); IOI and your own texts: Python API")
-    p.add_argument("--out", required=True, help="report folder (report.md, CSV files, PNG plots)")
+    p.add_argument("--out", required=True, help="report folder (report.md, CSV files, PNG plots); a report already there is overwritten, "
+                   "and its completeness / consistency files are removed when this evaluation has none")
     p.add_argument("--sites", nargs="+", help="a subset of the bank's sites (default: all)")
     p.add_argument("--positions", nargs="+", help="positions (task names or indices); default: the task's plan")
     p.add_argument("--n-faithfulness", type=int, default=200, help="held-out activations per site and position (paper 200)")

@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .sites import Site, SiteLike, validate_sites
+from .sites import Site, SiteLike, parse_site, validate_sites
 
 HookFn = Callable[[Tensor, Any], Tensor | None]
 
@@ -83,7 +83,7 @@ def harvest(
     """
     if validate:
         check_tokens(model, tokens)
-    sites = validate_sites(sites, model) if validate else [s if isinstance(s, Site) else Site(s) for s in sites]
+    sites = validate_sites(sites, model) if validate else [s if isinstance(s, Site) else parse_site(s) for s in sites]
     tokens = tokens.to(model_device(model))
     read = sorted({s.read_hook for s in sites})
     stop = stop_layer_for(sites, model.cfg.n_layers)
@@ -108,7 +108,7 @@ def harvest(
 def activations_at(
     model: Any,
     tokens: Int[Tensor, "batch pos"],
-    positions: Int[Tensor, " batch"],
+    positions: Int[Tensor, " batch"] | Sequence[int],
     sites: Sequence[SiteLike],
     *,
     validate: bool = True,
@@ -124,16 +124,29 @@ def activations_at(
 
     Returns:
         ``{site: tensor [batch, d_site]}`` on the model's device: ``harvest(...)[site][i,
-        positions[i]]`` for every row ``i``.
+        positions[i]]`` for every row ``i``. Keys are :class:`~tl_inversion.sites.Site`
+        objects as :func:`harvest` makes them (validated: a negative head counted from the
+        last head), not the strings given.
 
     Raises:
-        ValueError: ``positions`` is not one index per row, or an index is outside
+        ValueError: tokens that are not a non-empty ``[batch, pos]`` integer tensor, no
+            sites, ``positions`` that are not one integer index per row (a ``[batch]``
+            integer tensor or list; floats and bools are refused), or an index outside
             ``0 .. pos - 1``; and whatever :func:`harvest` raises.
     """
-    positions = torch.as_tensor(positions).reshape(-1).long()
-    if positions.shape[0] != tokens.shape[0]:
-        raise ValueError(f"positions must give one index per row: {tokens.shape[0]} rows, {positions.shape[0]} positions")
-    if positions.numel() and (positions.min() < 0 or positions.max() >= tokens.shape[-1]):
+    if validate:
+        check_tokens(model, tokens)
+    if tokens.shape[0] == 0:
+        raise ValueError("tokens has no rows: give at least one input")
+    if not sites:
+        raise ValueError("no sites given: name at least one site (e.g. 'blocks.0.hook_resid_post')")
+    positions = torch.as_tensor(positions)
+    if positions.dtype.is_floating_point or positions.dtype == torch.bool or positions.is_complex():
+        raise ValueError(f"positions must be integer indices, got {positions.dtype}")
+    if positions.ndim != 1 or positions.shape[0] != tokens.shape[0]:
+        raise ValueError(f"positions must give one index per row, shape [{tokens.shape[0]}], got {list(positions.shape)}")
+    positions = positions.long()
+    if positions.min() < 0 or positions.max() >= tokens.shape[-1]:
         raise ValueError(f"positions must lie in 0 .. {tokens.shape[-1] - 1}, got {positions.min()} .. {positions.max()}")
     acts = harvest(model, tokens, sites, validate=validate)
     rows = torch.arange(tokens.shape[0])

@@ -80,14 +80,34 @@ class EvalPlan:
     def completeness_rows(self, task: Any) -> tuple[Tensor, Tensor, list[str]]:
         """The completeness rows: every query at every completeness position.
 
+        Args:
+            task: the task object (e.g. ``tl_inversion.tasks.addition.make_task()``) that
+                encodes the query texts and resolves the positions in each query.
+
         Returns:
             ``(queries [R, n_ctx], positions [R], names)`` with ``R = len(completeness_positions)
             * len(completeness_queries)``, position-major (the queries repeated per
-            position), ``positions`` the resolved indices and ``names`` their labels.
+            position), ``positions`` the resolved indices (each query's own: queries of
+            different layouts resolve to different indices) and ``names`` their labels.
 
         Raises:
-            ValueError: a query the task cannot encode, or a position it cannot resolve.
+            TypeError: ``completeness_queries`` or ``completeness_positions`` is a single
+                string instead of a list, or ``task`` is not a task object.
+            ValueError: the plan has no completeness queries or no completeness positions,
+                a query the task cannot encode, or a position it cannot resolve
+                (``PositionError``).
         """
+        for name in ("completeness_queries", "completeness_positions"):
+            if isinstance(getattr(self, name), str):
+                raise TypeError(f"EvalPlan.{name} must be a list, got the string {getattr(self, name)!r}; "
+                                f"write [{getattr(self, name)!r}]")
+        if not self.completeness_queries or not self.completeness_positions:
+            raise ValueError("this plan measures no completeness: it needs completeness_queries and "
+                             f"completeness_positions, got {len(self.completeness_queries)} queries and "
+                             f"{len(self.completeness_positions)} positions")
+        if not (hasattr(task, "encode") and hasattr(task, "resolve_position")):
+            raise TypeError(f"task must be a task object (e.g. tl_inversion.tasks.get_task('addition')), "
+                            f"got {type(task).__name__}")
         cq = task.encode(list(self.completeness_queries))
         queries = cq.repeat(len(self.completeness_positions), 1)
         positions = torch.cat([task.resolve_position(cq, p) for p in self.completeness_positions])
@@ -562,9 +582,7 @@ def evaluate(
     if plan.completeness_queries and plan.candidates is None:
         raise ValueError("completeness queries need an enumerated input space: the plan has no candidates")
     if plan.completeness_queries:  # bad queries or positions fail now, not after the other stages
-        cq = task.encode(list(plan.completeness_queries))
-        for p in plan.completeness_positions:
-            task.resolve_position(cq, p)
+        plan.completeness_rows(task)
     bank.check_model(model)
     bank.check_task(task)
     use_sites = list(bank.sites) if sites is None else [bank.resolve_site(s) for s in sites]
