@@ -119,7 +119,7 @@ def test_kernel_log_posterior_gaussian_against_a_fine_integral():
         kernel_log_posterior(torch.tensor([1.0]), torch.tensor([[[1.2]]]), torch.tensor([[False]]), "cube", 0.5)
 
 
-@pytest.mark.parametrize("d", [3, 32, 768])
+@pytest.mark.parametrize("d", [1, 3, 32, 768])
 def test_kernel_log_posterior_gaussian_wide_sites_against_quadrature(d):
     """Widths 3 / 32 / 768, activations at D / level from 0.05 (the width mixture's peak at
     small widths) to 4 (far tail, where the incomplete gamma function underflows and an
@@ -131,17 +131,37 @@ def test_kernel_log_posterior_gaussian_wide_sites_against_quadrature(d):
     ratios = [0.05, 0.5, 1.0, 1.5, 2.5, 4.0]
     zq = torch.zeros(d, dtype=torch.float64)
     zq[0] = 1.0
-    acts = zq.repeat(len(ratios), 1, 1).clone()  # one position per input: z_q + r * level * e_2
-    acts[:, 0, 1] = torch.tensor(ratios, dtype=torch.float64) * level
+    acts = zq.repeat(len(ratios), 1, 1).clone()  # one position per input: z_q + r * level * e_2 (e_1 at d = 1)
+    acts[:, 0, min(1, d - 1)] += torch.tensor(ratios, dtype=torch.float64) * level
     out = kernel_log_posterior(zq, acts, torch.zeros(len(ratios), 1, dtype=torch.bool), "gaussian", level).numpy()
     for i, r in enumerate(ratios):
         delta = r * level
-        a = level * math.sqrt(1.0 + delta**2) / math.sqrt(d)  # level ||f|| / sqrt(d)
+        a = level * (1.0 + delta if d == 1 else math.sqrt(1.0 + delta**2)) / math.sqrt(d)  # level ||f|| / sqrt(d)
         peak = min(r, 1.0)  # the integrand is largest at u = delta / (a sqrt d) ~ r, or at u = 1
         cuts = sorted({0.0, 0.5 * peak, 0.9 * peak, peak, min(1.0, 1.1 * peak), 0.99, 0.999, 0.9999, 1.0})
         val = mpmath.quad(lambda u: (u * a) ** (-d) * mpmath.exp(-(delta**2) / (2 * (u * a) ** 2)), cuts)
         assert out[i] == pytest.approx(float(mpmath.log(val)), rel=1e-9, abs=1e-6), (d, r)
     assert np.all(np.diff(out) < 0)  # nearer activations score higher
+
+
+def test_kernel_log_posterior_gaussian_dead_head_and_exact_copies():
+    """A dead head (f_t = 0) adds nothing: the input scores as its live position alone, over
+    two positions (minus log 2), also at a level where the kernel's width underflows; an
+    exact copy scores +inf, at width 1 too."""
+    d = 768
+    zq = torch.ones(d, dtype=torch.float64)
+    acts = torch.stack([torch.zeros(d, dtype=torch.float64), 1.01 * zq])[None]
+    for level in (0.1, 0.01):
+        both = kernel_log_posterior(zq, acts, torch.zeros(1, 2, dtype=torch.bool), "gaussian", level)
+        live = kernel_log_posterior(zq, acts[:, 1:], torch.zeros(1, 1, dtype=torch.bool), "gaussian", level)
+        assert torch.isfinite(both).all() and float(both[0]) == pytest.approx(float(live[0]) - math.log(2), abs=1e-9)
+    dead = kernel_log_posterior(torch.tensor([1e5, 0.0, 0.0]), torch.zeros(1, 1, 3), torch.zeros(1, 1, dtype=torch.bool),
+                                "gaussian", 0.1)
+    assert dead.tolist() == [-math.inf]
+    z1 = torch.tensor([1.0], dtype=torch.float64)
+    rows = torch.tensor([[[1.0], [100.0]], [[1.0 + 1e-7], [100.0]], [[1.0002], [1.0002]]], dtype=torch.float64)
+    out = kernel_log_posterior(z1, rows, torch.zeros(3, 2, dtype=torch.bool), "gaussian", 0.1)
+    assert out[0] == math.inf and out[1] > out[2]  # the exact copy first, then the nearer one
 
 
 def test_preimage_kernel_small_levels_and_wide_sites():

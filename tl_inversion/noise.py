@@ -210,8 +210,9 @@ def kernel_log_posterior(
       ``delta = ||z_q - f_t||``, ``s = (d - 1) / 2`` and ``x = delta^2 / (2 a^2)`` the integral
       is ``delta^(1-d) 2^(s-1) Gamma(s, x) / a`` (substitute ``x = delta^2 / (2 u^2 a^2)``;
       ``Gamma(s, x)`` the upper incomplete gamma function). It is ``+inf`` where
-      ``f_t = z_q`` exactly (the mixture includes widths down to 0). A width-1 site (``s`` =
-      0) uses a 4,096-point midpoint rule in ``u`` instead.
+      ``f_t = z_q`` exactly (the mixture includes widths down to 0) and ``-inf`` at a dead
+      head (``f_t = 0``, ``z_q != 0``). A width-1 site (``s`` = 0) uses
+      ``Gamma(0, x) = E1(x)``, the exponential integral.
 
     Args:
         z_q: ``[d]`` the query activation.
@@ -263,33 +264,64 @@ def kernel_log_posterior(
 
 def _log_width_mixture(delta: Tensor, a: Tensor, d: int) -> Tensor:
     """``log int_0^1 (u a)^-d exp(-delta^2 / (2 u^2 a^2)) du`` elementwise (float64): the
-    Gaussian kernel without ``(2 pi)^(-d/2)``; closed form in :func:`kernel_log_posterior`."""
-    if d == 1:  # Gamma(0, x) is outside torch.special: a fine midpoint rule
-        u = (torch.arange(4096, dtype=torch.float64, device=delta.device) + 0.5) / 4096
-        sigma = u * a[..., None]
-        return torch.logsumexp(-sigma.log() - delta[..., None] ** 2 / (2 * sigma**2), -1) - math.log(4096)
+    Gaussian kernel without ``(2 pi)^(-d/2)``; closed form in :func:`kernel_log_posterior`
+    (``d`` = 1: ``Gamma(0, x) = E1(x)``, the exponential integral)."""
     s = (d - 1) / 2
-    x = delta**2 / (2 * a**2)
-    return (1 - d) * delta.log() + (s - 1) * math.log(2) - a.log() + _log_upper_gamma(s, x)
+    x = delta**2 / (2 * a**2)  # +inf where a underflows (a dead head): the kernel is 0 there
+    # xlogy: the delta term is absent for d = 1 (also at delta = 0), +inf at delta = 0 otherwise
+    return torch.special.xlogy(torch.tensor(1.0 - d, dtype=delta.dtype, device=delta.device), delta) \
+        + (s - 1) * math.log(2) - a.log() + _log_upper_gamma(s, x)
 
 
 def _log_upper_gamma(s: float, x: Tensor) -> Tensor:
-    """``log Gamma(s, x)`` (upper incomplete gamma, ``s > 0``, ``x >= 0``, float64):
-    ``lgamma(s) + log Q(s, x)`` with ``torch.special.gammaincc``; where ``Q`` underflows
-    (``x`` far above ``s``), the asymptotic series ``x^(s-1) e^-x sum_k (s-1)...(s-k) / x^k``
-    (Abramowitz & Stegun 6.5.32), summed while its terms shrink."""
-    q = torch.special.gammaincc(torch.full_like(x, s), x)
-    out = q.log() + math.lgamma(s)
-    far = q < 1e-250
-    if far.any():
-        xf = x[far]
-        term, total, shrinking = torch.ones_like(xf), torch.ones_like(xf), torch.ones_like(xf, dtype=torch.bool)
-        for k in range(1, 60):
-            nxt = term * (s - k) / xf
-            shrinking &= nxt.abs() < term.abs()
-            if not shrinking.any():
-                break
-            term = torch.where(shrinking, nxt, term)
-            total = total + torch.where(shrinking, nxt, torch.zeros_like(nxt))
-        out[far] = (s - 1) * xf.log() - xf + total.log()
-    return out
+    """``log Gamma(s, x)`` (upper incomplete gamma, ``s >= 0``, ``x >= 0``, float64; ``-inf`` at
+    ``x = +inf``). ``s > 0``: ``lgamma(s) + log Q(s, x)`` with ``torch.special.gammaincc``;
+    where ``Q`` underflows (``x`` far above ``s``), the asymptotic series
+    ``x^(s-1) e^-x sum_k (s-1)...(s-k) / x^k`` (Abramowitz & Stegun 6.5.32), summed while its
+    terms shrink. ``s = 0``: :func:`_log_exp_integral`."""
+    if s == 0:
+        out = _log_exp_integral(x)
+    else:
+        q = torch.special.gammaincc(torch.full_like(x, s), x)
+        out = q.log() + math.lgamma(s)
+        far = (q < 1e-250) & torch.isfinite(x)
+        if far.any():
+            xf = x[far]
+            term, total, shrinking = torch.ones_like(xf), torch.ones_like(xf), torch.ones_like(xf, dtype=torch.bool)
+            for k in range(1, 60):
+                nxt = term * (s - k) / xf
+                shrinking &= nxt.abs() < term.abs()
+                if not shrinking.any():
+                    break
+                term = torch.where(shrinking, nxt, term)
+                total = total + torch.where(shrinking, nxt, torch.zeros_like(nxt))
+            out[far] = (s - 1) * xf.log() - xf + total.log()
+    return torch.where(torch.isposinf(x), torch.full_like(out, -math.inf), out)
+
+
+def _log_exp_integral(x: Tensor) -> Tensor:
+    """``log E1(x)`` (float64, ``x >= 0``; ``+inf`` at 0): the power series
+    ``-gamma - ln x - sum_k (-x)^k / (k k!)`` below 1, and above it ``E1(x) = e^-x / (x + 1 -
+    1^2 / (x + 3 - 2^2 / (x + 5 - ...)))`` (Abramowitz & Stegun 5.1.11 and 5.1.22), the
+    continued fraction evaluated from the front (modified Lentz), 80 terms."""
+    small = x < 1
+    xs = torch.where(small, x, torch.zeros_like(x))
+    series, power = torch.zeros_like(x), torch.ones_like(x)
+    for k in range(1, 40):
+        power = power * (-xs) / k
+        series = series - power / k
+    e1_small = -0.5772156649015329 - xs.log() + series  # +inf at x = 0
+    xl = torch.where(small, torch.ones_like(x), x)
+    tiny = 1e-300
+    b = xl + 1
+    c = torch.full_like(x, 1 / tiny)
+    dd = 1 / b
+    h = dd.clone()
+    for i in range(1, 80):
+        an = -float(i * i)
+        b = b + 2
+        dd = 1 / (an * dd + b)
+        c = b + an / c
+        h = h * (c * dd)
+    log_e1_large = -xl + h.log()
+    return torch.where(small, e1_small.log(), log_e1_large)
