@@ -138,11 +138,16 @@ def test_evaluate_out_must_be_a_folder(capsys, tmp_path):
      "train_noise must be in [0, 1]"),
     (["train", "--model", str(asset_dir() / "probed"), "--out", "OUT", "--preset", "paper", "--train-noise-flag"],
      "needs a train_noise > 0 (CLI --train-noise)"),
+    (["train", "--model", str(asset_dir() / "probed"), "--out", "OUT", "--sites", "blocks.1.hook_resid_post",
+      "--d-model", "8", "--init-bank", str(asset_dir() / "decoders")], "config differs from the source's in d_model"),
+    (["train", "--model", str(asset_dir() / "probed"), "--out", "OUT", "--preset", "paper",
+      "--init-bank", "NO_BANK"], "NO_BANK"),
     pytest.param(["train-probed", "--out", "OUT", "--device", "mps"], "no usable MPS backend",
                  marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
 ])
 def test_training_commands_refuse_bad_numbers(capsys, tmp_path, argv, message):
-    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    argv = [str(tmp_path / "out") if a == "OUT" else str(tmp_path / "no_bank") if a == "NO_BANK" else a for a in argv]
+    message = message.replace("NO_BANK", str(tmp_path / "no_bank"))
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

@@ -490,3 +490,38 @@ def test_noise_flagged_training_resumes_and_saves_its_flag(counting_model, data,
     with pytest.raises(ValueError, match=r"train_noise_flag \(CLI --train-noise-flag\) \(checkpoint True, now False\)"):
         train(counting_model, task, tr, te, _cfg(train_noise=0.1, train_noise_shape="ball", topology=topology, steps=8),
               out_dir=tmp_path / "a", progress=False)
+
+
+def test_warm_start_begins_from_the_given_bank(counting_model, data, tmp_path):
+    """A run warm-started from a trained bank begins with that bank's weights (one step at a
+    learning rate of 1e-12 leaves them where they were, unlike a random initialisation); a
+    bank of another shape, another noise flag or without the site is refused by name."""
+    tr, te = data
+    task = counting.make_task()
+    first = train(counting_model, task, tr, te, _cfg(steps=8, lr=3e-3, eval_every=0), out_dir=tmp_path / "a",
+                  progress=False)
+    src = first.bank
+    tiny_lr = dict(steps=1, lr=1e-12, warmup_steps=0, eval_every=0, checkpoint_every=0)
+    warm = train(counting_model, task, tr, te, _cfg(init_banks=[str(tmp_path / "a" / "bank")], **tiny_lr),
+                 progress=False).bank
+    cold = train(counting_model, task, tr, te, _cfg(**tiny_lr), progress=False).bank
+    for site in src.sites:
+        s_state = src.lookup(site)[0].state_dict()
+        w_state, c_state = warm.lookup(site)[0].state_dict(), cold.lookup(site)[0].state_dict()
+        for k, v in s_state.items():
+            torch.testing.assert_close(w_state[k].float(), v.float(), atol=1e-6, rtol=0)
+        assert max(float((c_state[k].float() - v.float()).abs().max()) for k, v in s_state.items()) > 1e-3
+    assert warm.training_config(src.sites[0])["init_banks"] == [str(tmp_path / "a" / "bank")]
+    with pytest.raises(ValueError, match=r"config differs from the source's in d_model \(source 16, here 32\)"):
+        train(counting_model, task, tr, te, _cfg(init_banks=[str(tmp_path / "a" / "bank")],
+                                                  decoder={**SMALL, "d_model": 32}, **tiny_lr), progress=False)
+    with pytest.raises(ValueError, match=r"d_act \(source \d+, here \d+\)"):
+        train(counting_model, task, tr, te, _cfg(init_banks=[str(tmp_path / "a" / "bank")], train_noise=0.1,
+                                                  train_noise_flag=True, **tiny_lr), progress=False)
+    from tl_inversion.sites import SiteError
+
+    with pytest.raises(SiteError, match="this bank covers"):
+        train(counting_model, task, tr, te, _cfg(init_banks=[str(tmp_path / "a" / "bank")],
+                                                  sites=["blocks.1.hook_resid_post"], **tiny_lr), progress=False)
+    with pytest.raises(TypeError, match="init_banks must be a list of bank folders"):
+        _cfg(init_banks=[3])

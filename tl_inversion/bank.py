@@ -24,7 +24,7 @@ import difflib
 import json
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -247,6 +247,35 @@ class DecoderBank:
             if name in (run.get("sites") or []):
                 return copy.deepcopy(run.get("train_config"))
         return None
+
+    def load_weights_from(self, source: "DecoderBank") -> None:
+        """Copy the trained weights of ``source``'s decoders into this bank's decoders of the
+        same sites (a warm start: :class:`~tl_inversion.training.TrainConfig` ``init_banks``).
+
+        Each of this bank's decoders must find one decoder in ``source`` covering exactly its
+        sites, in its order, with an equal :class:`~tl_inversion.decoder.DecoderConfig`
+        (width, layers, vocabulary, activation width: a noise flag adds a column, so a bank
+        with the flag does not warm-start one without it). Weights are cast to this bank's
+        dtype and device; ``source`` is not changed.
+
+        Raises:
+            SiteError: ``source`` has no decoder for a site (the message lists its sites).
+            ValueError: a decoder of ``source`` covers other sites, or its config differs
+                (the message names the fields).
+        """
+        for dec, group in zip(self.decoders, self.groups):
+            src, _ = source.lookup(group[0])
+            src_group = source.groups[[id(d) for d in source.decoders].index(id(src))]
+            if [str(s) for s in src_group] != [str(s) for s in group]:
+                raise ValueError(f"cannot warm-start the decoder of {[str(s) for s in group]}: the source bank's decoder "
+                                 f"covers {[str(s) for s in src_group]} (topologies or site lists differ)")
+            if src.cfg != dec.cfg:
+                diff = {f: (getattr(src.cfg, f), getattr(dec.cfg, f)) for f in asdict(dec.cfg)
+                        if getattr(src.cfg, f) != getattr(dec.cfg, f)}
+                raise ValueError(f"cannot warm-start the decoder of {[str(s) for s in group]}: its config differs from "
+                                 f"the source's in {', '.join(f'{k} (source {a}, here {b})' for k, (a, b) in diff.items())}")
+            with torch.no_grad():
+                dec.load_state_dict(src.state_dict())
 
     def select(self, sites: Sequence[SiteLike] | None = None, *, drop: Sequence[SiteLike] | None = None) -> "DecoderBank":
         """A bank of some of this bank's sites (the decoders are shared, not copied).

@@ -80,6 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, rebalance=not args.no_rebalance,
         decoder=decoder, time_limit_s=args.time_limit, stack=not args.no_stack, compile=args.compile,
         train_noise=args.train_noise, train_noise_shape=args.train_noise_shape, train_noise_flag=args.train_noise_flag,
+        init_banks=args.init_bank or [],
     )
     import torch
 
@@ -311,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="compile each step's loss with torch.compile (CUDA: Triton; slow first steps)")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue from checkpoints in --out (error if there are any)")
+    p.add_argument("--init-bank", nargs="+", metavar="BANK",
+                   help="warm start: begin from the decoders of these bank folders (merged; same sites, decoder shape, "
+                        "noise flag and probed model) with a fresh optimizer and schedule; ignored when --out resumes")
     p.add_argument("--time-limit", type=float, default=0.0, help="stop once the run has trained this many seconds, over all calls (0: no limit)")
     p.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="dtype of the final bank on disk (default: %(default)s)")

@@ -112,6 +112,12 @@ class TrainConfig:
             bit-reproducible); 0 means no limit.
         decoder: :class:`~tl_inversion.decoder.DecoderConfig` fields (``d_model``,
             ``n_layers``, ``n_heads``, ``n_cond_blocks``...).
+        init_banks: bank folders (merged) whose decoders start this run instead of a random
+            initialisation (a warm start; CLI ``--init-bank``): they must cover this run's
+            sites with the same decoder shape, noise flag and probed model
+            (:meth:`~tl_inversion.bank.DecoderBank.load_weights_from`). The optimizer,
+            schedule and step count start afresh; a run resumed from its own checkpoint
+            ignores them (the checkpoint's weights win). Empty: random initialisation.
     """
 
     sites: list[str]
@@ -142,6 +148,7 @@ class TrainConfig:
     compile: bool = False
     time_limit_s: float = 0.0
     decoder: dict[str, Any] = field(default_factory=lambda: {"d_model": 256, "n_layers": 2, "n_heads": 4})
+    init_banks: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # NumPy / torch scalars become plain numbers (the config is written as JSON and compared on resume)
@@ -168,6 +175,11 @@ class TrainConfig:
                                  f"got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive, finite learning rate, got {self.lr}")
+        if isinstance(self.init_banks, (str, Path)):
+            self.init_banks = [self.init_banks]
+        if not all(isinstance(b, (str, Path)) for b in self.init_banks):
+            raise TypeError(f"init_banks must be a list of bank folders, got {self.init_banks!r}")
+        self.init_banks = [str(b) for b in self.init_banks]
         # one spelling per site, each once (like validate_sites), so a resumed run compares equal
         self.sites = list(dict.fromkeys(str(s) for s in parse_sites(self.sites)))
         if not self.time_limit_s >= 0:  # also refuses NaN
@@ -423,7 +435,8 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 
 # Fields that may change between a run and its resumption (they do not change the result).
-RESUMABLE_CHANGES = ("steps", "time_limit_s", "eval_every", "checkpoint_every", "keep_checkpoints", "device", "compile")
+RESUMABLE_CHANGES = ("steps", "time_limit_s", "eval_every", "checkpoint_every", "keep_checkpoints", "device", "compile",
+                     "init_banks")  # a resumed run starts from its checkpoint, not from init_banks
 
 
 # how `tl-inversion train` spells the TrainConfig fields it sets (the rest are Python-only)
@@ -432,7 +445,7 @@ _CLI_FLAGS = {
                                              "train_noise", "train_noise_shape", "train_noise_flag", "eval_every",
                                              "eval_n", "checkpoint_every", "seed", "compile", "device")},
     "time_limit_s": "--time-limit", "stack": "--no-stack", "rebalance": "--no-rebalance",
-    "decoder": "--d-model, --n-layers, --n-heads", "sites": "--sites or --preset",
+    "decoder": "--d-model, --n-layers, --n-heads", "sites": "--sites or --preset", "init_banks": "--init-bank",
 }
 
 
@@ -444,7 +457,9 @@ def _cli_name(field_name: str) -> str:
 def _check_resumable(ckpt: Path, cfg: TrainConfig) -> None:
     """Refuse to continue a checkpoint under a different training configuration."""
     # a key added after the checkpoint was written counts as its default (the run used it)
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(TrainConfig)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
     saved = {**json.loads(json.dumps(defaults)), **json.loads((ckpt / "trainer_state.json").read_text())["config"]}
     now = json.loads(json.dumps(cfg.to_dict()))
     diff = {k: (saved.get(k), now.get(k)) for k in set(saved) | set(now)
@@ -618,6 +633,11 @@ def train(
     )
     mask = task.train_position_mask(probe)
     bank.meta["site_stats"] = _init_site_stats(bank, {s: a[mask.to(a.device)] for s, a in first_acts.items()})
+    if cfg.init_banks:
+        sources = [DecoderBank.load(b, device="cpu") for b in cfg.init_banks]
+        source = DecoderBank.merge(sources) if len(sources) > 1 else sources[0]
+        source.check_model(model)
+        bank.load_weights_from(source)
     bank.to(device)
     for d in bank.decoders:
         d.train()
