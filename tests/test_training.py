@@ -515,7 +515,7 @@ def test_warm_start_begins_from_the_given_bank(counting_model, data, tmp_path):
     with pytest.raises(ValueError, match=r"config differs from the source's in d_model \(source 16, here 32\)"):
         train(counting_model, task, tr, te, _cfg(init_banks=[str(tmp_path / "a" / "bank")],
                                                   decoder={**SMALL, "d_model": 32}, **tiny_lr), progress=False)
-    with pytest.raises(ValueError, match=r"d_act \(source \d+, here \d+\)"):
+    with pytest.raises(ValueError, match=r"warm start .*trained without the noise flag and this one is with it"):
         train(counting_model, task, tr, te, _cfg(init_banks=[str(tmp_path / "a" / "bank")], train_noise=0.1,
                                                   train_noise_flag=True, **tiny_lr), progress=False)
     from tl_inversion.sites import SiteError
@@ -525,3 +525,53 @@ def test_warm_start_begins_from_the_given_bank(counting_model, data, tmp_path):
                                                   sites=["blocks.1.hook_resid_post"], **tiny_lr), progress=False)
     with pytest.raises(TypeError, match="init_banks must be a list of bank folders"):
         _cfg(init_banks=[3])
+
+
+def test_warm_start_resumes_records_and_refuses_its_own_output(counting_model, data, tmp_path):
+    """A warm-started run killed midway resumes from its checkpoint even when the source bank
+    is gone, and records the bank it started from; the run's own output bank and a bank of
+    another task are refused; a refused copy leaves the target bank unchanged."""
+    import shutil
+
+    from tl_inversion.bank import DecoderBank
+
+    tr, te = data
+    task = counting.make_task()
+    train(counting_model, task, tr, te, _cfg(steps=4, eval_every=0), out_dir=tmp_path / "src", progress=False)
+    shutil.copytree(tmp_path / "src" / "bank", tmp_path / "copy")
+    cfg = _cfg(steps=6, eval_every=0, checkpoint_every=2, init_banks=[str(tmp_path / "copy")])
+
+    def kill(step, record):
+        if step == 5:  # after the checkpoint of step 4
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        train(counting_model, task, tr, te, cfg, out_dir=tmp_path / "run", progress=False, callback=kill)
+    shutil.rmtree(tmp_path / "copy")  # the source is gone: resuming needs only the checkpoint
+    resumed = train(counting_model, task, tr, te, dataclasses.replace(cfg, init_banks=[]), out_dir=tmp_path / "run",
+                    progress=False)
+    assert resumed.bank.meta["steps"] == 6
+    assert resumed.bank.training_config(resumed.bank.sites[0])["init_banks"] == [str(tmp_path / "copy")]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["init_banks"] == [str(tmp_path / "copy")]
+    # the output folder's own bank as the source (only the bank travelled, no checkpoints): refused
+    shutil.copytree(tmp_path / "src" / "bank", tmp_path / "solo" / "bank")
+    with pytest.raises(ValueError, match="is this run's own output bank"):
+        train(counting_model, task, tr, te, _cfg(init_banks=[str(tmp_path / "solo" / "bank")]),
+              out_dir=tmp_path / "solo", progress=False)
+    # another task's bank
+    other = DecoderBank.load(tmp_path / "src" / "bank")
+    other.meta["task"] = {**other.meta["task"], "name": "elsewhere", "vocab_sha256": "0" * 64}
+    other.save(tmp_path / "other")
+    with pytest.raises(ValueError, match="warm start .*trained on task 'elsewhere'"):
+        train(counting_model, task, tr, te, _cfg(init_banks=[str(tmp_path / "other")]), progress=False)
+    # a refusal copies nothing: the first decoder would match, the second site is missing
+    target = DecoderBank.load(tmp_path / "src" / "bank")
+    before = {k: v.clone() for k, v in target.decoders[0].state_dict().items()}
+    partial = resumed.bank.select([resumed.bank.sites[0]])
+    for p in partial.decoders[0].parameters():
+        p.data.add_(1.0)
+    with pytest.raises(Exception, match="no decoder for site"):
+        target.load_weights_from(partial)
+    for k, v in target.decoders[0].state_dict().items():
+        assert torch.equal(v, before[k])
+

@@ -252,29 +252,38 @@ class DecoderBank:
         """Copy the trained weights of ``source``'s decoders into this bank's decoders of the
         same sites (a warm start: :class:`~tl_inversion.training.TrainConfig` ``init_banks``).
 
-        Each of this bank's decoders must find one decoder in ``source`` covering exactly its
-        sites, in its order, with an equal :class:`~tl_inversion.decoder.DecoderConfig`
-        (width, layers, vocabulary, activation width: a noise flag adds a column, so a bank
-        with the flag does not warm-start one without it). Weights are cast to this bank's
-        dtype and device; ``source`` is not changed.
+        ``source`` may cover more sites than this bank. Each of this bank's decoders must find
+        one decoder in ``source`` covering exactly its sites, in the same order (a shared
+        decoder's site list), with an equal :class:`~tl_inversion.decoder.DecoderConfig`
+        (width, layers, vocabulary, activation width) and the same noise flag. Everything is
+        checked before anything is copied, so a refusal leaves this bank as it was. Weights
+        are cast to this bank's dtype and device; ``source`` is not changed.
 
         Raises:
             SiteError: ``source`` has no decoder for a site (the message lists its sites).
-            ValueError: a decoder of ``source`` covers other sites, or its config differs
-                (the message names the fields).
+            ValueError: a decoder of ``source`` covers other sites (or the same in another
+                order), the noise flags differ, or a config differs (the message names the
+                fields).
         """
+        if bool(source.noise_flag) != bool(self.noise_flag):
+            raise ValueError(f"the source bank was trained {'with' if source.noise_flag else 'without'} the noise flag "
+                             f"and this one is {'with' if self.noise_flag else 'without'} it (train_noise_flag, CLI "
+                             "--train-noise-flag): the decoders read a different number of conditioning columns")
+        pairs = []
         for dec, group in zip(self.decoders, self.groups):
             src, _ = source.lookup(group[0])
             src_group = source.groups[[id(d) for d in source.decoders].index(id(src))]
             if [str(s) for s in src_group] != [str(s) for s in group]:
                 raise ValueError(f"cannot warm-start the decoder of {[str(s) for s in group]}: the source bank's decoder "
-                                 f"covers {[str(s) for s in src_group]} (topologies or site lists differ)")
+                                 f"covers {[str(s) for s in src_group]} (topologies, site lists or their order differ)")
             if src.cfg != dec.cfg:
                 diff = {f: (getattr(src.cfg, f), getattr(dec.cfg, f)) for f in asdict(dec.cfg)
                         if getattr(src.cfg, f) != getattr(dec.cfg, f)}
                 raise ValueError(f"cannot warm-start the decoder of {[str(s) for s in group]}: its config differs from "
                                  f"the source's in {', '.join(f'{k} (source {a}, here {b})' for k, (a, b) in diff.items())}")
-            with torch.no_grad():
+            pairs.append((dec, src))
+        with torch.no_grad():
+            for dec, src in pairs:
                 dec.load_state_dict(src.state_dict())
 
     def select(self, sites: Sequence[SiteLike] | None = None, *, drop: Sequence[SiteLike] | None = None) -> "DecoderBank":

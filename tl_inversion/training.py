@@ -40,7 +40,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import hooked
-from .bank import BANK_JSON, WEIGHTS, DecoderBank
+from .bank import BANK_JSON, WEIGHTS, DecoderBank, ModelMismatchError
 from .devices import resolve_device
 from .noise import NOISE_SHAPES, perturb
 from .io import atomic_write_dir, atomic_write_json, plain_bool, plain_number
@@ -114,10 +114,12 @@ class TrainConfig:
             ``n_layers``, ``n_heads``, ``n_cond_blocks``...).
         init_banks: bank folders (merged) whose decoders start this run instead of a random
             initialisation (a warm start; CLI ``--init-bank``): they must cover this run's
-            sites with the same decoder shape, noise flag and probed model
-            (:meth:`~tl_inversion.bank.DecoderBank.load_weights_from`). The optimizer,
-            schedule and step count start afresh; a run resumed from its own checkpoint
-            ignores them (the checkpoint's weights win). Empty: random initialisation.
+            sites with the same decoder shape, noise flag, probed model and task
+            (:meth:`~tl_inversion.bank.DecoderBank.load_weights_from`), and not be the
+            run's own output bank (``out_dir/bank``, replaced when the run ends). The
+            optimizer, schedule and step count start afresh; a run resumed from its own
+            checkpoint does not read them (the bank records the ones it started from).
+            Empty or ``None``: random initialisation.
     """
 
     sites: list[str]
@@ -175,6 +177,8 @@ class TrainConfig:
                                  f"got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive, finite learning rate, got {self.lr}")
+        if self.init_banks is None:
+            self.init_banks = []
         if isinstance(self.init_banks, (str, Path)):
             self.init_banks = [self.init_banks]
         if not all(isinstance(b, (str, Path)) for b in self.init_banks):
@@ -454,6 +458,27 @@ def _cli_name(field_name: str) -> str:
     return f" (CLI {_CLI_FLAGS[field_name]})" if field_name in _CLI_FLAGS else ""
 
 
+def _warm_start(bank: DecoderBank, paths: Sequence[str], model: Any, task: CharTask, out: Path | None) -> None:
+    """Load ``init_banks`` (merged) into the new bank's decoders; errors say they come from
+    the warm start."""
+    where = "warm start (init_banks, CLI --init-bank)"
+    if out is not None and any(Path(p).resolve() == (out / "bank").resolve() for p in paths):
+        raise ValueError(f"{where}: {out / 'bank'} is this run's own output bank, which the run replaces when it "
+                         "ends; copy it to another folder and start from the copy, or choose another out_dir (--out)")
+    try:
+        sources = [DecoderBank.load(p, device="cpu") for p in paths]
+        source = DecoderBank.merge(sources) if len(sources) > 1 else sources[0]
+        source.check_model(model)
+        source.check_task(task)
+        bank.load_weights_from(source)
+    except (ValueError, FileNotFoundError, ModelMismatchError) as e:  # SiteError is a ValueError
+        try:
+            err = type(e)(f"{where}: {e}")
+        except TypeError:  # an error type with another signature (e.g. a bad bank.json's JSONDecodeError)
+            err = ValueError(f"{where}: {e}")
+        raise err from e
+
+
 def _check_resumable(ckpt: Path, cfg: TrainConfig) -> None:
     """Refuse to continue a checkpoint under a different training configuration."""
     # a key added after the checkpoint was written counts as its default (the run used it)
@@ -633,16 +658,14 @@ def train(
     )
     mask = task.train_position_mask(probe)
     bank.meta["site_stats"] = _init_site_stats(bank, {s: a[mask.to(a.device)] for s, a in first_acts.items()})
-    if cfg.init_banks:
-        sources = [DecoderBank.load(b, device="cpu") for b in cfg.init_banks]
-        source = DecoderBank.merge(sources) if len(sources) > 1 else sources[0]
-        source.check_model(model)
-        bank.load_weights_from(source)
+    out = Path(out_dir) if out_dir is not None else None
+    resuming = out is not None and resume and latest_checkpoint(out) is not None
+    if cfg.init_banks and not resuming:  # a resumed run continues from its checkpoint instead
+        _warm_start(bank, cfg.init_banks, model, task, out)
     bank.to(device)
     for d in bank.decoders:
         d.train()
     run = _Run(bank, cfg, device)
-    out = Path(out_dir) if out_dir is not None else None
     log = None
     if out is not None:
         ckpt = latest_checkpoint(out)
@@ -669,11 +692,14 @@ def train(
                     "Resume with the same model and processing, or use another out_dir (CLI: --out)."
                 )
             run.load(ckpt)
+            # the run's record names the banks it started from, not this call's init_banks
+            started = json.loads((ckpt / "trainer_state.json").read_text())["config"].get("init_banks", [])
+            bank.meta["train_config"]["init_banks"] = started
             if progress:
                 tqdm.write(f"resuming from {ckpt} (step {run.step} of {cfg.steps})")
         out.mkdir(parents=True, exist_ok=True)
         # the log restarts from the checkpoint's history, so a resumed run has no duplicate steps
-        atomic_write_json(out / "config.json", cfg.to_dict())
+        atomic_write_json(out / "config.json", bank.meta["train_config"])
         with (out / "log.jsonl").open("w") as f:
             f.writelines(json.dumps(r) + "\n" for r in run.history)
         log = (out / "log.jsonl").open("a")
