@@ -553,6 +553,8 @@ def test_warm_start_resumes_records_and_refuses_its_own_output(counting_model, d
     assert resumed.bank.meta["steps"] == 6
     assert resumed.bank.training_config(resumed.bank.sites[0])["init_banks"] == [str(tmp_path / "copy")]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["init_banks"] == [str(tmp_path / "copy")]
+    last = latest_checkpoint(tmp_path / "run") / "trainer_state.json"  # and so do the checkpoints written since
+    assert json.loads(last.read_text())["config"]["init_banks"] == [str(tmp_path / "copy")]
     # the output folder's own bank as the source (only the bank travelled, no checkpoints): refused
     shutil.copytree(tmp_path / "src" / "bank", tmp_path / "solo" / "bank")
     with pytest.raises(ValueError, match="is this run's own output bank"):

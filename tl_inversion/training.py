@@ -369,7 +369,8 @@ class _Run:
             "history": self.history,
             "rates": self.rates,
             "python_random": repr(random.getstate()),
-            "config": self.cfg.to_dict(),
+            # init_banks as the run started (a resumed call may name none): the bank's record
+            "config": {**self.cfg.to_dict(), "init_banks": self.bank.meta["train_config"].get("init_banks", [])},
         }
 
         def fill(tmp: Path) -> None:
