@@ -313,8 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compile each step's loss with torch.compile (CUDA: Triton; slow first steps)")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue from checkpoints in --out (error if there are any)")
     p.add_argument("--init-bank", nargs="+", metavar="BANK",
-                   help="warm start: begin from the decoders of these bank folders (merged; same sites, decoder shape, "
-                        "noise flag and probed model) with a fresh optimizer and schedule; ignored when --out resumes")
+                   help="warm start: begin from the decoders of these bank folders (merged; they must cover the run's sites "
+                        "with the same decoder shape, noise flag, probed model and task; not the --out folder's own "
+                        "bank) with a fresh optimizer and schedule; ignored when --out resumes")
     p.add_argument("--time-limit", type=float, default=0.0, help="stop once the run has trained this many seconds, over all calls (0: no limit)")
     p.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="dtype of the final bank on disk (default: %(default)s)")

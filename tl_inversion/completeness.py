@@ -394,8 +394,7 @@ def completeness(
     if isinstance(positions, (int, str)):
         positions = task.resolve_position(queries, positions)
     positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
-    z_q = hooked.harvest(model, queries, [site], validate=False)[site]
-    z_q = z_q[torch.arange(queries.shape[0], device=z_q.device), positions.to(z_q.device)]
+    z_q = hooked.activations_at(model, queries, positions, [site], validate=False)[site]
     if distances is None:
         dist, matched = preimage_distances(model, candidates, site, z_q, task.special_ids, metric=metric,
                                            batch_size=batch_size, progress=progress)

@@ -113,7 +113,8 @@ def activations_at(
     *,
     validate: bool = True,
 ) -> dict[Site, Float[Tensor, "batch d_site"]]:
-    """Each row's activation at its own position, for many sites from one forward.
+    """Each row's activation at its own position, for many sites from one forward (the
+    mechanism behind :func:`tl_inversion.verify.query_activations`, its one-site batched form).
 
     Args:
         model: a ``HookedTransformer`` or ``TransformerBridge``.

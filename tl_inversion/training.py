@@ -536,12 +536,11 @@ def measure_faithfulness(
     Source: InversionView App. C ("faithfulness rate").
     """
     sites = bank.sites
-    acts = hooked.harvest(model, tokens, sites, validate=False)
-    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    z_by_site = hooked.activations_at(model, tokens, positions, sites, validate=False)
     out = []
     for site in sites:
         dec, idx = bank.lookup(site)
-        z_q = acts[site][rows.to(acts[site].device), positions.to(acts[site].device)]
+        z_q = z_by_site[site]
         g = torch.Generator(device=bank.device).manual_seed(seed)
         was_training = dec.training
         dec.eval()

@@ -168,11 +168,8 @@ def query_activations(
         raise ValueError(f"got {positions.shape[0]} positions for {n} inputs")
     if n and (int(positions.min()) < 0 or int(positions.max()) >= n_ctx):
         raise ValueError(f"positions must be absolute indices in 0..{n_ctx - 1}, got {positions.tolist()[:8]}...")
-    out = []
-    for start in range(0, tokens.shape[0], batch_size):
-        acts = hooked.harvest(model, tokens[start : start + batch_size], [site], validate=False)[site]
-        idx = positions[start : start + batch_size].to(acts.device)
-        out.append(acts[torch.arange(acts.shape[0], device=acts.device), idx])
+    out = [hooked.activations_at(model, tokens[start : start + batch_size], positions[start : start + batch_size],
+                                 [site], validate=False)[site] for start in range(0, tokens.shape[0], batch_size)]
     return torch.cat(out)
 
 
