@@ -19,13 +19,13 @@ import time
 import pandas as pd
 import torch
 
-from tl_inversion.evaluation import baseline_consistency, feature_consistency
-from tl_inversion.loading import load_hf_gpt2
-from tl_inversion.sampling import sample_many
-from tl_inversion.sites import paper_counting_sites
+from tl_inversion.evaluation.consistency import baseline_consistency, feature_consistency
+from tl_inversion.model.loading import load_hf_gpt2
+from tl_inversion.inversion.sampling import sample_many
+from tl_inversion.model.sites import paper_counting_sites
 from tl_inversion.tasks import counting
 from tl_inversion.devices import resolve_device
-from tl_inversion.training import TrainConfig, train
+from tl_inversion.training.trainer import TrainConfig, train
 
 
 def main() -> None:

@@ -21,14 +21,16 @@ import time
 import pandas as pd
 import torch
 
-from tl_inversion import hooked
-from tl_inversion.bank import DecoderBank
-from tl_inversion.completeness import auroc, completeness, preimage_distances_by_site
-from tl_inversion.loading import load_hf_gpt2
-from tl_inversion.noise import NOISE_SHAPES, kernel_log_posterior
-from tl_inversion.report import default_plan
+from tl_inversion.model.activations import activations_at, harvest
+
+from tl_inversion.model.sites import validate_sites
+from tl_inversion.decoding.bank import DecoderBank
+from tl_inversion.evaluation.completeness import auroc, completeness, preimage_distances_by_site
+from tl_inversion.model.loading import load_hf_gpt2
+from tl_inversion.training.noise import NOISE_SHAPES, kernel_log_posterior
+from tl_inversion.evaluation.report import default_plan
 from tl_inversion.tasks import addition
-from tl_inversion.verify import special_mask_of
+from tl_inversion.inversion.verify import special_mask_of
 
 
 def _kernel(text: str) -> tuple[str, float]:
@@ -52,12 +54,12 @@ def main() -> None:
     model = load_hf_gpt2(args.model, device=args.device)
     banks = [DecoderBank.load(b, device=args.device) for b in args.bank]
     bank = DecoderBank.merge(banks) if len(banks) > 1 else banks[0]
-    sites = hooked.validate_sites(args.sites or [str(s) for s in bank.sites], model)
+    sites = validate_sites(args.sites or [str(s) for s in bank.sites], model)
     task = addition.make_task()
     plan = default_plan("addition")
     cand = plan.candidates()
     queries, positions, names = plan.completeness_rows(task)  # as evaluate
-    z_by_site = hooked.activations_at(model, queries, positions, sites, validate=False)
+    z_by_site = activations_at(model, queries, positions, sites, validate=False)
     t0 = time.perf_counter()
     dists = preimage_distances_by_site(model, cand, z_by_site, task.special_ids, progress=False, batch_size=16384)
     print(f"true preimages: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -71,7 +73,7 @@ def main() -> None:
         for qi in range(queries.shape[0]):  # one probed pass over a row's scored candidates, every kernel
             sc = res.scores[res.scores["query"] == qi]
             x = cand[torch.tensor(sc["candidate"].to_numpy())]
-            a = torch.cat([hooked.harvest(model, x[i : i + 4096], [site], validate=False)[site].cpu()
+            a = torch.cat([harvest(model, x[i : i + 4096], [site], validate=False)[site].cpu()
                            for i in range(0, x.shape[0], 4096)])
             ignore = special_mask_of(x, task.special_ids)
             for shape, level in args.kernels:

@@ -22,11 +22,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from model_files import write_gpt2  # noqa: E402
 
-from tl_inversion import hooked  # noqa: E402
-from tl_inversion.completeness import preimage_distances, preimage_distances_by_site  # noqa: E402
-from tl_inversion.loading import load_hf_gpt2  # noqa: E402
-from tl_inversion.report import default_plan  # noqa: E402
-from tl_inversion.sites import paper_addition_sites  # noqa: E402
+from tl_inversion.model.activations import activations_at
+
+from tl_inversion.model.sites import validate_sites
+from tl_inversion.evaluation.completeness import preimage_distances, preimage_distances_by_site  # noqa: E402
+from tl_inversion.model.loading import load_hf_gpt2  # noqa: E402
+from tl_inversion.evaluation.report import default_plan  # noqa: E402
+from tl_inversion.model.sites import paper_addition_sites  # noqa: E402
 from tl_inversion.tasks import addition  # noqa: E402
 
 
@@ -41,9 +43,9 @@ def main() -> None:
         model = load_hf_gpt2(folder, device=args.device)
     task = addition.make_task()
     plan = default_plan("addition")
-    sites = hooked.validate_sites(paper_addition_sites(), model)
+    sites = validate_sites(paper_addition_sites(), model)
     queries, positions, _ = plan.completeness_rows(task)
-    z = hooked.activations_at(model, queries, positions, sites)
+    z = activations_at(model, queries, positions, sites)
     candidates = addition.paper_split("all")[: args.n]
     t = time.perf_counter()
     per_site = {s: preimage_distances(model, candidates, s, z[s], task.special_ids, progress=False) for s in sites}

@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from model_files import write_gpt2  # noqa: E402
 
-from tl_inversion.loading import load_hf_gpt2  # noqa: E402
+from tl_inversion.model.loading import load_hf_gpt2  # noqa: E402
 from tl_inversion.tasks import counting  # noqa: E402
-from tl_inversion.training import TrainConfig, train  # noqa: E402
+from tl_inversion.training.trainer import TrainConfig, train  # noqa: E402
 
 SITES = [f"blocks.{layer}.{hook}" for layer in (0, 1) for hook in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")]
 SITES += ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out", "blocks.1.hook_attn_out"]

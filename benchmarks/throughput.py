@@ -20,10 +20,10 @@ import pandas as pd
 import torch
 
 from tl_inversion.demo import asset_dir
-from tl_inversion.loading import load_hf_gpt2
-from tl_inversion.sampling import sample_many
+from tl_inversion.model.loading import load_hf_gpt2
+from tl_inversion.inversion.sampling import sample_many
 from tl_inversion.tasks import counting
-from tl_inversion.training import TrainConfig, train
+from tl_inversion.training.trainer import TrainConfig, train
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ def write_gpt2(folder: Path, *, d_vocab: int = 40, n_ctx: int = 33, d_model: int
 
 def load_counting_shaped(folder: Path, model_class: str, processing: str | None = None, seed: int = 0):
     """A counting-shaped (vocab 40, n_ctx 33) random model through ``load_hf_gpt2``."""
-    from tl_inversion.loading import load_hf_gpt2
+    from tl_inversion.model.loading import load_hf_gpt2
 
     if not (folder / "config.json").exists():
         write_gpt2(folder, seed=seed)

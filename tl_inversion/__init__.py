@@ -10,17 +10,17 @@ Data flows one way: task -> probed model (:mod:`.hooked`) -> activations -> deco
 (:mod:`.evaluation`, :mod:`.completeness`, :mod:`.report`, :mod:`.viewer`) -> causal verification (:mod:`.patching`).
 """
 
-from .bank import DecoderBank, ModelMismatchError
-from .decoder import Decoder, DecoderConfig
-from .evaluation import feature_consistency
-from .hooked import harvest
-from .loading import load_hf_gpt2
-from .report import EvalPlan, EvaluationReport, evaluate
-from .sampling import PreimageResult, sample_many, sample_preimage
-from .sites import Site, SiteError, parse_site, validate_site
-from .tasks import get_task, task_data
-from .tasks.base import PositionError
-from .training import TrainConfig, measure_faithfulness, train
+from tl_inversion.decoding.bank import DecoderBank, ModelMismatchError
+from tl_inversion.decoding.decoder import Decoder, DecoderConfig
+from tl_inversion.evaluation.consistency import feature_consistency
+from tl_inversion.model.activations import harvest
+from tl_inversion.model.loading import load_hf_gpt2
+from tl_inversion.evaluation.report import EvalPlan, EvaluationReport, evaluate
+from tl_inversion.inversion.sampling import PreimageResult, sample_many, sample_preimage
+from tl_inversion.model.sites import Site, SiteError, parse_site, validate_site
+from tl_inversion.tasks import get_task, task_data
+from tl_inversion.tasks.base import PositionError
+from tl_inversion.training.trainer import TrainConfig, measure_faithfulness, train
 
 __version__ = "0.1.0"
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from .bank import DecoderBank
-from .evaluation import feature_consistency
-from .loading import load_hf_gpt2
-from .sampling import sample_preimage
-from .tasks import counting
+from tl_inversion.decoding.bank import DecoderBank
+from tl_inversion.evaluation.consistency import feature_consistency
+from tl_inversion.model.loading import load_hf_gpt2
+from tl_inversion.inversion.sampling import sample_preimage
+from tl_inversion.tasks import counting
 
 #: (query, site, position, what to look for)
 DEMO_QUERIES = [
@@ -71,7 +71,7 @@ def run_demo(html: str | Path | None = "tl_inversion_demo.html", *, n_repeats: i
         results.append(r)
         fragments.append(f"<h2>{escape(headline)}</h2><p>{escape(stats)}</p>" + r.to_html_fragment(60))
     if html is not None:
-        from .viewer import html_page
+        from tl_inversion.viewer import html_page
 
         path = Path(html)
         intro = ("<h1>tl_inversion demo: preimages in the counting task</h1><p>Each section: a query input, the "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from tl_inversion.errors import InputValueError
 
 __all__ = ["resolve_device"]
 
@@ -19,11 +20,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError, TypeError) as e:
-        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N' ({e})") from None
+        raise InputValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N' ({e})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here: use 'cpu' or 'auto'")
+        raise InputValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here: use 'cpu' or 'auto'")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} asked for, but this torch has no usable MPS backend: use 'cpu' or 'auto'")
+        raise InputValueError(f"device {device!r} asked for, but this torch has no usable MPS backend: use 'cpu' or 'auto'")
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device {device!r} is not supported: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        raise InputValueError(f"device {device!r} is not supported: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     return dev

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+from tl_inversion.errors import InputTypeError
 
 
 def _umask() -> int:
@@ -104,10 +105,10 @@ def plain_number(name: str, value: Any, kind: type) -> Any:
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number ({kind.__name__}), got {value!r} of type {type(value).__name__}")
+        raise InputTypeError(f"{name} must be a number ({kind.__name__}), got {value!r} of type {type(value).__name__}")
     if kind is int:
         if value != int(value):
-            raise TypeError(f"{name} must be a whole number, got {value!r}")
+            raise InputTypeError(f"{name} must be a whole number, got {value!r}")
         return int(value)
     return float(value)
 
@@ -128,5 +129,5 @@ def plain_bool(name: str, value: Any) -> bool:
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0 and "bool" in str(getattr(value, "dtype", "")):
         value = value.item()
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r} of type {type(value).__name__}")
+        raise InputTypeError(f"{name} must be True or False, got {value!r} of type {type(value).__name__}")
     return value

@@ -6,7 +6,8 @@ from typing import Callable
 
 from torch import Tensor
 
-from .base import CharTask, PositionError
+from tl_inversion.tasks.base import CharTask, PositionError
+from tl_inversion.errors import InputTypeError, InputValueError
 
 _TASKS: dict[str, tuple[Callable[[], CharTask], Callable[[str], Tensor]]] = {}
 _BUILTINS_LOADED = False
@@ -22,11 +23,11 @@ def _builtin() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from . import counting
+    from tl_inversion.tasks import counting
 
     register("counting", counting.make_task, counting.paper_split)
     try:
-        from . import addition  # noqa: F401  (registers itself when present)
+        from tl_inversion.tasks import addition
     except ImportError:
         pass
 
@@ -44,7 +45,7 @@ def get_task(name: str) -> CharTask:
         ValueError: unknown name (the message lists the registered tasks).
     """
     if name not in task_names():
-        raise ValueError(f"unknown task {name!r}; registered tasks: {', '.join(task_names())}")
+        raise InputValueError(f"unknown task {name!r}; registered tasks: {', '.join(task_names())}")
     return _TASKS[name][0]()
 
 
@@ -58,7 +59,7 @@ def as_task(task: str | CharTask) -> CharTask:
     if isinstance(task, str):
         return get_task(task)
     if not (hasattr(task, "encode") and hasattr(task, "vocab_hash")):
-        raise TypeError(f"expected a task (e.g. get_task('counting')) or a registered task name "
+        raise InputTypeError(f"expected a task (e.g. get_task('counting')) or a registered task name "
                         f"({', '.join(task_names())}), got {type(task).__name__}")
     return task
 

@@ -30,7 +30,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from .base import CharTask, PositionError, first_token
+from tl_inversion.tasks.base import CharTask, PositionError, first_token
+from tl_inversion.errors import InputValueError
 
 CHARS = "0123456789B+=EP"
 N_CTX = 14
@@ -126,9 +127,9 @@ def encode_pairs(a: Int[np.ndarray, " n"], b: Int[np.ndarray, " n"]) -> Int[Tens
     a = np.asarray(a, dtype=np.int64).reshape(-1)
     b = np.asarray(b, dtype=np.int64).reshape(-1)
     if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same length, got {a.shape[0]} and {b.shape[0]}")
+        raise InputValueError(f"a and b must have the same length, got {a.shape[0]} and {b.shape[0]}")
     if a.size and (a.min() < 100 or a.max() > 999 or b.min() < 100 or b.max() > 999):
-        raise ValueError("operands must be 3-digit numbers in 100..999")
+        raise InputValueError("operands must be 3-digit numbers in 100..999")
     n = a.shape[0]
     s = a + b
     out = np.full((n, N_CTX), PAD_ID, dtype=np.int64)
@@ -176,7 +177,7 @@ def paper_pairs(split: str = "test") -> Int[np.ndarray, "n 2"]:
     elif split == "test":
         idx = paper_order()[N_TRAIN:]
     else:
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+        raise InputValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     return np.stack([100 + idx // 900, 100 + idx % 900], axis=1)
 
 
@@ -206,7 +207,7 @@ def sum_lengths(tokens: Int[Tensor, "batch 14"]) -> Int[Tensor, " batch"]:
 
 
 def _register() -> None:
-    from . import register, task_names
+    from tl_inversion.tasks import register, task_names
 
     task_names()  # the built-in registry first, so importing this module alone keeps counting
     register("addition", make_task, paper_split)

@@ -17,10 +17,8 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
+from tl_inversion.errors import InputValueError, PositionError
 
-
-class PositionError(ValueError):
-    """A position is out of range or not a name the task defines."""
 
 
 PositionLike = int | str
@@ -56,7 +54,7 @@ class CharTask:
 
     def __post_init__(self) -> None:
         if len(set(self.chars)) != len(self.chars):
-            raise ValueError("task vocabulary has repeated characters")
+            raise InputValueError("task vocabulary has repeated characters")
         self._lut = np.full(256, 255, dtype=np.uint8)
         for i, c in enumerate(self.chars):
             self._lut[ord(c)] = i
@@ -105,12 +103,12 @@ class CharTask:
         for t in texts:
             bad = sorted({c for c in t if c not in self.chars or c in (self.bos, self.eos, self.pad)})
             if bad:
-                raise ValueError(
+                raise InputValueError(
                     f"{self.name}: characters {bad} are not input characters of this task; valid: "
                     f"{''.join(c for c in self.chars if c not in (self.bos, self.eos, self.pad))!r}"
                 )
             if len(t) > self.n_ctx - 2:
-                raise ValueError(f"{self.name}: text {t!r} has {len(t)} characters, at most {self.n_ctx - 2} fit")
+                raise InputValueError(f"{self.name}: text {t!r} has {len(t)} characters, at most {self.n_ctx - 2} fit")
             rows.append(self.bos + t + self.eos + self.pad * (self.n_ctx - 2 - len(t)))
         return self.encode_padded(rows)
 
@@ -119,7 +117,7 @@ class CharTask:
         buf = np.frombuffer("".join(rows).encode("ascii"), dtype=np.uint8).reshape(len(rows), self.n_ctx)
         ids = self._lut[buf]
         if (ids == 255).any():
-            raise ValueError(f"{self.name}: unknown character in rows")
+            raise InputValueError(f"{self.name}: unknown character in rows")
         return torch.from_numpy(ids.astype(np.int64))
 
     def decode(self, tokens: Int[Tensor, "... n_ctx"], *, keep_special: bool = False) -> str | list[str]:
@@ -191,7 +189,7 @@ class CharTask:
             ValueError: the task defines no answer.
         """
         if self.answer_mask_fn is None:
-            raise ValueError(f"task {self.name!r} defines no answer tokens")
+            raise InputValueError(f"task {self.name!r} defines no answer tokens")
         return self.answer_mask_fn(tokens).bool()
 
     def train_position_mask(self, tokens: Int[Tensor, "batch n_ctx"]) -> Bool[Tensor, "batch n_ctx"]:

@@ -21,7 +21,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from .base import CharTask, eos_offset
+from tl_inversion.tasks.base import CharTask, eos_offset
+from tl_inversion.errors import InputValueError
 
 CHARS = string.ascii_lowercase + "123456789|:BEP"
 N_CTX = 33
@@ -110,7 +111,7 @@ def paper_split(split: str = "test") -> Int[Tensor, "n 33"]:
         ValueError: ``split`` is not ``"train"`` or ``"test"``.
     """
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise InputValueError(f"split must be 'train' or 'test', got {split!r}")
     texts = paper_texts()[0 if split == "train" else 1]
     task = make_task()
     rows = ["B" + t + "E" + "P" * (N_CTX - 2 - len(t)) for t in texts]

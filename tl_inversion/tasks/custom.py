@@ -32,7 +32,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from .base import PositionError, PositionLike, TokenizerVocab, index_position
+from tl_inversion.tasks.base import PositionError, PositionLike, TokenizerVocab, index_position
+from tl_inversion.errors import InputTypeError, InputValueError
 
 __all__ = ["TextTask"]
 
@@ -98,12 +99,12 @@ class TextTask(TokenizerVocab):
     ) -> None:
         tokens = torch.as_tensor(tokens).long()
         if tokens.ndim != 2:
-            raise ValueError(f"tokens must have shape [n, n_ctx], got {tuple(tokens.shape)}")
+            raise InputValueError(f"tokens must have shape [n, n_ctx], got {tuple(tokens.shape)}")
         for what, i in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id)):
             if not isinstance(i, int) or not 0 <= i < d_vocab:
-                raise ValueError(f"{what} must be an int in 0..{d_vocab - 1}, got {i!r}")
+                raise InputValueError(f"{what} must be an int in 0..{d_vocab - 1}, got {i!r}")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab):
-            raise ValueError(f"token ids {int(tokens.min())}..{int(tokens.max())} fall outside 0..{d_vocab - 1}")
+            raise InputValueError(f"token ids {int(tokens.min())}..{int(tokens.max())} fall outside 0..{d_vocab - 1}")
         self.tokens = tokens
         self.bos_id, self.eos_id, self.pad_id = int(bos_id), int(eos_id), int(pad_id)
         self.d_vocab = int(d_vocab)
@@ -150,12 +151,12 @@ class TextTask(TokenizerVocab):
                 (unless ``truncate``), or a tokenizer without BOS/EOS ids and none given.
         """
         if isinstance(strings, (str, bytes)):
-            raise TypeError("strings must be a list (or other sequence) of texts, got one string; wrap it: [text]")
+            raise InputTypeError("strings must be a list (or other sequence) of texts, got one string; wrap it: [text]")
         strings = list(strings)
         if not strings:
-            raise ValueError("no input strings given")
+            raise InputValueError("no input strings given")
         if not callable(tokenizer) or not hasattr(tokenizer, "convert_ids_to_tokens"):
-            raise TypeError(
+            raise InputTypeError(
                 f"tokenizer must be a Hugging Face transformers tokenizer (e.g. AutoTokenizer.from_pretrained(...) "
                 f"or PreTrainedTokenizerFast(tokenizer_object=...)), got {type(tokenizer).__name__}"
             )
@@ -163,7 +164,7 @@ class TextTask(TokenizerVocab):
         bos = bos_id if bos_id is not None else (tok_bos if tok_bos is not None else tok_eos)
         eos = eos_id if eos_id is not None else (tok_eos if tok_eos is not None else tok_bos)
         if bos is None or eos is None:
-            raise ValueError(
+            raise InputValueError(
                 "the tokenizer has no BOS/EOS token ids; pass bos_id= and eos_id= explicitly "
                 "(they mark the start and end of every input, as the decoder generates [BOS] x [EOS])"
             )
@@ -227,16 +228,16 @@ class TextTask(TokenizerVocab):
         extra = int(add_bos) + int(add_eos)
         if any(len(b) == 0 for b in bodies):
             i = next(i for i, b in enumerate(bodies) if len(b) == 0)
-            raise ValueError(f"input {i} tokenises to no tokens")
+            raise InputValueError(f"input {i} tokenises to no tokens")
         longest = max(len(b) for b in bodies) + extra
         n_ctx = longest if n_ctx is None else int(n_ctx)
         if n_ctx < 1 + extra:
-            raise ValueError(f"n_ctx={n_ctx} leaves no room for a token between BOS and EOS")
+            raise InputValueError(f"n_ctx={n_ctx} leaves no room for a token between BOS and EOS")
         rows = []
         for i, body in enumerate(bodies):
             if len(body) + extra > n_ctx:
                 if not truncate:
-                    raise ValueError(
+                    raise InputValueError(
                         f"input {i} has {len(body)} tokens; with BOS/EOS at most {n_ctx - extra} fit in n_ctx={n_ctx} "
                         "(raise n_ctx or pass truncate=True)"
                     )
@@ -274,7 +275,7 @@ class TextTask(TokenizerVocab):
             ValueError: ``train_fraction`` not in (0, 1).
         """
         if not 0 < train_fraction < 1:
-            raise ValueError(f"train_fraction must lie in (0, 1), got {train_fraction}")
+            raise InputValueError(f"train_fraction must lie in (0, 1), got {train_fraction}")
         perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
         k = int(train_fraction * len(self))
         return self.tokens[perm[:k]], self.tokens[perm[k:]]
@@ -287,7 +288,7 @@ class TextTask(TokenizerVocab):
             ValueError: no tokenizer (a task from token ids), or a text that does not fit.
         """
         if self.tokenizer is None:
-            raise ValueError("this task was built from token ids and has no tokenizer; pass token tensors instead")
+            raise InputValueError("this task was built from token ids and has no tokenizer; pass token tensors instead")
         if isinstance(texts, str):
             texts = [texts]
         bodies = _tokenize(self.tokenizer, texts, set(self.special_ids))

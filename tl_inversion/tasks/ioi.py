@@ -37,7 +37,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from .base import PositionError, PositionLike, TokenizerVocab, index_position
+from tl_inversion.tasks.base import PositionError, PositionLike, TokenizerVocab, index_position
+from tl_inversion.errors import InputValueError
 
 __all__ = ["IOITask", "IOIPrompt", "IOIBatch", "TEMPLATES", "NAMES", "PLACES", "OBJECTS", "POSITION_NAMES"]
 
@@ -138,18 +139,18 @@ class IOITask(TokenizerVocab):
         self.bos_id = bos_id if bos_id is not None else (tb if tb is not None else te)
         self.eos_id = eos_id if eos_id is not None else (te if te is not None else tb)
         if self.bos_id is None or self.eos_id is None:
-            raise ValueError("the tokenizer has no BOS/EOS ids; pass bos_id= and eos_id=")
+            raise InputValueError("the tokenizer has no BOS/EOS ids; pass bos_id= and eos_id=")
         self.pad_id = pad_id if pad_id is not None else (tp if tp is not None else self.eos_id)
         self.d_vocab = len(tokenizer)
         for t in templates:
             slots = re.findall(r"\[(\w+)\]", t)
             if sorted(set(slots)) != ["A", "B", "OBJECT", "PLACE"] or slots.count("B") != 2 or slots[-1] != "A":
-                raise ValueError(f"template {t!r} must hold [B] twice, [A] once before the final answer [A], "
+                raise InputValueError(f"template {t!r} must hold [B] twice, [A] once before the final answer [A], "
                                  "and [PLACE] and [OBJECT]")
         self.templates = tuple(templates)
         self.names = tuple(n for n in names if len(self._ids(" " + n)) == 1)
         if len(self.names) < 2:
-            raise ValueError(f"need at least two names that are single tokens for this tokenizer, got {self.names}")
+            raise InputValueError(f"need at least two names that are single tokens for this tokenizer, got {self.names}")
         self.name_ids = {n: self._ids(" " + n)[0] for n in self.names}
         self._name_id_set = torch.tensor(sorted(set(self.name_ids.values())))
         self.places, self.objects = tuple(places), tuple(objects)
@@ -201,14 +202,14 @@ class IOITask(TokenizerVocab):
                 prompt too long for ``n_ctx``, or piecewise != whole-text tokenisation.
         """
         if order not in ("ABBA", "BABA"):
-            raise ValueError(f"order must be 'ABBA' or 'BABA', got {order!r}")
+            raise InputValueError(f"order must be 'ABBA' or 'BABA', got {order!r}")
         if io == s or io not in self.name_ids or s not in self.name_ids:
-            raise ValueError(f"io and s must be two different names of this task ({', '.join(self.names)})")
+            raise InputValueError(f"io and s must be two different names of this task ({', '.join(self.names)})")
         ids, where, text = self._encode_prompt(t, order, io, s, place, obj)
         if self._ids(text) != ids:
-            raise ValueError(f"template {t} tokenises differently piecewise and as a whole: {text!r}")
+            raise InputValueError(f"template {t} tokenises differently piecewise and as a whole: {text!r}")
         if len(ids) + 2 > self.n_ctx:
-            raise ValueError(f"prompt {text!r} needs {len(ids) + 2} tokens, n_ctx is {self.n_ctx}")
+            raise InputValueError(f"prompt {text!r} needs {len(ids) + 2} tokens, n_ctx is {self.n_ctx}")
         row = [self.bos_id] + ids + [self.eos_id]
         row += [self.pad_id] * (self.n_ctx - len(row))
         s1, s2 = where["S"][0] + 1, where["S"][1] + 1
@@ -226,7 +227,7 @@ class IOITask(TokenizerVocab):
             ValueError: ``n < 1`` or an unknown order.
         """
         if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+            raise InputValueError(f"n must be >= 1, got {n}")
         rng = random.Random(seed)
         prompts, rows, positions = [], [], {k: [] for k in POSITION_NAMES}
         for _ in range(n):
@@ -261,7 +262,7 @@ class IOITask(TokenizerVocab):
         for t in texts:
             ids = self._ids(t)
             if len(ids) + 2 > self.n_ctx:
-                raise ValueError(f"text {t!r} has {len(ids)} tokens, at most {self.n_ctx - 2} fit")
+                raise InputValueError(f"text {t!r} has {len(ids)} tokens, at most {self.n_ctx - 2} fit")
             row = [self.bos_id] + ids + [self.eos_id]
             rows.append(row + [self.pad_id] * (self.n_ctx - len(row)))
         return torch.tensor(rows, dtype=torch.long)

@@ -1,5 +1,5 @@
 """Viewers for InversionView results: HTML for notebooks and browsers (:mod:`.html`)."""
 
-from .html import colour_css, html_page, render_preimage, render_tokens
+from tl_inversion.viewer.html import colour_css, html_page, render_preimage, render_tokens
 
 __all__ = ["colour_css", "html_page", "render_preimage", "render_tokens"]

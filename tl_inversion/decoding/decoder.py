@@ -1,0 +1,803 @@
+"""The InversionView decoder: a small causal LM that generates inputs given an activation.
+
+InversionView (Huang et al. 2024, arXiv 2405.17653, Sec. 3 and App.) reads the information
+in an activation ``z`` by sampling its *preimage*: the inputs ``x`` whose activation at some
+position is close to ``z``. The preimage is sampled from a decoder language model trained to
+generate whole inputs ``[BOS] input [EOS]`` (right-padded with PAD) conditioned on ``z`` and
+on the *site* (hook point) ``z`` was read from.
+
+Conditioning, as in the paper:
+
+1. ``a = concat(z, site_embedding[site])``. The site embedding is an ``n_sites x n_sites``
+   table (one row per site, as many columns as sites), so ``d_cond = d_act + n_sites``.
+   Its rows are meant to be rescaled at init to the mean and std of the site's activations
+   (:meth:`Decoder.init_site_embedding`), so ``z`` and the site code start on one scale.
+2. ``n_cond_blocks`` residual MLP blocks ``a = a + W2 relu(W1 LN(a))`` (hidden width
+   ``d_act``), then a final LayerNorm.
+3. Each decoder layer ``l`` projects ``a`` to its width (``Linear + LayerNorm``) and
+   prepends the result to that layer's attention input as ONE extra key/value slot. The
+   slot has no position embedding and issues no query; every token attends to it, and the
+   causal mask applies only among token positions. Keys and values of the slot come from
+   the layer's own fused qkv projection (the slot plays the role of an already
+   layer-normalised token), so the slot is at "position -1" of every layer.
+
+Everything else is a GPT-2-style pre-LN causal transformer: token + learned position
+embeddings, ``n_layers`` blocks (attention, GELU MLP), final LayerNorm, an untied unembed.
+
+Conventions the caller must follow:
+
+* Sequences are ``[BOS] x_1 .. x_n [EOS] PAD .. PAD`` (right padding). PAD targets are
+  ignored by :meth:`Decoder.loss` and get log-probability 0 in
+  :meth:`Decoder.token_logprobs`; EOS is a target. Because attention is causal and padding
+  is on the right, PAD never influences a non-PAD position.
+* ``bos_id``, ``eos_id`` and ``pad_id`` must be three different ids. Probed vocabularies
+  that reuse one token for all three (GPT-2's ``<|endoftext|>``) need extra ids appended
+  to the decoder vocabulary (``vocab_size`` larger than the probed model's):
+  :meth:`tl_inversion.bank.DecoderBank.create` does this and translates at the boundary.
+* Activations narrower than ``d_act`` (e.g. a per-head ``hook_z`` next to a residual
+  site) must be zero-padded to ``d_act`` by the caller.
+
+Generation (:meth:`Decoder.generate`) is KV-cached: one forward step per new token, never
+re-running the prefix; it masks BOS and PAD out of the sampling distribution and is
+reproducible through an explicit ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from tl_inversion.errors import InputTypeError, InputValueError
+
+__all__ = ["DecoderConfig", "Decoder"]
+
+_SOURCE = "InversionView, Huang et al. 2024, Sec. 3 / App."
+
+
+@dataclass
+class DecoderConfig:
+    """Shape and hyper-parameters of an InversionView decoder.
+
+    Defaults are the paper's decoder for its small tasks (d 256, 2 layers, 4 heads, 6
+    conditioning blocks; InversionView, Huang et al. 2024, Sec. 3 / App.).
+
+    Args:
+        vocab_size: number of token ids the decoder reads and writes; ids are
+            ``0 .. vocab_size - 1`` and must include ``bos_id``, ``eos_id`` and ``pad_id``.
+        n_ctx: maximum sequence length the decoder handles, counting BOS and EOS; the
+            number of learned position embeddings and the width of :meth:`Decoder.generate`
+            output.
+        d_act: activation width the decoder is conditioned on. Activations of narrower
+            sites must be zero-padded to ``d_act`` by the caller.
+        bos_id: id of the beginning-of-sequence token every sequence starts with.
+        eos_id: id of the end-of-sequence token; generation of a row stops after it.
+        pad_id: id of the right-padding token; ignored as a training target, never
+            sampled, and written after EOS by generation.
+        n_sites: number of sites (hook points) one decoder covers; rows and columns of the
+            site embedding. A per-hook decoder has 1.
+        d_model: width of the decoder's residual stream.
+        n_layers: number of transformer blocks.
+        n_heads: attention heads per block; must divide ``d_model``.
+        d_mlp: hidden width of each block's MLP; ``None`` means ``4 * d_model`` (resolved
+            at construction, so :meth:`to_dict` always stores an int).
+        n_cond_blocks: residual MLP blocks applied to ``concat(z, site_embedding)`` before
+            the per-layer projections (the paper uses 6).
+        dropout: dropout probability on embeddings, attention weights and residual
+            branches during training, in ``[0, 1)``. Generation never uses dropout.
+    """
+
+    vocab_size: int
+    n_ctx: int
+    d_act: int
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    n_sites: int = 1
+    d_model: int = 256
+    n_layers: int = 2
+    n_heads: int = 4
+    d_mlp: int | None = None
+    n_cond_blocks: int = 6
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Resolve ``d_mlp`` and validate every field.
+
+        Raises:
+            ValueError: if a size is not a positive int, a special id is out of
+                ``[0, vocab_size)``, two special ids coincide, ``n_heads`` does not divide
+                ``d_model``, or ``dropout`` is outside ``[0, 1)``.
+        """
+        if self.d_mlp is None:
+            self.d_mlp = 4 * self.d_model
+        for name, low in (
+            ("vocab_size", 1),
+            ("n_ctx", 2),
+            ("d_act", 1),
+            ("n_sites", 1),
+            ("d_model", 1),
+            ("n_layers", 1),
+            ("n_heads", 1),
+            ("d_mlp", 1),
+            ("n_cond_blocks", 0),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InputValueError(
+                    f"DecoderConfig.{name} must be an int >= {low}, got {value!r}"
+                )
+        for name in ("bos_id", "eos_id", "pad_id"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputValueError(f"DecoderConfig.{name} must be an int, got {value!r}")
+            if not 0 <= value < self.vocab_size:
+                raise InputValueError(
+                    f"DecoderConfig.{name}={value} is outside the vocabulary; valid ids are "
+                    f"0..{self.vocab_size - 1} (vocab_size={self.vocab_size})"
+                )
+        if len({self.bos_id, self.eos_id, self.pad_id}) != 3:
+            raise InputValueError(
+                "DecoderConfig needs three different special ids, got "
+                f"bos_id={self.bos_id}, eos_id={self.eos_id}, pad_id={self.pad_id}; if the "
+                "probed vocabulary reuses one token (e.g. GPT-2's <|endoftext|>), append "
+                "extra ids to the decoder vocabulary (raise vocab_size)"
+            )
+        if self.d_model % self.n_heads != 0:
+            raise InputValueError(
+                f"DecoderConfig.n_heads={self.n_heads} must divide d_model={self.d_model}"
+            )
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise InputValueError(
+                f"DecoderConfig.dropout must be a float in [0, 1), got {self.dropout!r}"
+            )
+        self.dropout = float(self.dropout)
+
+    @property
+    def d_cond(self) -> int:
+        """Width of the conditioning vector ``a``: ``d_act + n_sites``."""
+        return self.d_act + self.n_sites
+
+    @property
+    def d_head(self) -> int:
+        """Width of one attention head: ``d_model // n_heads``."""
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as a JSON-serialisable dict (``d_mlp`` already resolved).
+
+        Returns:
+            A dict with one key per field; ``DecoderConfig.from_dict(cfg.to_dict()) == cfg``.
+        """
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DecoderConfig":
+        """Build a config from a dict written by :meth:`to_dict` (e.g. read from JSON).
+
+        Args:
+            d: mapping of field name to value.
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ValueError: if ``d`` has keys that are not fields, misses a required field,
+                or a value fails validation.
+        """
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise InputValueError(
+                f"DecoderConfig.from_dict got unknown keys {unknown}; valid keys are {names}"
+            )
+        required = ["vocab_size", "n_ctx", "d_act", "bos_id", "eos_id", "pad_id"]
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise InputValueError(f"DecoderConfig.from_dict is missing required keys {missing}")
+        return cls(**d)
+
+
+class _CondBlock(nn.Module):
+    """One residual MLP block of the conditioning network: ``a + W2 relu(W1 LN(a))``."""
+
+    def __init__(self, d_cond: int, d_hidden: int) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(d_cond)
+        self.w1 = nn.Linear(d_cond, d_hidden)
+        self.w2 = nn.Linear(d_hidden, d_cond)
+
+    def forward(self, a: Tensor) -> Tensor:
+        return a + self.w2(F.relu(self.w1(self.ln(a))))
+
+
+class _Block(nn.Module):
+    """Pre-LN transformer block whose attention has one prepended condition slot."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.n_heads = cfg.n_heads
+        self.d_head = cfg.d_head
+        self.p_drop = cfg.dropout
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.attn_out = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.mlp_in = nn.Linear(d, cfg.d_mlp)
+        self.mlp_out = nn.Linear(cfg.d_mlp, d)
+        self.cond_proj = nn.Linear(cfg.d_cond, d)
+        self.cond_ln = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+        # True: attention as explicit matmul + masked softmax instead of the fused kernel
+        # (set by tl_inversion.stacking: under torch.func.vmap the fused CUDA kernel rejects
+        # the batched mask's alignment, "attn_bias is not correctly aligned")
+        self.explicit_attention = False
+
+    def cond_kv(self, a: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys/values of the condition slot, each ``[batch, n_heads, 1, d_head]``."""
+        d = self.n_heads * self.d_head
+        c = self.cond_ln(self.cond_proj(a))
+        kv = F.linear(c, self.qkv.weight[d:], self.qkv.bias[d:])
+        kv = kv.view(a.shape[0], 2, self.n_heads, 1, self.d_head)
+        return kv[:, 0], kv[:, 1]
+
+    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, t, _ = x.shape
+        qkv = self.qkv(self.ln1(x)).view(b, t, 3, self.n_heads, self.d_head)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [b, h, t, d_head]
+        return q, k, v
+
+    def _finish(self, x: Tensor, y: Tensor, dropout: bool) -> Tensor:
+        b, _, t, _ = y.shape
+        y = y.transpose(1, 2).reshape(b, t, self.n_heads * self.d_head)
+        if dropout:
+            x = x + self.drop(self.attn_out(y))
+            return x + self.drop(self.mlp_out(F.gelu(self.mlp_in(self.ln2(x)), approximate="tanh")))
+        x = x + self.attn_out(y)
+        return x + self.mlp_out(F.gelu(self.mlp_in(self.ln2(x)), approximate="tanh"))
+
+    def forward(self, x: Tensor, a: Tensor, mask: Tensor) -> Tensor:
+        """Full teacher-forced pass; ``mask`` is bool ``[t, 1 + t]`` (True = may attend)."""
+        q, k, v = self._qkv(x)
+        ck, cv = self.cond_kv(a)
+        k = torch.cat([ck, k], dim=2)
+        v = torch.cat([cv, v], dim=2)
+        p = self.p_drop if self.training else 0.0
+        if self.explicit_attention:
+            y = _masked_attention(q, k, v, mask, p, self.training)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return self._finish(x, y, dropout=self.training and self.p_drop > 0)
+
+    def step(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, slot: int) -> Tensor:
+        """One-token pass: writes this token's K/V at ``slot`` and attends to ``[0, slot]``."""
+        q, k, v = self._qkv(x)
+        k_cache[:, :, slot] = k[:, :, 0]
+        v_cache[:, :, slot] = v[:, :, 0]
+        y = F.scaled_dot_product_attention(
+            q, k_cache[:, :, : slot + 1], v_cache[:, :, : slot + 1]
+        )
+        return self._finish(x, y, dropout=False)
+
+
+def _masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p_drop: float, training: bool) -> Tensor:
+    """softmax(q k^T / sqrt(d_head) masked) v, written out (the fused kernel's mathematics)."""
+    scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    if training and p_drop > 0:
+        weights = F.dropout(weights, p_drop)
+    return weights @ v
+
+
+class _KVCache:
+    """Per-layer key/value buffers ``[n_layers, batch, n_heads, 1 + length, d_head]``.
+
+    Slot 0 holds the condition slot; slot ``1 + i`` holds token position ``i``.
+    """
+
+    def __init__(self, k: Tensor, v: Tensor) -> None:
+        self.k = k
+        self.v = v
+        self.pos = 0  # next token position to be written
+
+    @property
+    def capacity(self) -> int:
+        """Number of token positions the buffers can hold."""
+        return self.k.shape[3] - 1
+
+
+class Decoder(nn.Module):
+    """InversionView decoder: a causal LM over inputs, conditioned on (activation, site).
+
+    See the module docstring for the architecture (InversionView, Huang et al. 2024,
+    Sec. 3 / App.).
+
+    Args:
+        cfg: the decoder's :class:`DecoderConfig`.
+
+    Raises:
+        TypeError: if ``cfg`` is not a :class:`DecoderConfig`.
+    """
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        if not isinstance(cfg, DecoderConfig):
+            raise InputTypeError(f"Decoder expects a DecoderConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.site_embedding = nn.Embedding(cfg.n_sites, cfg.n_sites)
+        self.cond_blocks = nn.ModuleList(
+            [_CondBlock(cfg.d_cond, cfg.d_act) for _ in range(cfg.n_cond_blocks)]
+        )
+        self.cond_ln = nn.LayerNorm(cfg.d_cond)
+        self.tok_embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_embed = nn.Embedding(cfg.n_ctx, cfg.d_model)
+        self.blocks = nn.ModuleList([_Block(cfg) for _ in range(cfg.n_layers)])
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size)
+        self.embed_drop = nn.Dropout(cfg.dropout)
+        # mask[i, 0] = condition slot (always visible), mask[i, 1 + j] = (j <= i).
+        causal = torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool).tril()
+        mask = torch.cat([torch.ones(cfg.n_ctx, 1, dtype=torch.bool), causal], dim=1)
+        self.register_buffer("_mask", mask, persistent=False)
+        self._init_weights()
+
+    # ------------------------------------------------------------------ init
+
+    def _init_weights(self) -> None:
+        resid_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                std = resid_std if name.endswith(("attn_out", "mlp_out")) else 0.02
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding) and module is not self.site_embedding:
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        nn.init.normal_(self.site_embedding.weight, mean=0.0, std=1.0)
+
+    @torch.no_grad()
+    def init_site_embedding(self, site_index: int, mean: float, std: float) -> None:
+        """Rescale one site-embedding row to a given mean and standard deviation.
+
+        The paper rescales each site's row at init to the mean and std of that site's
+        activations, so the site code and ``z`` enter the conditioning network on one
+        scale (InversionView, Huang et al. 2024, Sec. 3 / App.). The row is standardised
+        and then mapped to ``mean + std * row``; the std is the population std over the
+        row's ``n_sites`` entries. With ``n_sites == 1`` the row has one entry, which is
+        set to ``mean``.
+
+        Args:
+            site_index: row to rescale, in ``0 .. n_sites - 1``.
+            mean: target mean (in the units of the site's activations).
+            std: target standard deviation, ``>= 0``.
+
+        Raises:
+            ValueError: if ``site_index`` is out of range, or ``mean``/``std`` are not
+                finite or ``std < 0``.
+        """
+        n = self.cfg.n_sites
+        valid_int = isinstance(site_index, int) and not isinstance(site_index, bool)
+        if not valid_int or not 0 <= site_index < n:
+            raise InputValueError(
+                f"site_index={site_index!r} is out of range; valid site indices are 0..{n - 1} "
+                f"(n_sites={n})"
+            )
+        mean, std = float(mean), float(std)
+        if not (math.isfinite(mean) and math.isfinite(std)) or std < 0:
+            raise InputValueError(
+                f"init_site_embedding needs a finite mean and a finite std >= 0, got "
+                f"mean={mean}, std={std}"
+            )
+        row = self.site_embedding.weight[site_index]
+        if n == 1:
+            row.fill_(mean)
+            return
+        centred = row - row.mean()
+        scale = centred.pow(2).mean().sqrt()
+        if scale.item() == 0.0:
+            centred = torch.randn_like(row)
+            centred = centred - centred.mean()
+            scale = centred.pow(2).mean().sqrt()
+        row.copy_(mean + std * centred / scale)
+
+    # ------------------------------------------------------------ validation
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        w = self.tok_embed.weight
+        return w.device, w.dtype
+
+    def _check_inputs(
+        self,
+        z: Tensor,
+        site: Tensor | int,
+        tokens: Tensor | None = None,
+        min_len: int = 1,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Validate shapes (free) and values (one device sync); move to the model device."""
+        cfg = self.cfg
+        device, dtype = self._device_dtype()
+        if not isinstance(z, Tensor):
+            raise InputTypeError(
+                f"z must be a torch.Tensor of shape [batch, {cfg.d_act}], got {type(z).__name__}"
+            )
+        if not z.is_floating_point():
+            raise InputTypeError(f"z must be a floating-point tensor, got dtype {z.dtype}")
+        if z.ndim != 2:
+            raise InputValueError(
+                f"z must have shape [batch, d_act={cfg.d_act}], got shape {tuple(z.shape)}"
+            )
+        if z.shape[1] != cfg.d_act:
+            raise InputValueError(
+                f"z has width {z.shape[1]} but this decoder expects d_act={cfg.d_act}; "
+                f"zero-pad narrower activations to {cfg.d_act}"
+            )
+        batch = z.shape[0]
+        if batch == 0:
+            raise InputValueError("z has an empty batch; pass at least one activation")
+        if isinstance(site, bool):
+            raise InputTypeError("site must be an int or an integer tensor, got a bool")
+        if isinstance(site, int):
+            if not 0 <= site < cfg.n_sites:
+                raise InputValueError(
+                    f"site index {site} is out of range; valid site indices are "
+                    f"0..{cfg.n_sites - 1} (n_sites={cfg.n_sites})"
+                )
+            site = torch.full((batch,), site, dtype=torch.long, device=device)
+        elif isinstance(site, Tensor):
+            if site.is_floating_point() or site.is_complex() or site.dtype == torch.bool:
+                raise InputTypeError(f"site must be an integer tensor, got dtype {site.dtype}")
+            if site.ndim == 0:
+                site = site.expand(batch)
+            if site.shape != (batch,):
+                raise InputValueError(
+                    f"site must have shape [batch={batch}] (one site index per row of z), "
+                    f"got shape {tuple(site.shape)}"
+                )
+            site = site.to(device=device, dtype=torch.long)
+        else:
+            raise InputTypeError(f"site must be an int or an integer tensor, got {type(site).__name__}")
+        z = z.to(device=device, dtype=dtype)
+
+        flags = [site.min() < 0, site.max() >= cfg.n_sites, ~torch.isfinite(z).all()]
+        if tokens is not None:
+            if not isinstance(tokens, Tensor):
+                raise InputTypeError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
+            if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+                raise InputTypeError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
+            if tokens.ndim != 2:
+                raise InputValueError(
+                    f"tokens must have shape [batch, seq], got shape {tuple(tokens.shape)}"
+                )
+            if tokens.shape[0] != batch:
+                raise InputValueError(
+                    f"tokens have batch {tokens.shape[0]} but z has batch {batch}; they must match"
+                )
+            seq = tokens.shape[1]
+            if seq > cfg.n_ctx:
+                raise InputValueError(
+                    f"tokens have length {seq} but this decoder handles at most "
+                    f"n_ctx={cfg.n_ctx} positions (BOS and EOS included)"
+                )
+            if seq < min_len:
+                raise InputValueError(f"tokens must have at least {min_len} positions, got {seq}")
+            tokens = tokens.to(device=device, dtype=torch.long)
+            flags += [tokens.min() < 0, tokens.max() >= cfg.vocab_size]
+        bad = torch.stack(flags).tolist()
+        if bad[0] or bad[1]:
+            wrong = sorted(set(site[(site < 0) | (site >= cfg.n_sites)].tolist()))
+            raise InputValueError(
+                f"site indices {wrong[:10]} are out of range; valid site indices are "
+                f"0..{cfg.n_sites - 1} (n_sites={cfg.n_sites})"
+            )
+        if bad[2]:
+            raise InputValueError("z contains NaN or infinite values")
+        if tokens is not None and (bad[3] or bad[4]):
+            wrong = sorted(set(tokens[(tokens < 0) | (tokens >= cfg.vocab_size)].tolist()))
+            raise InputValueError(
+                f"token ids {wrong[:10]} are out of range; valid ids are "
+                f"0..{cfg.vocab_size - 1} (vocab_size={cfg.vocab_size})"
+            )
+        return z, site, tokens
+
+    # --------------------------------------------------------------- forward
+
+    def _condition(self, z: Tensor, site: Tensor) -> Tensor:
+        a = torch.cat([z, self.site_embedding(site)], dim=-1)
+        for block in self.cond_blocks:
+            a = block(a)
+        return self.cond_ln(a)
+
+    def condition(
+        self, z: Float[Tensor, "batch d_act"], site: Int[Tensor, "batch"] | int
+    ) -> Float[Tensor, "batch d_cond"]:
+        """Compute the conditioning vector ``a`` from an activation and its site.
+
+        ``a = LN(blocks(concat(z, site_embedding[site])))`` with ``n_cond_blocks`` residual
+        MLP blocks ``a + W2 relu(W1 LN(a))`` of hidden width ``d_act``
+        (InversionView, Huang et al. 2024, Sec. 3 / App.).
+
+        Args:
+            z: activations, ``[batch, d_act]`` float, in the probed model's units
+                (zero-padded to ``d_act`` by the caller). Moved to the decoder's device.
+            site: site index per row, ``[batch]`` integer tensor (a 0-d tensor or a
+                Python int is broadcast to every row), each in ``0 .. n_sites - 1``.
+
+        Returns:
+            ``[batch, d_cond]`` with ``d_cond = d_act + n_sites``.
+
+        Raises:
+            ValueError: if ``z`` is not ``[batch, d_act]``, is empty or non-finite, or a
+                site index is outside ``0 .. n_sites - 1``.
+            TypeError: if ``z`` is not a float tensor or ``site`` not an integer.
+        """
+        z, site, _ = self._check_inputs(z, site)
+        return self._condition(z, site)
+
+    def _logits(self, tokens: Tensor, a: Tensor) -> Tensor:
+        t = tokens.shape[1]
+        pos = torch.arange(t, device=tokens.device)
+        x = self.tok_embed(tokens) + self.pos_embed(pos)
+        if self.training and self.cfg.dropout > 0:
+            x = self.embed_drop(x)
+        mask = self._mask[:t, : t + 1]
+        for block in self.blocks:
+            x = block(x, a, mask)
+        return self.unembed(self.ln_f(x))
+
+    def forward(
+        self,
+        tokens: Int[Tensor, "batch seq"],
+        z: Float[Tensor, "batch d_act"],
+        site: Int[Tensor, "batch"] | int,
+    ) -> Float[Tensor, "batch seq vocab"]:
+        """Teacher-forced logits of every next token.
+
+        ``logits[:, i]`` is the (unnormalised, natural-log scale) distribution of
+        ``tokens[:, i + 1]`` given ``tokens[:, : i + 1]``, ``z`` and the site
+        (InversionView, Huang et al. 2024, Sec. 3 / App.).
+
+        Args:
+            tokens: ``[batch, seq]`` integer ids, ``1 <= seq <= n_ctx``, normally
+                ``[BOS] x [EOS] PAD..`` (right padding).
+            z: ``[batch, d_act]`` activations.
+            site: ``[batch]`` site indices (or one int for all rows).
+
+        Returns:
+            ``[batch, seq, vocab_size]`` logits.
+
+        Raises:
+            ValueError: on a wrong shape, ``seq > n_ctx``, token ids outside
+                ``0 .. vocab_size - 1``, site indices outside ``0 .. n_sites - 1``, a batch
+                mismatch, or non-finite ``z``.
+            TypeError: on wrong dtypes.
+        """
+        z, site, tokens = self._check_inputs(z, site, tokens)
+        return self._logits(tokens, self._condition(z, site))
+
+    def _target_logprobs(self, tokens: Tensor, z: Tensor, site: Tensor) -> Tensor:
+        logits = self._logits(tokens[:, :-1], self._condition(z, site))
+        return logits.float().log_softmax(dim=-1)
+
+    def loss(
+        self,
+        tokens: Int[Tensor, "batch seq"],
+        z: Float[Tensor, "batch d_act"],
+        site: Int[Tensor, "batch"] | int,
+    ) -> Float[Tensor, ""]:
+        """Mean next-token cross-entropy (nats per target token), PAD targets ignored.
+
+        The paper's training objective (InversionView, Huang et al. 2024, Sec. 3 / App.):
+        targets are ``tokens[:, 1:]``; EOS is a target, PAD is not. The mean is over all
+        non-PAD targets of the batch (a batch with no such target gives NaN).
+
+        Args:
+            tokens: ``[batch, seq]`` integer ids with ``2 <= seq <= n_ctx``.
+            z: ``[batch, d_act]`` activations.
+            site: ``[batch]`` site indices (or one int for all rows).
+
+        Returns:
+            A scalar float32 tensor (differentiable).
+
+        Raises:
+            ValueError: as :meth:`forward`, and if ``seq < 2``.
+            TypeError: on wrong dtypes.
+        """
+        z, site, tokens = self._check_inputs(z, site, tokens, min_len=2)
+        return self.unchecked_loss(tokens, z, site)
+
+    def unchecked_loss(
+        self,
+        tokens: Int[Tensor, "batch seq"],
+        z: Float[Tensor, "batch d_act"],
+        site: Int[Tensor, " batch"],
+    ) -> Float[Tensor, ""]:
+        """:meth:`loss` without input validation: no host sync, traceable by ``torch.func``.
+
+        For training loops whose inputs are valid by construction (``tokens`` on this
+        decoder's device, ``2 <= seq <= n_ctx``, ids in range; ``site`` a ``[batch]`` long
+        tensor). Wrong inputs give wrong numbers or an indexing error, not a clear message.
+        """
+        logits = self._logits(tokens[:, :-1], self._condition(z, site))
+        return F.cross_entropy(
+            logits.float().flatten(0, 1),
+            tokens[:, 1:].flatten(),
+            ignore_index=self.cfg.pad_id,
+        )
+
+    def token_logprobs(
+        self,
+        tokens: Int[Tensor, "batch seq"],
+        z: Float[Tensor, "batch d_act"],
+        site: Int[Tensor, "batch"] | int,
+    ) -> Float[Tensor, "batch seq_minus_1"]:
+        """Log-probability of each next token under teacher forcing.
+
+        ``out[:, i] = log p(tokens[:, i + 1] | tokens[:, : i + 1], z, site)`` in nats, from
+        the full softmax over the vocabulary (the distribution :meth:`loss` trains; note
+        that :meth:`generate` renormalises after masking BOS and PAD). Entries whose
+        target is PAD are 0, so ``out.sum(-1)`` is ``log p(x | z)`` of the whole sequence.
+        Used for the paper's token colouring ``p(. | z_q) - p(. | z_BOS)`` and its
+        completeness check (InversionView, Huang et al. 2024, Sec. 3 / App.).
+
+        Args:
+            tokens: ``[batch, seq]`` integer ids with ``2 <= seq <= n_ctx``.
+            z: ``[batch, d_act]`` activations.
+            site: ``[batch]`` site indices (or one int for all rows).
+
+        Returns:
+            ``[batch, seq - 1]`` float32 log-probabilities (``<= 0``).
+
+        Raises:
+            ValueError: as :meth:`forward`, and if ``seq < 2``.
+            TypeError: on wrong dtypes.
+        """
+        z, site, tokens = self._check_inputs(z, site, tokens, min_len=2)
+        logp = self._target_logprobs(tokens, z, site)
+        targets = tokens[:, 1:]
+        out = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return out.masked_fill(targets == self.cfg.pad_id, 0.0)
+
+    # ------------------------------------------------------------ generation
+
+    def _init_cache(self, a: Tensor, length: int) -> _KVCache:
+        """Allocate a cache for ``length`` token positions and fill the condition slots."""
+        cfg = self.cfg
+        b = a.shape[0]
+        shape = (cfg.n_layers, b, cfg.n_heads, 1 + length, cfg.d_head)
+        k = torch.empty(shape, device=a.device, dtype=a.dtype)
+        v = torch.empty(shape, device=a.device, dtype=a.dtype)
+        for layer, block in enumerate(self.blocks):
+            ck, cv = block.cond_kv(a)
+            k[layer, :, :, :1] = ck
+            v[layer, :, :, :1] = cv
+        return _KVCache(k, v)
+
+    def _step(self, token: Tensor, cache: _KVCache) -> Tensor:
+        """Feed one token per row at the cache's next position; return ``[batch, vocab]``.
+
+        Equivalent to ``forward(prefix + token)[:, -1]`` without recomputing the prefix.
+        No dropout is applied, whatever the module's train/eval mode.
+        """
+        pos = cache.pos
+        if pos >= cache.capacity:
+            raise InputValueError(f"KV cache is full ({cache.capacity} positions)")
+        x = self.tok_embed(token).unsqueeze(1) + self.pos_embed.weight[pos]
+        for layer, block in enumerate(self.blocks):
+            x = block.step(x, cache.k[layer], cache.v[layer], pos + 1)
+        cache.pos = pos + 1
+        return self.unembed(self.ln_f(x[:, 0]))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        z: Float[Tensor, "batch d_act"],
+        site: Int[Tensor, "batch"] | int,
+        temperature: float | Float[Tensor, "batch"] = 1.0,
+        max_len: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Int[Tensor, "batch n_ctx"]:
+        """Sample inputs ``[BOS] x [EOS] PAD..`` conditioned on activations (KV-cached).
+
+        Starts every row from BOS and samples one token per step from
+        ``softmax(logits / temperature)`` with BOS and PAD masked out, feeding each new
+        token through a key/value cache (one forward step per position, the prefix is
+        never recomputed). A row is finished after it emits EOS; everything after its EOS
+        is ``pad_id``. Generation stops early once every row is finished. A row that
+        reaches ``max_len`` without EOS is returned truncated (no EOS): callers that need
+        well-formed inputs should check for EOS. Dropout is never applied, so results
+        depend only on the weights, the inputs and ``generator``
+        (InversionView, Huang et al. 2024, Sec. 3 / App.).
+
+        Args:
+            z: ``[batch, d_act]`` activations (zero-padded to ``d_act`` by the caller).
+            site: ``[batch]`` site indices (or one int for all rows).
+            temperature: softmax temperature, a float for all rows or a ``[batch]`` tensor
+                (one per row); ``0`` means greedy argmax for that row. Must be finite and
+                ``>= 0``.
+            max_len: longest sequence to produce, BOS and EOS included, in
+                ``1 .. n_ctx``; ``None`` means ``n_ctx``. The output still has ``n_ctx``
+                columns (PAD beyond ``max_len``).
+            generator: random generator used by ``torch.multinomial``; must live on the
+                decoder's device. ``None`` uses the global RNG. Same seed, same output.
+
+        Returns:
+            ``[batch, n_ctx]`` int64 token ids on the decoder's device; column 0 is BOS.
+
+        Raises:
+            ValueError: on invalid ``z``/``site`` (as :meth:`condition`), a negative,
+                non-finite or wrongly shaped ``temperature``, or ``max_len`` outside
+                ``1 .. n_ctx``.
+        """
+        cfg = self.cfg
+        z, site, _ = self._check_inputs(z, site)
+        device = z.device
+        batch = z.shape[0]
+        length = cfg.n_ctx if max_len is None else max_len
+        if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= cfg.n_ctx:
+            raise InputValueError(
+                f"max_len={max_len!r} is invalid; valid values are None or an int in "
+                f"1..{cfg.n_ctx} (n_ctx)"
+            )
+        if isinstance(temperature, Tensor):
+            temp = temperature.to(device=device, dtype=torch.float32)
+            if temp.ndim == 0:
+                temp = temp.expand(batch)
+            if temp.shape != (batch,):
+                raise InputValueError(
+                    f"temperature tensor must have shape [batch={batch}] or be 0-d, got "
+                    f"shape {tuple(temperature.shape)}"
+                )
+        else:
+            temp = torch.full((batch,), float(temperature), device=device)
+        bad_temp = (~torch.isfinite(temp)) | (temp < 0)
+        if bad_temp.any().item():
+            raise InputValueError(
+                "temperature must be finite and >= 0 (0 = greedy), got "
+                f"{temp[bad_temp][:5].tolist()}"
+            )
+        greedy_rows = temp == 0
+        all_greedy = bool(greedy_rows.all().item())
+        any_greedy = bool(greedy_rows.any().item())
+        inv_temp = torch.where(greedy_rows, torch.ones_like(temp), temp).reciprocal()[:, None]
+
+        out = torch.full((batch, cfg.n_ctx), cfg.pad_id, dtype=torch.long, device=device)
+        out[:, 0] = cfg.bos_id
+        if length == 1:
+            return out
+        banned = torch.zeros(cfg.vocab_size, dtype=torch.bool, device=device)
+        banned[[cfg.bos_id, cfg.pad_id]] = True
+
+        cache = self._init_cache(self._condition(z, site), length - 1)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        token = out[:, 0]
+        for pos in range(1, length):
+            logits = self._step(token, cache).float().masked_fill(banned, float("-inf"))
+            if all_greedy:
+                nxt = logits.argmax(dim=-1)
+            else:
+                probs = torch.softmax(logits * inv_temp, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                if any_greedy:
+                    nxt = torch.where(greedy_rows, logits.argmax(dim=-1), nxt)
+            nxt = nxt.masked_fill(finished, cfg.pad_id)
+            out[:, pos] = nxt
+            finished |= nxt == cfg.eos_id
+            if pos + 1 < length and bool(finished.all()):
+                break
+            token = nxt
+        return out
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of parameters (all, or only those with ``requires_grad``).
+
+        Args:
+            trainable_only: count only parameters with ``requires_grad=True``.
+
+        Returns:
+            The parameter count.
+        """
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,262 @@
+"""Verification: is a decoded input really in the preimage of a query activation?
+
+InversionView (Huang et al. 2024, arXiv 2405.17653, Sec. 2-3) never trusts the decoder:
+every sample ``x`` is re-run through the probed model, its activation at the query's site is
+compared with the query activation ``z_q`` at every non-special position, and the smallest
+distance decides membership (:func:`tl_inversion.distance.best_position`).
+
+* :func:`membership` scores many candidate inputs, each against its own ``z_q`` (or one
+  shared ``z_q``), with ONE probed forward per batch (stopped after the site's layer by
+  :func:`tl_inversion.harvest`).
+* :func:`faithfulness_rate` is the paper's per-site training diagnostic: one temperature-1
+  sample per held-out activation; the rate is the fraction whose membership distance is
+  below epsilon (0.1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from tl_inversion.model.activations import activations_at, harvest, model_device
+from tl_inversion.inversion.distance import FAITHFULNESS_EPSILON, best_position, check_metric
+from tl_inversion.model.sites import SiteLike, validate_site
+from tl_inversion.errors import InputTypeError, InputValueError, PositionError, SiteError
+
+__all__ = ["membership", "faithfulness_rate", "FaithfulnessResult", "special_mask_of", "query_activations"]
+
+#: Default rows per probed forward in :func:`membership`.
+VERIFY_BATCH = 1024
+
+
+def special_mask_of(tokens: Int[Tensor, "N pos"], special_ids: Sequence[int] | Tensor) -> Tensor:
+    """Positions holding special tokens.
+
+    Args:
+        tokens: token ids ``[N, pos]``.
+        special_ids: the ids to mask (BOS, EOS, PAD), e.g. ``task.special_ids``.
+
+    Returns:
+        ``[N, pos]`` bool mask on ``tokens``'s device, True where ``tokens`` is one of
+        ``special_ids``.
+    """
+    ids = torch.as_tensor(list(special_ids) if not isinstance(special_ids, Tensor) else special_ids, dtype=torch.long)
+    return torch.isin(tokens, ids.to(tokens.device))
+
+
+def _as_tokens(tokens: Any, name: str = "tokens") -> Tensor:
+    if not isinstance(tokens, Tensor):
+        raise InputTypeError(f"{name} must be an integer torch.Tensor [N, n_ctx], got {type(tokens).__name__}")
+    if tokens.is_floating_point() or tokens.dtype == torch.bool:
+        raise InputTypeError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    if tokens.ndim != 2:
+        raise InputValueError(f"{name} must have shape [N, n_ctx], got {tuple(tokens.shape)}")
+    return tokens.long()
+
+
+def membership(
+    model: Any,
+    tokens: Int[Tensor, "N n_ctx"],
+    site: SiteLike,
+    z_q: Float[Tensor, "N d"] | Float[Tensor, " d"],
+    special_ids: Sequence[int] | Tensor,
+    metric: str = "l2",
+    batch_size: int = VERIFY_BATCH,
+) -> tuple[Float[Tensor, " N"], Int[Tensor, " N"]]:
+    """Membership distance of candidate inputs to query activations (InversionView Sec. 2).
+
+    Runs the probed model on ``tokens`` (one forward per batch of ``batch_size`` rows,
+    stopped after the site's layer, no hooks left behind), reads the site's activation at
+    every position and returns, per row, the minimum distance to that row's ``z_q`` over
+    positions that do not hold a special token, and where it was reached.
+
+    Args:
+        model: the probed ``HookedTransformer`` or ``TransformerBridge`` (any device).
+        tokens: candidate inputs ``[N, n_ctx]`` (``[n_ctx]`` is one row), any device; ids
+            must be valid for the probed model.
+        site: the site the query was read from (e.g. ``"blocks.0.attn.hook_result[0]"``).
+        z_q: query activations: one per row ``[N, d_site]`` (e.g. faithfulness, where every
+            held-out activation has its own sample) or one for all rows ``[d_site]``.
+        special_ids: token ids whose positions are ignored (BOS, EOS, PAD; e.g.
+            ``task.special_ids``).
+        metric: ``"l2"`` (``||z - z_q|| / ||z_q||``) or ``"cosine"`` (``1 - cos``).
+        batch_size: rows per probed forward.
+
+    Returns:
+        ``(dist [N], matched_pos [N])`` on CPU: float32 unitless distances and int64
+        positions. A row with no non-special position, or whose ``z_q`` has zero norm,
+        gets ``inf`` and ``-1`` (see :mod:`tl_inversion.distance`).
+
+    Raises:
+        SiteError: the site does not fit the model.
+        ValueError: unknown metric, ``z_q`` of the wrong shape or width, token ids outside
+            the model's vocabulary, or a non-positive ``batch_size``.
+        TypeError: non-integer tokens or non-float ``z_q``.
+    """
+    check_metric(metric)
+    site = validate_site(site, model)
+    tokens = _as_tokens(tokens)
+    n = tokens.shape[0]
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(z_q, Tensor) or not z_q.is_floating_point():
+        raise InputTypeError("z_q must be a floating-point tensor of shape [N, d_site] or [d_site]")
+    if z_q.ndim not in (1, 2) or (z_q.ndim == 2 and z_q.shape[0] != n):
+        raise InputValueError(f"z_q must have shape [N={n}, d_site] or [d_site], got {tuple(z_q.shape)}")
+    d_vocab = getattr(model.cfg, "d_vocab", None)
+    if n and d_vocab is not None:
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= d_vocab:
+            raise InputValueError(
+                f"token ids {lo}..{hi} include ids outside the probed model's vocabulary 0..{d_vocab - 1}; "
+                "map decoder-only ids (e.g. extra BOS/EOS/PAD) to the model's before verifying"
+            )
+    dist = torch.empty(n, dtype=torch.float32)
+    pos = torch.empty(n, dtype=torch.long)
+    if n == 0:
+        return dist, pos
+    device = model_device(model)
+    z_q = z_q.detach().to(device)
+    mask_all = special_mask_of(tokens, special_ids)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        batch = tokens[start:stop].to(device)
+        acts = harvest(model, batch, [site], validate=False)[site]
+        if acts.shape[-1] != z_q.shape[-1]:
+            raise InputValueError(
+                f"z_q has width {z_q.shape[-1]} but site {site} gives vectors of width {acts.shape[-1]}"
+            )
+        q = z_q if z_q.ndim == 1 else z_q[start:stop]
+        with torch.inference_mode():
+            d, p = best_position(acts, q, mask_all[start:stop].to(device), metric)
+        dist[start:stop] = d.float().cpu()
+        pos[start:stop] = p.cpu()
+    return dist, pos
+
+
+def query_activations(
+    model: Any,
+    tokens: Int[Tensor, "N n_ctx"],
+    positions: Int[Tensor, " N"],
+    site: SiteLike,
+    batch_size: int = VERIFY_BATCH,
+) -> Float[Tensor, "N d_site"]:
+    """Activations ``f_site(tokens[n])[positions[n]]``, one probed forward per batch.
+
+    Args:
+        model: the probed model.
+        tokens: inputs ``[N, n_ctx]``.
+        positions: absolute position per row ``[N]``.
+        site: the site.
+        batch_size: rows per forward.
+
+    Returns:
+        ``[N, d_site]`` on the model's device.
+
+    Raises:
+        SiteError: the site does not fit the model.
+    """
+    site = validate_site(site, model)
+    tokens = _as_tokens(tokens)
+    positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1).cpu()
+    n, n_ctx = tokens.shape
+    if positions.shape[0] != n:
+        raise InputValueError(f"got {positions.shape[0]} positions for {n} inputs")
+    if n and (int(positions.min()) < 0 or int(positions.max()) >= n_ctx):
+        raise InputValueError(f"positions must be absolute indices in 0..{n_ctx - 1}, got {positions.tolist()[:8]}...")
+    out = [activations_at(model, tokens[start : start + batch_size], positions[start : start + batch_size],
+                                 [site], validate=False)[site] for start in range(0, tokens.shape[0], batch_size)]
+    return torch.cat(out)
+
+
+class FaithfulnessResult(NamedTuple):
+    """Result of :func:`faithfulness_rate`; unpacks as ``rate, distances``.
+
+    Args:
+        rate: fraction of samples with membership distance ``< epsilon``, in ``[0, 1]``.
+        distances: ``[N]`` float32 CPU membership distance of each sample.
+    """
+
+    rate: float
+    distances: Tensor
+
+
+def faithfulness_rate(
+    bank: Any,
+    model: Any,
+    task: Any,
+    tokens: Int[Tensor, "N n_ctx"],
+    positions: Int[Tensor, " N"] | int | str,
+    site: SiteLike,
+    epsilon: float = FAITHFULNESS_EPSILON,
+    generator: torch.Generator | int | None = None,
+    *,
+    metric: str = "l2",
+    temperature: float = 1.0,
+    batch_size: int = 512,
+) -> FaithfulnessResult:
+    """The paper's per-site faithfulness rate (InversionView Sec. 3 / App.).
+
+    For each held-out ``(tokens[n], positions[n])``: read ``z = f_site(tokens[n])[pos]``,
+    draw ONE sample from the site's decoder at ``temperature`` (1 in the paper), compute
+    its membership distance to ``z`` (:func:`membership`), and count it faithful when the
+    distance is strictly below ``epsilon``. Batched: one probed forward per batch to
+    harvest, one ``generate`` call per batch, one probed forward per batch to verify.
+
+    The decoder's train/eval mode is left alone (generation never uses dropout) and the
+    bank is not checked against the model (the caller, e.g. training, owns both).
+
+    Args:
+        bank: a :class:`~tl_inversion.bank.DecoderBank` covering ``site``.
+        model: the probed model.
+        task: the task (gives ``special_ids`` and named positions).
+        tokens: held-out inputs ``[N, n_ctx]``.
+        positions: absolute position per row ``[N]``, or one int / task-named position
+            for all rows (resolved by ``task.resolve_position``).
+        site: the site.
+        epsilon: threshold (the paper: 0.1).
+        generator: ``torch.Generator`` on the decoder's device, or an int seed for one,
+            or ``None`` for the global RNG.
+        metric: ``"l2"`` or ``"cosine"``.
+        temperature: sampling temperature (the paper: 1).
+        batch_size: rows per decoder call and per probed forward.
+
+    Returns:
+        :class:`FaithfulnessResult` ``(rate, distances)``; rows whose ``z`` has zero norm
+        get distance ``inf`` and count as unfaithful. ``rate`` is NaN for ``N = 0``.
+
+    Raises:
+        SiteError: the bank or the model has no such site.
+        PositionError: a position name or index the task does not know.
+        ValueError: unknown metric.
+    """
+    check_metric(metric)
+    decoder, site_idx = bank.lookup(site)
+    site = validate_site(site, model)
+    tokens = _as_tokens(tokens)
+    if isinstance(positions, (int, str)):
+        positions = task.resolve_position(tokens, positions)
+    positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1).cpu()
+    if positions.shape[0] != tokens.shape[0]:
+        raise InputValueError(f"positions has {positions.shape[0]} entries for {tokens.shape[0]} inputs")
+    dec_device = next(decoder.parameters()).device
+    if isinstance(generator, int) and not isinstance(generator, bool):
+        generator = torch.Generator(device=dec_device).manual_seed(generator)
+    n = tokens.shape[0]
+    dists = []
+    for start in range(0, n, batch_size):
+        rows = tokens[start : start + batch_size]
+        z = query_activations(model, rows, positions[start : start + batch_size], site, batch_size)
+        samples = bank.to_task_tokens(decoder.generate(
+            bank.pad(z, site).to(dec_device), site_idx, temperature=temperature, generator=generator
+        ))
+        d, _ = membership(model, samples, site, z, task.special_ids, metric, batch_size)
+        dists.append(d)
+    distances = torch.cat(dists) if dists else torch.empty(0)
+    rate = float((distances < epsilon).float().mean()) if n else float("nan")
+    return FaithfulnessResult(rate, distances)

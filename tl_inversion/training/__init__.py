@@ -1,0 +1,5 @@
+"""Training decoders (and the small probed models of the paper's tasks).
+
+Activations are harvested on the fly from the probed model, optionally blurred by a noise
+kernel (:mod:`.noise`), and the decoders learn to generate the input that produced them.
+"""
