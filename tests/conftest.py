@@ -96,3 +96,16 @@ def paper_counting_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"paper counting checkpoint not found at {path}; set TL_INVERSION_PAPER_COUNTING")
     return path
+
+
+# Paper-scale checks (the 390,000-input accuracy of the paper's counting model, the patching
+# subsets) and notebook execution are marked ``slow``: tests/run_all.sh runs them in one
+# environment only (tl39) and the others with ``-m "not slow"``.
+_SLOW_FILES = ("test_demos.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        uses_paper_model = "paper_counting_dir" in getattr(item, "fixturenames", ())
+        if uses_paper_model or item.get_closest_marker("paper") or item.path.name in _SLOW_FILES:
+            item.add_marker(pytest.mark.slow)

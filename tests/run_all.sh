@@ -6,6 +6,12 @@
 #   bash tests/run_all.sh tl43 tl218           # a subset
 #   bash tests/run_all.sh tl39 -- -x -k cache  # everything after -- goes to pytest
 #
+# Per environment (env_pytest_args below): tl39 runs everything, the slow paper-scale checks
+# and notebooks included; tl43 runs the rest under jaxtyping's pytest hook with beartype
+# (every annotated shape in tl_inversion checked at call time); tl218 runs the rest plainly.
+# Every run prints its ten slowest tests. Before the tests, `ruff check` (pyproject's rules)
+# runs once, from the first environment's venv.
+#
 # Environments (pins: see env_pins below):
 #   tl39   transformer-lens==3.9.0   (HookedTransformer + TransformerBridge)
 #   tl43   transformer-lens==4.3.0   (TransformerBridge only)
@@ -39,6 +45,14 @@ env_pins() { # one requirement per line; fails for unknown envs
     tl43) printf '%s\n' "transformer-lens==4.3.0" ;;
     tl218) printf '%s\n' "transformer-lens==2.18.0" "numpy<2" "transformers<5" "pyarrow<26" ;;
     *) return 1 ;;
+    esac
+}
+
+env_pytest_args() { # the pytest arguments of each environment (before the user's)
+    case "$1" in
+    tl39) printf '%s\n' "--durations=10" ;;
+    tl43) printf '%s\n' "--durations=10" "-m" "not slow" "--jaxtyping-packages=tl_inversion,beartype.beartype" ;;
+    tl218) printf '%s\n' "--durations=10" "-m" "not slow" ;;
     esac
 }
 
@@ -151,6 +165,8 @@ export MPLBACKEND="${MPLBACKEND:-Agg}"
 unset VIRTUAL_ENV PYTHONPATH || true
 
 declare -A STATUS T_INSTALL T_TEST SUMMARY
+RUFF_DONE=""
+RUFF_STATUS="not run"
 overall=0
 T0=$SECONDS
 
@@ -190,12 +206,24 @@ for name in "${envs[@]}"; do
         continue
     fi
 
-    log "$name: pytest ${pytest_args[*]}"
+    if [[ -z "$RUFF_DONE" ]]; then
+        RUFF_DONE=1
+        log "ruff check (from $name's venv)"
+        if "$venv/bin/ruff" check tl_inversion tests benchmarks; then
+            RUFF_STATUS=PASS
+        else
+            RUFF_STATUS=FAIL
+            overall=1
+        fi
+    fi
+
+    mapfile -t env_args < <(env_pytest_args "$name")
+    log "$name: pytest ${env_args[*]} ${pytest_args[*]}"
     t=$SECONDS
     rc=0
     (
         export TL_INVERSION_ENV="$name" VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH"
-        exec "$py" -m pytest -q -p no:cacheprovider "${pytest_args[@]}"
+        exec "$py" -m pytest -q -p no:cacheprovider "${env_args[@]}" "${pytest_args[@]}"
     ) 2>&1 | tee "$LOG_DIR/$name.log" || rc=$?
     T_TEST[$name]=$((SECONDS - t))
     SUMMARY[$name]="$(grep -E '[0-9]+ (passed|failed|errors?|skipped|xfailed|xpassed|deselected)|no tests ran' "$LOG_DIR/$name.log" |
@@ -216,5 +244,6 @@ for name in "${envs[@]}"; do
     printf '%-6s %-26s %-15s %9s %7s  %s\n' "$name" "$(env_pins "$name" | head -n1)" \
         "${STATUS[$name]}" "${T_INSTALL[$name]}" "${T_TEST[$name]}" "${SUMMARY[$name]}"
 done
+echo "ruff check: $RUFF_STATUS"
 echo "venvs: $VENV_ROOT    total: $((SECONDS - T0))s    result: $([[ $overall == 0 ]] && echo PASS || echo FAIL)"
 exit "$overall"

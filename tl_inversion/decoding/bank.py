@@ -45,7 +45,7 @@ FORMAT_VERSION = 1
 
 
 
-@dataclass
+@dataclass(repr=False)
 class DecoderBank:
     """Decoders for a set of sites.
 
@@ -55,12 +55,36 @@ class DecoderBank:
             its group is its site-embedding row.
         widths: ``{site string: activation width}`` (vectors are zero-padded to ``d_act``).
         meta: fingerprint, task info, position policy, training config (JSON-able).
+
+    ``repr(bank)`` is one short line (topology, sites, decoder shape, probed model); the details
+    are attributes: ``bank.sites``, ``bank.meta["fingerprint"]``, ``bank.training_runs()``.
     """
 
     decoders: list[Decoder]
     groups: list[list[Site]]
     widths: dict[str, int]
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """One line: topology, sites (first three), decoder shape and size, probed model."""
+        sites = [str(s) for s in self.sites]
+        shown = ", ".join(sites[:3]) + (f", ... (+{len(sites) - 3})" if len(sites) > 3 else "")
+        parts = [f"{self.topology}", f"{len(sites)} sites [{shown}]"]
+        if self.decoders:
+            c = self.decoders[0].cfg
+            n_params = sum(p.numel() for d in self.decoders for p in d.parameters())
+            parts.append(f"{len(self.decoders)} decoder(s) d_model={c.d_model} n_layers={c.n_layers} "
+                         f"({n_params / 1e6:.2f}M params)")
+        fp = self.meta.get("fingerprint") or {}
+        arch = fp.get("architecture") or {}
+        if arch:
+            parts.append("probed: " + " ".join(f"{k}={arch[k]}" for k in ("n_layers", "d_model", "n_heads", "d_vocab")
+                                               if k in arch))
+        if fp.get("model_class"):
+            parts.append(f"{fp['model_class']} TL {fp.get('tl_version', '?')}")
+        if fp.get("weights_sha256"):
+            parts.append(f"weights {str(fp['weights_sha256'])[:12]}")
+        return f"DecoderBank({', '.join(parts)})"
 
     # construction ---------------------------------------------------------------------
     @classmethod
