@@ -25,7 +25,8 @@ from tl_inversion.inversion.sampling import sample_many
 from tl_inversion.model.sites import paper_counting_sites
 from tl_inversion.tasks import counting
 from tl_inversion.devices import resolve_device
-from tl_inversion.training.trainer import TrainConfig, train
+from tl_inversion.training.config import TrainConfig
+from tl_inversion.training.trainer import train
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from tl_inversion.decoding.bank import DecoderBank
 from tl_inversion.evaluation.completeness import auroc, completeness, preimage_distances_by_site
 from tl_inversion.model.loading import load_hf_gpt2
 from tl_inversion.training.noise import NOISE_SHAPES, kernel_log_posterior
-from tl_inversion.evaluation.report import default_plan
+from tl_inversion.tasks.plan import default_plan
 from tl_inversion.tasks import addition
 from tl_inversion.inversion.verify import special_mask_of
 

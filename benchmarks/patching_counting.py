@@ -29,9 +29,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tl_inversion.patching.contrasts import counting_flip_contrasts, counting_random_contrasts  # noqa: E402
+from tl_inversion.patching import counting_flip_contrasts, counting_random_contrasts  # noqa: E402
 from tl_inversion.model.loading import load_hf_gpt2  # noqa: E402
-from tl_inversion.patching.activation import cumulative_patching, patch_nodes  # noqa: E402
+from tl_inversion.patching import cumulative_patching, patch_nodes  # noqa: E402
 from tl_inversion.tasks.counting import paper_split  # noqa: E402
 
 #: The paper's forward order; labels as in the model's README.

@@ -26,7 +26,8 @@ from model_files import write_gpt2  # noqa: E402
 
 from tl_inversion.model.loading import load_hf_gpt2  # noqa: E402
 from tl_inversion.tasks import counting  # noqa: E402
-from tl_inversion.training.trainer import TrainConfig, train  # noqa: E402
+from tl_inversion.training.config import TrainConfig  # noqa: E402
+from tl_inversion.training.trainer import train  # noqa: E402
 
 SITES = [f"blocks.{layer}.{hook}" for layer in (0, 1) for hook in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")]
 SITES += ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out", "blocks.1.hook_attn_out"]

@@ -23,7 +23,8 @@ from tl_inversion.demo import asset_dir
 from tl_inversion.model.loading import load_hf_gpt2
 from tl_inversion.inversion.sampling import sample_many
 from tl_inversion.tasks import counting
-from tl_inversion.training.trainer import TrainConfig, train
+from tl_inversion.training.config import TrainConfig
+from tl_inversion.training.trainer import train
 
 
 def main() -> None:

@@ -159,8 +159,31 @@ def build_tokenizer(cfg: dict | None = None):
     return tok
 
 
+#: Standard deviation of the random biases every tiny model gets (TL and HF initialise biases
+#: to zero, which would hide any bug that adds or drops a bias, e.g. ``b_O / n_heads`` per head).
+BIAS_STD = 0.1
+
+
+def randomize_biases(model, seed: int = SEED, std: float = BIAS_STD):
+    """Give every bias of ``model`` (attention q/k/v/out, MLP, LayerNorm, unembedding) random
+    non-zero values, in place, deterministically in ``seed``; weights are left as they are.
+
+    Biases are the parameters named ``b_*`` (HookedTransformer: ``b_Q b_K b_V b_O b_in b_out
+    b_U``), ``*.b`` (HookedTransformer LayerNorm) or ``*.bias`` (Hugging Face GPT-2:
+    ``c_attn``, ``c_proj``, ``c_fc``, ``ln_*``); causal-mask buffers are not parameters.
+    """
+    g = torch.Generator().manual_seed(seed + 12345)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf.startswith("b_") or leaf in ("b", "bias"):
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype) * std)
+    return model
+
+
 def build_hooked(cfg: dict | None = None, seed: int = SEED):
-    """Random-init ``HookedTransformer`` (TL < 4), eval mode, CPU, fp32."""
+    """Random-init ``HookedTransformer`` (TL < 4), eval mode, CPU, fp32, with random
+    non-zero biases (:func:`randomize_biases`)."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = dict(cfg or TINY_CFG)
@@ -170,11 +193,13 @@ def build_hooked(cfg: dict | None = None, seed: int = SEED):
         # TL 3.x: "HookedTransformer is deprecated and will be removed in 4.0" -- known.
         warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
         model = HookedTransformer(ht_cfg, tokenizer=build_tokenizer(cfg))
+    randomize_biases(model, seed)
     return model.eval()
 
 
 def build_hf_gpt2(cfg: dict | None = None, seed: int = SEED):
-    """Random-init HF ``GPT2LMHeadModel`` with the same shape as ``cfg`` (eval, eager attention).
+    """Random-init HF ``GPT2LMHeadModel`` with the same shape as ``cfg`` (eval, eager attention),
+    with random non-zero biases (:func:`randomize_biases`).
 
     Deterministic in ``seed``: call it twice to get an independent copy with identical weights.
     """
@@ -202,6 +227,7 @@ def build_hf_gpt2(cfg: dict | None = None, seed: int = SEED):
     )
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(hf_cfg)
+    randomize_biases(model, seed)
     return model.eval()
 
 

@@ -9,15 +9,20 @@ import torch
 
 
 def write_gpt2(folder: Path, *, d_vocab: int = 40, n_ctx: int = 33, d_model: int = 16, n_layers: int = 2,
-               n_heads: int = 2, seed: int = 0) -> Path:
-    """Save a random-init ``GPT2LMHeadModel`` (safetensors) into ``folder``."""
+               n_heads: int = 2, seed: int = 0, biases: bool = True) -> Path:
+    """Save a random-init ``GPT2LMHeadModel`` (safetensors) into ``folder``; with ``biases``
+    (default) every bias is random and non-zero (``helpers.randomize_biases``), not HF's zeros."""
+    from helpers import randomize_biases
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     cfg = GPT2Config(vocab_size=d_vocab, n_positions=n_ctx, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
                      bos_token_id=37 if d_vocab == 40 else 0, eos_token_id=38 if d_vocab == 40 else 0,
                      pad_token_id=39 if d_vocab == 40 else 0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    GPT2LMHeadModel(cfg).save_pretrained(folder, safe_serialization=True)
+    model = GPT2LMHeadModel(cfg)
+    if biases:
+        randomize_biases(model, seed)
+    model.save_pretrained(folder, safe_serialization=True)
     return folder
 
 

@@ -26,6 +26,10 @@
 # rebuilt: torch==2.13.0 FIRST (a CPU wheel on local disk -- any other torch requirement on a
 # torch-less machine pulls a multi-GB CUDA build), then `-e ".[test]"` plus the env's pins.
 #
+# System packages: Debian's chromium (the viewer's end-to-end browser test drives it with
+# Playwright; no browser is downloaded) is installed with apt-get when missing
+# (TL_INVERSION_NO_APT=1 skips that; the browser test then skips itself).
+#
 # Other knobs: TL_INVERSION_PYTHON (default python3), TL_INVERSION_REBUILD=1 (rebuild venvs).
 # Tests see TL_INVERSION_ENV=<env>; HF_HUB_OFFLINE defaults to 1 (no hub in CI).
 set -euo pipefail
@@ -153,6 +157,20 @@ ensure_venv() {
     build_venv "$name" "$venv" "$hash"
 }
 
+ensure_chromium() { # Debian's chromium for the browser test; never fatal
+    if command -v chromium >/dev/null 2>&1 || [[ "${TL_INVERSION_NO_APT:-0}" == 1 ]]; then return 0; fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        log "no apt-get: the viewer's browser test will skip (install chromium yourself)"
+        return 0
+    fi
+    local sudo=""
+    if [[ $(id -u) != 0 ]]; then sudo=sudo; fi
+    log "installing Debian's chromium (browser test)"
+    { $sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends chromium; } \
+        >"${TMPDIR:-/tmp}/tl-inversion-apt.log" 2>&1 || log "chromium install failed (see ${TMPDIR:-/tmp}/tl-inversion-apt.log): the browser test will skip"
+}
+
+ensure_chromium
 mkdir -p "$VENV_ROOT"
 LOG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/tl-inversion-run_all.XXXXXX")"
 trap 'rm -rf "$LOG_DIR"' EXIT

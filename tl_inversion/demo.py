@@ -16,8 +16,8 @@ import torch
 
 from tl_inversion.decoding.bank import DecoderBank
 from tl_inversion.evaluation.consistency import feature_consistency
+from tl_inversion.evaluation.inverter import Inverter
 from tl_inversion.model.loading import load_hf_gpt2
-from tl_inversion.inversion.sampling import sample_preimage
 from tl_inversion.tasks import counting
 
 #: (query, site, position, what to look for)
@@ -49,19 +49,19 @@ def run_demo(html: str | Path | None = "tl_inversion_demo.html", *, n_repeats: i
         top: rows printed per query.
 
     Returns:
-        The :class:`~tl_inversion.sampling.PreimageResult` of each query.
+        The :class:`~tl_inversion.inversion.result.PreimageResult` of each query.
     """
     torch.manual_seed(0)
     model, bank = load_demo()
-    task = counting.make_task()
+    inverter = Inverter(model, bank, counting.make_task())  # the model is checked against the bank once
     results, fragments = [], []
     for query, site, position, note in DEMO_QUERIES:
-        r = sample_preimage(bank, model, task, query, site, position, n_repeats=n_repeats, seed=0)
+        r = inverter.sample(query, site, position, n_repeats=n_repeats, seed=0)
         s = r.summary()
         fc = feature_consistency([r], counting.query_counts).iloc[0]
         headline = f"{query!r}  site {site}  position {position!r} ({note})"
         n_in = int(r.df["in_preimage"].sum())
-        same = round(fc["consistency"] * fc["n"]) if fc["n"] else 0
+        same = int(fc["n_agree"])
         stats = (f"{s['n_candidates']} samples, {n_in} within epsilon {s['epsilon']} ({n_in / s['n_candidates']:.1%}), "
                  f"{s['valid_fraction']:.0%} well-formed; in-preimage well-formed samples with the query's count: "
                  f"{same} of {int(fc['n'])}")

@@ -16,8 +16,10 @@ __all__ = [
     "InputTypeError",
     "InputValueError",
     "LoadError",
+    "MissingPathError",
     "ModelMismatchError",
     "NotationError",
+    "OutputExistsError",
     "PositionError",
     "SiteError",
     "TLInversionError",
@@ -68,6 +70,16 @@ class NotationError(InputValueError):
 
 class LoadError(TLInversionError, RuntimeError):
     """A model or decoder folder cannot be loaded as it is (missing or unexpected files or keys)."""
+
+
+class MissingPathError(LoadError, FileNotFoundError):
+    """A file or folder to read does not exist or lacks the files it needs (a bank folder
+    without ``bank.json``); still a ``FileNotFoundError``."""
+
+
+class OutputExistsError(TLInversionError, FileExistsError):
+    """An output folder already holds what the call would write and it may not replace it
+    (a run folder with checkpoints when resuming is off); still a ``FileExistsError``."""
 
 
 class ModelMismatchError(TLInversionError, RuntimeError):

@@ -7,7 +7,8 @@ import torch
 
 from tl_inversion.cli.app import main
 from tl_inversion.demo import asset_dir, load_demo
-from tl_inversion.inversion.sampling import QueryFormatWarning, sample_preimage
+from tl_inversion.inversion.queries import QueryFormatWarning
+from tl_inversion.inversion.sampling import sample_preimage
 from tl_inversion.tasks import counting
 
 
@@ -85,7 +86,7 @@ def test_evaluate_refuses_a_bank_given_twice(capsys, tmp_path):
         (["--n-queries", "0"], "--n-queries must be >= 1"),
         (["--max-candidates", "-1"], "--max-candidates must be 0 (all) or >= 2"),
         (["--task", "addition"], "trained on task 'counting', not 'addition'"),
-        (["--completeness-condition", "blurred"], "needs a bank trained with train_noise_flag (CLI --train-noise-flag)"),
+        (["--completeness-condition", "blurred"], "needs a bank trained with train_noise_flag"),
     ],
 )
 def test_evaluate_bad_arguments_are_one_line(capsys, tmp_path, extra, message):
@@ -132,12 +133,12 @@ def test_evaluate_out_must_be_a_folder(capsys, tmp_path):
     (["train", "--model", str(asset_dir() / "probed"), "--out", "OUT", "--preset", "paper", "--device", "tpu"],
      "unknown device 'tpu'"),
     (["train", "--model", str(asset_dir() / "probed"), "--out", "OUT", "--preset", "paper", "--warmup-steps", "-3"],
-     "warmup_steps must be >= 0"),
+     "--warmup-steps must be >= 0"),
     (["train-probed", "--out", "OUT", "--lr", "inf"], "lr must be a positive, finite learning rate"),
     (["train", "--model", str(asset_dir() / "probed"), "--out", "OUT", "--preset", "paper", "--train-noise", "-0.1"],
-     "train_noise must be in [0, 1]"),
+     "--train-noise must be in [0, 1]"),
     (["train", "--model", str(asset_dir() / "probed"), "--out", "OUT", "--preset", "paper", "--train-noise-flag"],
-     "needs a train_noise > 0 (CLI --train-noise)"),
+     "--train-noise-flag needs a train_noise > 0"),
     (["train", "--model", str(asset_dir() / "probed"), "--out", "OUT", "--sites", "blocks.1.hook_resid_post",
       "--d-model", "8", "--init-bank", str(asset_dir() / "decoders")], "config differs from the source's in d_model"),
     (["train", "--model", str(asset_dir() / "probed"), "--out", "OUT", "--preset", "paper",
@@ -155,12 +156,12 @@ def test_training_commands_refuse_bad_numbers(capsys, tmp_path, argv, message):
 
 
 def test_ctrl_c_says_how_to_resume(capsys, monkeypatch):
-    import tl_inversion.cli.app as cli
+    import tl_inversion.cli.train_verbs as verbs
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_train", interrupted)
+    monkeypatch.setattr(verbs, "cmd_train", interrupted)
     assert main(["train", "--model", "M", "--out", "O", "--preset", "paper"]) == 130
     assert "interrupted (checkpoints are kept: run the same command to resume)" in capsys.readouterr().err
 

@@ -15,7 +15,8 @@ from model_files import write_gpt2
 from tl_inversion.model.activations import harvest, site_width
 from tl_inversion.model.sites import validate_sites
 from tl_inversion.decoding.bank import DecoderBank
-from tl_inversion.evaluation.completeness import auroc, completeness, decoder_logprobs, plot_completeness, preimage_distances, preimage_distances_by_site
+from tl_inversion.evaluation.completeness import auroc, completeness, decoder_logprobs, preimage_distances, preimage_distances_by_site
+from tl_inversion.evaluation.plots import plot_completeness
 from tl_inversion.tasks import addition
 
 TASK = addition.make_task()
@@ -52,6 +53,17 @@ def model(request, tmp_path_factory):
     from tl_inversion.model.loading import load_hf_gpt2
 
     folder = write_gpt2(tmp_path_factory.mktemp("add"), d_vocab=15, n_ctx=14, d_model=16, n_layers=2, n_heads=2)
+    return load_hf_gpt2(folder, request.param, "default" if request.param == "hooked" else "compat")
+
+
+@pytest.fixture(scope="module", params=[c for c, ok in (("hooked", HAS_HOOKED), ("bridge", HAS_BRIDGE)) if ok])
+def zero_bias_model(request, tmp_path_factory):
+    """HF's own initialisation (zero biases): the auroc_ideal test's hand-picked epsilon 0.5 and
+    ball level 0.8 split its 300 candidates into members and non-members on this model."""
+    from tl_inversion.model.loading import load_hf_gpt2
+
+    folder = write_gpt2(tmp_path_factory.mktemp("add0"), d_vocab=15, n_ctx=14, d_model=16, n_layers=2, n_heads=2,
+                        biases=False)
     return load_hf_gpt2(folder, request.param, "default" if request.param == "hooked" else "compat")
 
 
@@ -218,18 +230,19 @@ def test_a_noise_flagged_bank_scores_with_the_blurred_condition(model, candidate
                                pad_id=TASK.pad_id, d_model=16, n_layers=1, n_heads=2, d_mlp=32, n_cond_blocks=1)
     with pytest.raises(TypeError, match="blurred must be True or False, got 'no'"):
         completeness(model, flagged, TASK, HEAD, candidates[:1], "A1", candidates[:300], blurred="no", progress=False)
-    with pytest.raises(ValueError, match=r"needs a bank trained with train_noise_flag \(CLI --train-noise-flag\)"):
+    with pytest.raises(ValueError, match=r"needs a bank trained with train_noise_flag; this bank has only the exact condition"):
         completeness(model, plain, TASK, HEAD, candidates[:1], "A1", candidates[:300], blurred=True, progress=False)
-    with pytest.raises(ValueError, match=r"bank 0 \(blocks.0.hook_resid_post, blocks.0.attn.hook_result\[1\]\) trained with a noise flag \(--train-noise-flag\), bank 1 \(blocks.1.hook_resid_post\) without"):
+    with pytest.raises(ValueError, match=r"bank 0 \(blocks.0.hook_resid_post, blocks.0.attn.hook_result\[1\]\) trained with a noise flag \(train_noise_flag\), bank 1 \(blocks.1.hook_resid_post\) without"):
         DecoderBank.merge([flagged, DecoderBank.create(["blocks.1.hook_resid_post"], {"blocks.1.hook_resid_post": 32},
                                                        vocab_size=15, n_ctx=14, bos_id=TASK.bos_id, eos_id=TASK.eos_id,
                                                        pad_id=TASK.pad_id, d_model=16, n_layers=1, n_heads=2)])
 
 
-def test_auroc_ideal_is_the_auroc_of_the_training_kernels_posterior(model, candidates, monkeypatch):
+def test_auroc_ideal_is_the_auroc_of_the_training_kernels_posterior(zero_bias_model, candidates, monkeypatch):
     """auroc_ideal by a plain computation: run_with_cache activations at every non-special
     position, the kernel written out here, AUROC by counting pairs. With the preimage kernel at
     level epsilon the ideal posterior is positive exactly on the members, so it is 1."""
+    model = zero_bias_model
     torch.manual_seed(2)
     widths = {RESID: site_width(model, RESID)}
     flagged = DecoderBank.create([RESID], widths, vocab_size=15, n_ctx=14, bos_id=TASK.bos_id, eos_id=TASK.eos_id,
@@ -249,6 +262,9 @@ def test_auroc_ideal_is_the_auroc_of_the_training_kernels_posterior(model, candi
                             n_samples=0, progress=False, **kw).summary
 
     # a bank that does not record its training noise: unknown
+    assert run()["auroc_ideal"].isna().all()
+    # a bank trained on exact activations (train_noise 0): the ideal does not apply (issue 20.9)
+    flagged.meta["train_config"] = {"train_noise": 0.0}
     assert run()["auroc_ideal"].isna().all()
     flagged.meta["train_config"] = {"train_noise": eps, "train_noise_shape": "preimage"}
     assert run()["auroc_ideal"].tolist() == [1.0, 1.0]

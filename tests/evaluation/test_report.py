@@ -23,7 +23,7 @@ from tl_inversion.model.activations import site_width
 from tl_inversion.model import fingerprints
 from tl_inversion.decoding.bank import DecoderBank
 from tl_inversion.decoding.decoder import Decoder
-from tl_inversion.evaluation.report import RANDOM, EvalPlan, default_plan, evaluate
+from tl_inversion.evaluation import RANDOM, EvalPlan, default_plan, evaluate
 from tl_inversion.tasks import addition
 
 TASK = addition.make_task()
@@ -184,6 +184,10 @@ def test_report_files_and_markdown(model, table, tmp_path):
         assert heading in text
     for name in ("faithfulness.csv", "consistency.csv", "completeness.csv", "faithfulness.png", "completeness_auroc.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
+    # a legend of the columns shown; auroc_ideal is left out (the bank records no training noise: NaN)
+    assert "## What the columns mean" in text and "- `valid`: fraction of samples the task's grammar accepts" in text
+    assert rep.completeness["auroc_ideal"].isna().all() and "auroc_ideal" not in text
+    assert "consistency_pooled" in rep.consistency.columns
     # an evaluation without completeness or features in the same folder leaves no file of the old one
     # (the scatters of an earlier evaluation with finite AUROCs too: stand-ins here, the oracle gives NaN)
     for stale in ("completeness_worst.png", "completeness_best.png"):
@@ -193,6 +197,9 @@ def test_report_files_and_markdown(model, table, tmp_path):
     bare.write(tmp_path / "report")
     left = sorted(p.name for p in (tmp_path / "report").iterdir())
     assert left == ["faithfulness.csv", "faithfulness.png", "report.md"]
+    # why completeness is missing is said, in the info and in report.md
+    assert "no completeness queries" in bare.info["completeness_note"]
+    assert f"Not measured: {bare.info['completeness_note']}." in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_bad_inputs_are_named(model, table):
@@ -218,12 +225,12 @@ def test_plan_and_data_errors_come_first(model, table):
                                                      candidates=lambda: table), progress=False)
     with pytest.raises(ValueError, match=r"eval_data must be \[n >= 1, 14\]"):
         evaluate(model, bank, TASK, table[:, :8], EvalPlan(positions=["="]), progress=False)
-    with pytest.raises(ValueError, match=r"needs a bank trained with train_noise_flag \(CLI --train-noise-flag\)"):
+    with pytest.raises(ValueError, match=r"needs a bank trained with train_noise_flag; this bank has only the exact condition"):
         evaluate(model, bank, TASK, table, EvalPlan(positions=["="]), blurred=True, progress=False)
 
 
 def test_positions_holding_special_tokens_are_left_out():
-    from tl_inversion.evaluation.report import _resolvable
+    from tl_inversion.evaluation.evaluate import _resolvable
     from tl_inversion.tasks import counting
     from tl_inversion.tasks.base import PositionError
 
@@ -240,7 +247,7 @@ def test_positions_holding_special_tokens_are_left_out():
 
 
 def test_rare_positions_are_searched_in_all_rows_and_shortfalls_reported():
-    from tl_inversion.evaluation.report import _rows_for_position
+    from tl_inversion.evaluation.evaluate import _rows_for_position
     from tl_inversion.tasks import counting
 
     task = counting.make_task()
@@ -282,7 +289,14 @@ def test_auroc_by_preimage_share_groups_rows_by_hand():
     s = EvaluationReport(pd.DataFrame(), pd.DataFrame(), comp, pd.DataFrame()).summary()
     assert s["auroc_ideal_median"] == pytest.approx(0.95)  # median of 1, .96, .94, .80, .99, .90
     assert s["auroc_ideal_frac_ge_0.95"] == pytest.approx(3 / 6)
-    assert EvaluationReport(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame()).completeness_by_preimage_size().empty
+    from tl_inversion.evaluation import CompletenessNotMeasuredWarning
+
+    empty = EvaluationReport(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(),
+                             info={"completeness_note": "the plan has no completeness queries"})
+    with pytest.warns(CompletenessNotMeasuredWarning, match="no completeness was measured: the plan has no completeness"):
+        assert empty.completeness_by_preimage_size().empty
+    with pytest.warns(CompletenessNotMeasuredWarning):
+        assert empty.completeness_summary().empty
 
 
 def test_the_report_says_how_the_decoders_were_blurred():
@@ -303,3 +317,63 @@ def test_the_report_says_how_the_decoders_were_blurred():
     assert _training_noise(merged, ["b", "d"]) == exact
     same = [{"sites": ["a"], "train_config": {"train_noise": 0.1}}, {"sites": ["b"], "train_config": {"train_noise": 0.1}}]
     assert _training_noise(same) == "activations blurred by train_noise 0.1 (gaussian)"
+
+
+def test_evaluate_fingerprints_the_model_once(model, table, monkeypatch):
+    """The model check (a hash of every weight and a probe forward) runs once per evaluation,
+    not once per (site, position) pool; an Inverter checks once for all its calls."""
+    from tl_inversion.evaluation import Inverter
+    from tl_inversion.inversion.sampling import sample_many, sample_preimage
+
+    bank = _bank(model, lambda cfg, s: ConstantOracle(cfg, table[0]))
+    calls = []
+    real = fingerprints.fingerprint
+    monkeypatch.setattr(fingerprints, "fingerprint", lambda m: calls.append(m) or real(m))
+    plan = EvalPlan(positions=["+", "="], features={"a_ones": lambda t: t[:, 3]})
+    kw = dict(n_faithfulness=4, n_queries=2, schedule=[(1.0, 0.0)], n_bos_samples=2, n_random=10, progress=False)
+    evaluate(model, bank, TASK, table, plan, **kw)
+    assert len(calls) == 1  # 2 sites x 2 positions of pools: still one
+    calls.clear()
+    sample_many(bank, model, TASK, table[:2], SITES[0], "=", n_repeats=1, batch_size=2)
+    sample_many(bank, model, TASK, table[:2], SITES[0], "+", n_repeats=1, batch_size=2)
+    assert len(calls) == 2  # the public function checks on every call
+    calls.clear()
+    inv = Inverter(model, bank, TASK)
+    one = inv.sample("615+861=1476", SITES[1], "=", n_repeats=1, batch_size=4, seed=3)
+    inv.sample_many(table[:2], SITES[0], "=", n_repeats=1, batch_size=2)
+    rep = inv.evaluate(table, plan, **kw)
+    assert len(calls) == 1 and rep.faithfulness.shape[0] == len(SITES) * 3
+    # the same samples as the checking path
+    ref = sample_preimage(bank, model, TASK, "615+861=1476", SITES[1], "=", n_repeats=1, batch_size=4, seed=3)
+    assert one.df.drop(columns=["colour"]).equals(ref.df.drop(columns=["colour"]))
+    assert repr(inv).startswith("Inverter(task='addition'")
+
+
+def test_progress_bar_ends_full(model, table, monkeypatch):
+    """Every stage counted in the total is updated (issue 20.4: the bar stopped one short)."""
+    import importlib
+
+    evaluate_module = importlib.import_module("tl_inversion.evaluation.evaluate")  # the package exports the function of that name
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, disable, desc, unit):
+            self.total, self.n, self.closed = total, 0, False
+            bars.append(self)
+
+        def update(self, k=1):
+            self.n += k
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(evaluate_module, "tqdm", Bar)
+    bank = _bank(model, lambda cfg, s: ConstantOracle(cfg, table[0]))
+    plan = EvalPlan(positions=["=", "A1"], completeness_queries=["615+861=1476"], completeness_positions=["="],
+                    candidates=lambda: table[:40], min_members=1)
+    evaluate(model, bank, TASK, table, plan, n_faithfulness=4, n_queries=2, schedule=[(1.0, 0.0)], n_bos_samples=2,
+             n_random=10, max_candidates=None, n_samples=2, progress=True)
+    # 1 (random position) + 2 positions x (1 faithfulness + 2 site pools) + 2 sites of completeness
+    (bar,) = bars
+    assert bar.total == 1 + 2 * (1 + 2) + 2 and bar.n == bar.total and bar.closed

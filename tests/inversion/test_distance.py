@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tl_inversion.inversion.distance import EPSILON_COSINE, EPSILON_L2, FAITHFULNESS_EPSILON, METRICS, PAPER_EPSILONS, best_position, default_epsilon, distance
+from tl_inversion.inversion.distance import EPSILON_COSINE, EPSILON_L2, FAITHFULNESS_EPSILON, METRICS, best_position, default_epsilon, distance
 
 T = torch.tensor
 
@@ -82,8 +82,13 @@ def test_half_inputs_give_float32_and_errors_are_clear():
 def test_constants_are_the_papers():
     assert EPSILON_L2 == 0.1 and EPSILON_COSINE == 0.25 and FAITHFULNESS_EPSILON == 0.1
     assert default_epsilon("l2") == 0.1 and default_epsilon("cosine") == 0.25
-    assert PAPER_EPSILONS["factual_recall"] == ("cosine", 0.25)
-    assert PAPER_EPSILONS["counting"] == ("l2", 0.1)
+    # the tasks carry their case study's metric and epsilon (InversionView Sec. 4: L2, 0.1)
+    from tl_inversion.tasks import addition, counting
+    from tl_inversion.tasks.base import TokenizerVocab
+
+    for task in (counting.make_task(), addition.make_task()):
+        assert (task.default_metric, task.default_epsilon) == ("l2", 0.1)
+    assert (TokenizerVocab.default_metric, TokenizerVocab.default_epsilon) == ("l2", 0.1)  # IOI, text tasks
 
 
 def _hand_acts():

@@ -22,7 +22,9 @@ from tl_inversion.model.activations import harvest, site_width
 
 from tl_inversion.model import fingerprints
 from tl_inversion.decoding.bank import DecoderBank, ModelMismatchError
-from tl_inversion.inversion.sampling import COLUMNS, PAPER_SCHEDULE, PreimageResult, UntrainedPositionWarning, sample_many, sample_preimage
+from tl_inversion.inversion.queries import UntrainedPositionWarning
+from tl_inversion.inversion.result import COLUMNS, PreimageResult
+from tl_inversion.inversion.sampling import PAPER_SCHEDULE, sample_many, sample_preimage
 from tl_inversion.model.sites import Site, SiteError
 from tl_inversion.tasks.base import PositionError
 from tl_inversion.tasks.counting import make_task
@@ -390,3 +392,16 @@ def test_argument_errors_and_position_warnings(one):
     cos = sample_preimage(bank, model, TASK, QUERY, SITE, ":", metric="cosine", **SMALL)
     assert cos.epsilon == 0.25 and (cos.df["in_preimage"] == (cos.df["distance"] <= 0.25)).all()
     assert PAPER_SCHEDULE == ((0.5, 0.0), (1.0, 0.0), (2.0, 0.0), (2.0, 0.1))
+
+
+def test_repr_is_one_short_line():
+    r = _synthetic(600, 420)
+    text = repr(r)
+    assert "\n" not in text and len(text) < 300  # not the DataFrame
+    for part in ("query='ab|a:1'", f"site='{SITE}'", "position=4", "600 candidates: 420 in preimage, 180 out",
+                 "600 distinct", "epsilon=0.1", "metric='l2'"):
+        assert part in text, part
+    # the rows are one attribute away
+    assert len(r.df) == 600 and int(r.df["in_preimage"].sum()) == 420
+    shown = r.display_sample(k=10)
+    assert "display sample of 10 candidates: 7 in preimage, 3 out" in repr(shown)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ from tl_inversion.model.activations import harvest, site_width
 from tl_inversion.decoding.bank import DecoderBank
 from tl_inversion.model.sites import SiteError, parse_site
 from tl_inversion.tasks.base import CharTask, PositionError
-from tl_inversion.inversion.verify import FaithfulnessResult, faithfulness_rate, membership
+from tl_inversion.inversion.verify import FaithfulnessResult, measure_faithfulness, membership
 
 SPECIAL = 10  # the tiny vocabulary's BOS = EOS = PAD
 SITES = ["blocks.1.hook_resid_post", "blocks.0.attn.hook_result[1]", "blocks.0.hook_resid_mid"]
@@ -43,7 +44,7 @@ def _site_vectors(model, row: torch.Tensor, site: str) -> list[list[float]]:
     return value.double().tolist()
 
 
-def _brute_membership(model, rows, site, z_q, metric="l2"):
+def _brute_membership(model, rows, site, z_q, metric="l2", special=(SPECIAL,)):
     out = []
     for i, row in enumerate(rows):
         q = z_q[i] if z_q.ndim == 2 else z_q
@@ -51,7 +52,7 @@ def _brute_membership(model, rows, site, z_q, metric="l2"):
         nq = math.sqrt(sum(b * b for b in q))
         best, best_t = math.inf, -1
         for t, z in enumerate(_site_vectors(model, row, site)):
-            if int(row[t]) == SPECIAL:
+            if int(row[t]) in special:
                 continue
             if metric == "l2":
                 d = math.sqrt(sum((a - b) ** 2 for a, b in zip(z, q))) / nq
@@ -171,10 +172,10 @@ def test_faithfulness_of_a_perfect_decoder_is_one(tiny_model, tiny_cfg, monkeypa
     decoder, _ = bank.lookup(site)
     # a decoder that returns exactly the input each activation came from
     monkeypatch.setattr(decoder, "generate", lambda z, site, temperature=1.0, generator=None: tokens.clone())
-    res = faithfulness_rate(bank, tiny_model, task, tokens, 1, site, batch_size=8)
+    res = measure_faithfulness(bank, tiny_model, task, tokens, 1, batch_size=8)
     assert isinstance(res, FaithfulnessResult)
-    rate, dists = res
-    assert rate == 1.0 and dists.max().item() <= 1e-6
+    assert res.rate(site) == 1.0 and res.distances[site].max().item() <= 1e-6
+    assert res.loc[site, "n"] == 4 and res.loc[site, "valid"] == 1.0  # every row is BOS text EOS PAD..
 
 
 def test_faithfulness_scores_each_sample_against_its_own_activation(tiny_model, tiny_cfg):
@@ -183,19 +184,48 @@ def test_faithfulness_scores_each_sample_against_its_own_activation(tiny_model, 
     bank = _tiny_bank(tiny_model, task, site)
     tokens = task.encode(["abc", "hhgfa", "ab", "bbbbbbbb", "cdcd", "e"])
     positions = torch.tensor([1, 3, 2, 5, 4, 1])
-    res = faithfulness_rate(bank, tiny_model, task, tokens, positions, site, generator=5, batch_size=64)
-    again = faithfulness_rate(bank, tiny_model, task, tokens, positions, site, generator=5, batch_size=64)
-    torch.testing.assert_close(res.distances, again.distances)
-    # independent replay: same draws, then membership of each sample against its own z
+    res = measure_faithfulness(bank, tiny_model, task, tokens, positions, seed=5, batch_size=64)
+    again = measure_faithfulness(bank, tiny_model, task, tokens, positions, seed=5, batch_size=64)
+    torch.testing.assert_close(res.distances[site], again.distances[site])
+    # independent replay: same draws, then the brute-force distance of each sample to its own z
     decoder, idx = bank.lookup(site)
     z = _harvest(tiny_model, tokens, site)[torch.arange(6), positions]
     gen = torch.Generator().manual_seed(5)
     samples = decoder.generate(bank.pad(z, site), idx, temperature=1.0, generator=gen)
-    want, _ = membership(tiny_model, samples, site, z, task.special_ids)
-    torch.testing.assert_close(res.distances, want)
-    eps = float(want[torch.isfinite(want)].median()) if torch.isfinite(want).any() else 0.1
-    res_eps = faithfulness_rate(bank, tiny_model, task, tokens, positions, site, epsilon=eps, generator=5)
-    assert res_eps.rate == pytest.approx((want < eps).float().mean().item())
+    brute = _brute_membership(tiny_model, samples, site, z, special=task.special_ids)  # B, E, P: ids 8, 9, 10
+    want = torch.tensor([d for d, _ in brute], dtype=torch.float32)
+    torch.testing.assert_close(res.distances[site], want, rtol=1e-4, atol=1e-5)
+    finite = want[torch.isfinite(want)]
+    assert res.loc[site, "mean_distance"] == pytest.approx(float(finite.mean()) if finite.numel() else math.inf,
+                                                           rel=1e-4)
+    # a threshold between two distinct distances (never on one: rounding must not decide)
+    ordered = sorted(set(float(d) for d in finite))
+    eps = (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2 if len(ordered) > 1 else 0.1
+    res_eps = measure_faithfulness(bank, tiny_model, task, tokens, positions, epsilon=eps, seed=5)
+    assert res_eps.rate(site) == pytest.approx(sum(float(d) < eps for d in want) / 6)
+    assert res_eps.epsilon == eps and res_eps.metric == "l2"
+
+
+def test_faithfulness_of_several_sites_equals_one_site_at_a_time(tiny_model, tiny_cfg):
+    """Each site draws from its own generator seeded with `seed`: measuring sites together or
+    alone, and in batches of any size, gives the same distances."""
+    task = _tiny_task(tiny_cfg["n_ctx"])
+    sites = ["blocks.0.hook_resid_mid", "blocks.1.hook_resid_post"]
+    torch.manual_seed(0)
+    bank = DecoderBank.create(
+        sites, {s: site_width(tiny_model, s) for s in sites}, vocab_size=task.d_vocab, n_ctx=task.n_ctx,
+        bos_id=task.bos_id, eos_id=task.eos_id, pad_id=task.pad_id, d_model=16, n_layers=1, n_heads=2, n_cond_blocks=1,
+    )
+    tokens = task.encode(["abc", "hhgfa", "ab", "bbbbbbbb", "cdcd"])
+    both = measure_faithfulness(bank, tiny_model, task, tokens, 1, seed=3)
+    assert list(both.index) == sites
+    for s in sites:
+        alone = measure_faithfulness(bank, tiny_model, task, tokens, 1, sites=[s], seed=3)
+        torch.testing.assert_close(alone.distances[s], both.distances[s])
+    one_by_one = measure_faithfulness(bank, tiny_model, task, tokens[:1], 1, seed=3, batch_size=1)
+    torch.testing.assert_close(one_by_one.distances[sites[0]], both.distances[sites[0]][:1])
+    filtered = both.loc[[sites[1]]]  # a derived table is a plain DataFrame
+    assert type(filtered) is pd.DataFrame and filtered.index.tolist() == [sites[1]]
 
 
 def test_faithfulness_errors(tiny_model, tiny_cfg):
@@ -203,6 +233,12 @@ def test_faithfulness_errors(tiny_model, tiny_cfg):
     bank = _tiny_bank(tiny_model, task, "blocks.0.hook_resid_mid")
     tokens = task.encode(["abc"])
     with pytest.raises(SiteError, match="this bank covers: blocks.0.hook_resid_mid"):
-        faithfulness_rate(bank, tiny_model, task, tokens, 1, "blocks.1.hook_resid_post")
+        measure_faithfulness(bank, tiny_model, task, tokens, 1, sites=["blocks.1.hook_resid_post"])
     with pytest.raises(PositionError, match="no position named"):
-        faithfulness_rate(bank, tiny_model, task, tokens, "zz", "blocks.0.hook_resid_mid")
+        measure_faithfulness(bank, tiny_model, task, tokens, "zz")
+    with pytest.raises(ValueError, match="epsilon must be a finite distance >= 0"):
+        measure_faithfulness(bank, tiny_model, task, tokens, 1, epsilon=-0.1)
+    with pytest.raises(ValueError, match="2 entries for 1 inputs"):
+        measure_faithfulness(bank, tiny_model, task, tokens, torch.tensor([1, 2]))
+    with pytest.raises(SiteError, match="no faithfulness measured for site blocks.1.hook_resid_post"):
+        measure_faithfulness(bank, tiny_model, task, tokens, 1).rate("blocks.1.hook_resid_post")

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from helpers import HAS_HOOKED
-from tl_inversion.patching.contrasts import counting_flip_contrasts, counting_random_contrasts
-from tl_inversion.patching.activation import cumulative_patching, patch_nodes, run_patching, verify_feature
+from tl_inversion.tasks.counting_contrasts import counting_flip_contrasts, counting_random_contrasts
+from tl_inversion.patching import cumulative_patching, patch_nodes, run_patching, verify_feature
 from tl_inversion.tasks.counting import make_task, paper_split, query_counts
 
 pytestmark = pytest.mark.paper

@@ -123,7 +123,7 @@ def test_probed_recipe_runs_a_few_steps(tmp_path):
 
 
 def test_plan_completeness_rows_are_queries_by_position():
-    from tl_inversion.evaluation.report import default_plan
+    from tl_inversion.tasks.plan import default_plan
 
     plan = default_plan("addition")
     queries, positions, names = plan.completeness_rows(addition.make_task())
@@ -138,7 +138,7 @@ def test_plan_completeness_rows_resolve_each_query_and_refuse_bad_plans():
     """Counting queries of different lengths: each row's own index, counted by hand on
     'B d d k d k k x d k | k : 4' (':' at 12, the query letter at 11) and
     'B q q z q z b q | q : 4' (':' at 10, the letter at 9)."""
-    from tl_inversion.evaluation.report import EvalPlan
+    from tl_inversion.tasks.plan import EvalPlan
     from tl_inversion.tasks import counting
 
     task = counting.make_task()

@@ -83,7 +83,8 @@ def test_positions(tok):
 
 
 def test_training_runs_two_steps_with_a_text_task(tok):
-    from tl_inversion.training.trainer import TrainConfig, train
+    from tl_inversion.training.config import TrainConfig
+    from tl_inversion.training.trainer import train
 
     variant = model_variants()[0]
     model = build_variant(variant, TINY_CFG)
@@ -106,7 +107,8 @@ def test_gpt2_like_special_ids_train_and_sample(tok):
     """One token for BOS, EOS and PAD (as GPT-2's <|endoftext|>): the decoders get two extra ids
     and everything the probed model or the task sees is in the task's own ids."""
     from tl_inversion.inversion.sampling import sample_preimage
-    from tl_inversion.training.trainer import TrainConfig, train
+    from tl_inversion.training.config import TrainConfig
+    from tl_inversion.training.trainer import train
 
     model = build_variant(model_variants()[0], TINY_CFG)
     g = torch.Generator().manual_seed(1)

@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from tl_inversion.tasks import counting
-from tl_inversion.training.trainer import TrainConfig, _site_probs, latest_checkpoint, perturb, sample_positions, train
+from tl_inversion.errors import ConfigError
+from tl_inversion.tasks.base import sample_positions
+from tl_inversion.training.checkpoint import latest_checkpoint
+from tl_inversion.training.config import TrainConfig
+from tl_inversion.training.noise import perturb
+from tl_inversion.training.trainer import _site_probs, train
 from tl_inversion.model.sites import Site
 from helpers import HAS_BRIDGE, HAS_HOOKED
 from model_files import load_counting_shaped
@@ -89,8 +94,9 @@ def test_resume_refuses_a_changed_config(counting_model, data, tmp_path):
     tr, te = data
     task = counting.make_task()
     train(counting_model, task, tr, te, _cfg(steps=2), out_dir=tmp_path, progress=False)
-    with pytest.raises(ValueError, match=r"batch_size \(CLI --batch-size\) \(checkpoint 8, now 16\)"):
+    with pytest.raises(ValueError, match=r"batch_size \(checkpoint 8, now 16\)") as err:
         train(counting_model, task, tr, te, _cfg(steps=4, batch_size=16), out_dir=tmp_path, progress=False)
+    assert isinstance(err.value, ConfigError) and err.value.field == "batch_size" and "--" not in str(err.value)
     # more steps is a legitimate continuation
     result = train(counting_model, task, tr, te, _cfg(steps=4), out_dir=tmp_path, progress=False)
     assert result.bank.meta["steps"] == 4
@@ -148,7 +154,7 @@ def test_bad_config_is_a_clear_error():
 
 
 def test_lr_factor_by_hand():
-    from tl_inversion.training.trainer import lr_factor
+    from tl_inversion.training.schedule import lr_factor
 
     assert lr_factor(0, 10, 110) == pytest.approx(0.1)  # warm-up: (0+1)/10
     assert lr_factor(9, 10, 110) == pytest.approx(1.0)
@@ -221,7 +227,7 @@ def test_time_limit_counts_over_resumed_calls(counting_model, data, tmp_path, mo
     """time_limit_s is a budget of training seconds over all calls, like `steps` is of steps:
     a fake clock advances 10 s per step; the schedule follows the total time."""
     import tl_inversion.training.trainer as training
-    from tl_inversion.training.trainer import lr_factor
+    from tl_inversion.training.schedule import lr_factor
 
     clock = [0.0]
     monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
@@ -371,7 +377,7 @@ def test_training_with_noise_resumes_and_old_checkpoints_still_resume(counting_m
     del state["config"]["train_noise"]
     (ckpt / "trainer_state.json").write_text(json.dumps(state))
     assert train(counting_model, task, tr, te, _cfg(steps=4), out_dir=tmp_path / "c", progress=False).bank.meta["steps"] == 4
-    with pytest.raises(ValueError, match=r"train_noise \(CLI --train-noise\) \(checkpoint 0.0, now 0.1\)"):
+    with pytest.raises(ValueError, match=r"in train_noise \(checkpoint 0.0, now 0.1\)"):
         train(counting_model, task, tr, te, _cfg(steps=6, train_noise=0.1), out_dir=tmp_path / "c", progress=False)
 
 
@@ -405,9 +411,10 @@ def test_compile_backend_failures_become_one_line_errors():
         pass
 
     InductorError.__module__ = "torch._inductor.exc"
-    with pytest.raises(ValueError, match=r"torch.compile failed on cpu .*InductorError: boom.*leave out --compile"):
+    with pytest.raises(ValueError, match=r"torch.compile failed on cpu .*InductorError: boom.*compile=False") as err:
         with _explain_compile_errors(True, torch.device("cpu")):
             raise InductorError("boom\nlong traceback")
+    assert isinstance(err.value, ConfigError) and err.value.field == "compile"
     with pytest.raises(InductorError):  # without compile nothing is reworded
         with _explain_compile_errors(False, torch.device("cpu")):
             raise InductorError("boom")
@@ -452,8 +459,9 @@ def test_noise_flag_blurs_half_the_rows_and_says_which():
                                 (torch.full((n,), 2.0), ValueError, "one 0/1 flag per row")):
         with pytest.raises(error, match=message):
             bank.pad(z, narrow, blurred=bad)
-    with pytest.raises(ValueError, match=r"needs a train_noise > 0 \(CLI --train-noise\)"):
+    with pytest.raises(ValueError, match=r"train_noise_flag needs a train_noise > 0") as err:
         _cfg(train_noise_flag=True)
+    assert isinstance(err.value, ConfigError) and err.value.field == "train_noise_flag" and "--" not in str(err.value)
     with pytest.raises(TypeError, match="train_noise_flag must be True or False"):
         _cfg(train_noise=0.1, train_noise_flag=1)
     with pytest.raises(TypeError, match="rebalance must be True or False, got 'no'"):
@@ -487,7 +495,7 @@ def test_noise_flagged_training_resumes_and_saves_its_flag(counting_model, data,
     unflagged = train(counting_model, task, tr, te, _cfg(train_noise=0.1, train_noise_shape="ball", topology=topology),
                       progress=False)
     assert not unflagged.bank.noise_flag and [d.cfg.d_act for d in unflagged.bank.decoders] == widest
-    with pytest.raises(ValueError, match=r"train_noise_flag \(CLI --train-noise-flag\) \(checkpoint True, now False\)"):
+    with pytest.raises(ValueError, match=r"train_noise_flag \(checkpoint True, now False\)"):
         train(counting_model, task, tr, te, _cfg(train_noise=0.1, train_noise_shape="ball", topology=topology, steps=8),
               out_dir=tmp_path / "a", progress=False)
 

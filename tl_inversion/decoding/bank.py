@@ -37,7 +37,7 @@ from tl_inversion.model import fingerprints
 from tl_inversion.decoding.decoder import Decoder, DecoderConfig
 from tl_inversion.io import atomic_write_dir, atomic_write_json, plain_bool
 from tl_inversion.model.sites import Site, SiteError, SiteLike, parse_site
-from tl_inversion.errors import InputTypeError, InputValueError, ModelMismatchError
+from tl_inversion.errors import InputTypeError, InputValueError, MissingPathError, ModelMismatchError
 
 BANK_JSON = "bank.json"
 WEIGHTS = "decoders.safetensors"
@@ -209,7 +209,7 @@ class DecoderBank:
                 return f"bank {i} ({', '.join(str(s) for s in banks[i].sites[:2])}{', ...' if len(banks[i].sites) > 2 else ''})"
 
             raise InputValueError(f"{'; '.join(name(i) for i, f in enumerate(flags) if f)} trained with a noise flag "
-                             f"(--train-noise-flag), {'; '.join(name(i) for i, f in enumerate(flags) if not f)} "
+                             f"(train_noise_flag), {'; '.join(name(i) for i, f in enumerate(flags) if not f)} "
                              "without; a bank conditions all its decoders one way, so merge only banks trained alike")
         # a merged input contributes its own parts, so merges of merges keep every run's config
         parts: list[dict[str, Any]] = []
@@ -289,8 +289,8 @@ class DecoderBank:
         """
         if bool(source.noise_flag) != bool(self.noise_flag):
             raise InputValueError(f"the source bank was trained {'with' if source.noise_flag else 'without'} the noise flag "
-                             f"and this one is {'with' if self.noise_flag else 'without'} it (train_noise_flag, CLI "
-                             "--train-noise-flag): the decoders read a different number of conditioning columns")
+                             f"and this one is {'with' if self.noise_flag else 'without'} it (train_noise_flag): the "
+                             " decoders read a different number of conditioning columns")
         pairs = []
         for dec, group in zip(self.decoders, self.groups):
             src, _ = source.lookup(group[0])
@@ -427,9 +427,8 @@ class DecoderBank:
         """
         blurred = plain_bool("blurred", blurred)
         if blurred and not self.noise_flag:
-            raise InputValueError("a blurred condition (blurred=True; evaluate CLI: --completeness-condition blurred) needs "
-                             "a bank trained with train_noise_flag (CLI --train-noise-flag); this bank has only the "
-                             "exact condition (blurred=False; CLI --completeness-condition auto or exact)")
+            raise InputValueError("a blurred condition (blurred=True) needs a bank trained with "
+                             "train_noise_flag; this bank has only the exact condition (blurred=False)")
         return blurred
 
     def pad(
@@ -645,12 +644,12 @@ class DecoderBank:
             device: where to put the decoders.
 
         Raises:
-            FileNotFoundError: the folder lacks ``bank.json`` or the weights.
+            MissingPathError: (a ``FileNotFoundError``) the folder lacks ``bank.json`` or the weights.
             ModelMismatchError: ``model`` differs from the training model.
         """
         path = Path(path)
         if not (path / BANK_JSON).is_file() or not (path / WEIGHTS).is_file():
-            raise FileNotFoundError(f"{path} is not a decoder bank folder (needs {BANK_JSON} and {WEIGHTS})")
+            raise MissingPathError(f"{path} is not a decoder bank folder (needs {BANK_JSON} and {WEIGHTS})")
         info = json.loads((path / BANK_JSON).read_text())
         bank = cls.from_json_and_state(info, load_file(str(path / WEIGHTS)))
         bank.to(device)

@@ -12,7 +12,8 @@ epsilon-preimage by brute force and reports
   likely than every non-member, 0.5 = chance);
 * **recall**: the fraction of distinct true-preimage members (or of their task-level
   classes, given ``class_fn``) that appear among ``n_samples`` decoder samples;
-* the paper's scatter, distance vs log-probability, as a PNG (:func:`plot_completeness`).
+* the paper's scatter, distance vs log-probability, is drawn by
+  :func:`tl_inversion.evaluation.plots.plot_completeness`.
 
 Cost and memory: distances need one probed forward per ``batch_size`` candidates, stopped
 after the site's layer (cheap); memory is ``[batch_size, n_ctx, d_site]`` per batch plus
@@ -27,7 +28,6 @@ within each class leaves it unbiased; recall always uses the full member set.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
@@ -42,7 +42,8 @@ from tl_inversion.inversion.distance import best_position, check_metric, default
 from tl_inversion.training.noise import kernel_log_posterior
 from tl_inversion.model.sites import SiteLike, validate_site
 from tl_inversion.inversion.verify import membership, special_mask_of
-from tl_inversion.errors import InputValueError, PositionError, SiteError
+from tl_inversion.errors import InputValueError
+from tl_inversion.inversion.decode import decode_to_task
 
 __all__ = [
     "auroc",
@@ -51,7 +52,6 @@ __all__ = [
     "decoder_logprobs",
     "completeness",
     "CompletenessResult",
-    "plot_completeness",
 ]
 
 
@@ -243,7 +243,8 @@ class CompletenessResult:
             :func:`tl_inversion.noise.kernel_log_posterior` of the kernel the condition was
             trained with, over the task's training positions; a decoder can beat it only
             by its errors; 1 by construction for the ``"preimage"`` kernel at epsilon; NaN
-            when the bank does not record how the site was trained),
+            when it does not apply: the site's decoder was trained on exact activations only
+            (``train_noise`` 0), or the bank does not record how the site was trained),
             ``blurred`` (the noise flag the decoder was conditioned with), ``n_samples``,
             ``n_distinct_samples``, ``sample_faithfulness`` (fraction of samples inside
             epsilon), ``recall`` (distinct members found among the samples / members) and,
@@ -276,13 +277,16 @@ def _auroc_by_match(logp: np.ndarray, member: np.ndarray, at_query: np.ndarray) 
 
 
 def _training_kernel(bank: Any, site: Any, blurred: bool) -> tuple[str | None, float] | None:
-    """The kernel the condition was trained with: ``(shape, level)``, ``(None, 0)`` for an exact
-    one, ``None`` when the bank does not record how the site was trained. With a noise flag,
-    flag 0 rows were exact; without one, every row had the run's ``train_noise``."""
+    """The kernel the condition was trained with: ``(shape, level)``, ``(None, 0)`` for the exact
+    rows of a bank with a noise flag (flag 0), ``None`` when ``auroc_ideal`` does not apply: the
+    bank does not record how the site was trained, or the site was trained on exact
+    activations only (``train_noise`` 0, as the paper: a point-mass kernel ranks only inputs
+    with numerically identical activations, a number that says nothing about the decoder).
+    Without a noise flag every row had the run's ``train_noise``."""
     cfg = bank.training_config(site)
-    if cfg is None:
+    if cfg is None or not cfg.get("train_noise"):
         return None
-    if not cfg.get("train_noise") or (bank.noise_flag and not blurred):
+    if bank.noise_flag and not blurred:
         return None, 0.0
     return cfg.get("train_noise_shape", "gaussian"), float(cfg["train_noise"])
 
@@ -383,7 +387,7 @@ def completeness(
     check_metric(metric)
     eps = default_epsilon(metric) if epsilon is None else float(epsilon)
     site = validate_site(site, model)
-    dec, site_idx = bank.lookup(site)
+    bank.lookup(site)  # a site the bank lacks fails here, before the brute force
     blurred = _blurred(bank, blurred)  # a condition the bank lacks fails here, before the brute force
     queries = queries[None] if queries.ndim == 1 else queries
     if queries.shape[-1] != candidates.shape[-1]:
@@ -444,11 +448,8 @@ def completeness(
             "blurred": blurred,
         }
         if n_samples:
-            z = bank.pad(z_q[qi].reshape(1, -1).expand(n_samples, -1), site, blurred=blurred)
-            was_training = dec.training
-            dec.eval()
-            samples = bank.to_task_tokens(dec.generate(z, site_idx, temperature=temperature, generator=gen)).cpu()
-            dec.train(was_training)
+            samples = decode_to_task(bank, site, z_q[qi].reshape(1, -1).expand(n_samples, -1),
+                                     temperature=temperature, generator=gen, blurred=blurred)
             s_dist, _ = membership(model, samples, site, z_q[qi], task.special_ids, metric, batch_size)
             keys = _row_keys(candidates[torch.from_numpy(members)]) if len(members) else []
             sample_keys = _row_keys(samples) if samples.shape[-1] == candidates.shape[-1] else []
@@ -468,57 +469,3 @@ def completeness(
                                        if member_classes else float("nan"))
         summaries.append(row)
     return CompletenessResult(pd.DataFrame(summaries), pd.concat(score_frames, ignore_index=True), eps, metric)
-
-
-def plot_completeness(
-    result: CompletenessResult | pd.DataFrame,
-    path: str | Path,
-    *,
-    query: int | None = 0,
-    epsilon: float | None = None,
-    title: str | None = None,
-) -> Path:
-    """The paper's completeness scatter: distance D(x) (x axis) vs decoder log p(x | z_q) (y axis).
-
-    Members (``D <= epsilon``) are drawn in another colour; a dashed line marks epsilon.
-    Written with matplotlib's Agg backend (no display needed).
-
-    Args:
-        result: a :class:`CompletenessResult` or its ``scores`` DataFrame.
-        path: the PNG to write (parent folders are created).
-        query: which query's rows to draw (``None``: all).
-        epsilon: the threshold line (default: the result's epsilon).
-        title: figure title.
-
-    Returns:
-        The path written.
-
-    Raises:
-        ValueError: no rows for that query.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    scores = result.scores if isinstance(result, CompletenessResult) else result
-    eps = epsilon if epsilon is not None else (result.epsilon if isinstance(result, CompletenessResult) else None)
-    df = scores if query is None else scores[scores["query"] == query]
-    if df.empty:
-        raise InputValueError(f"no scored candidates for query {query!r}; queries present: {sorted(scores['query'].unique())}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    m = df["member"].to_numpy(bool)
-    ax.scatter(df["distance"][~m], df["logp"][~m], s=3, alpha=0.4, c="tab:gray", label="outside preimage", rasterized=True)
-    ax.scatter(df["distance"][m], df["logp"][m], s=5, alpha=0.8, c="tab:red", label="in preimage", rasterized=True)
-    if eps is not None:
-        ax.axvline(eps, ls="--", c="k", lw=0.8, label=f"epsilon = {eps:g}")
-    ax.set_xlabel("distance D(x, z_q)")
-    ax.set_ylabel("decoder log p(x | z_q) [nats]")
-    ax.set_title(title or "completeness", fontsize=10)
-    ax.legend(loc="lower left", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")  # a long title widens the picture rather than being cut
-    plt.close(fig)
-    return path

@@ -43,7 +43,6 @@ __all__ = [
     "EPSILON_L2",
     "EPSILON_COSINE",
     "FAITHFULNESS_EPSILON",
-    "PAPER_EPSILONS",
     "default_epsilon",
     "check_metric",
     "distance",
@@ -53,21 +52,14 @@ __all__ = [
 #: Metrics understood by :func:`distance`.
 METRICS = ("l2", "cosine")
 
-#: The paper's epsilon for its small tasks (counting, addition) and IOI, with the L2
-#: metric (InversionView Sec. 4).
+#: The paper's epsilon with the L2 metric (its small tasks and IOI, Sec. 4; a task says
+#: which metric and epsilon it is studied with: ``task.default_metric`` / ``default_epsilon``).
 EPSILON_L2 = 0.1
 #: The paper's epsilon for factual recall on GPT-2 XL, with the cosine metric (Sec. 4.4).
 EPSILON_COSINE = 0.25
 #: Threshold of the paper's per-site faithfulness rate: a temperature-1 sample counts as
 #: faithful when its membership distance is strictly below it (Sec. 3 / App.).
 FAITHFULNESS_EPSILON = 0.1
-#: ``{case study: (metric, epsilon)}`` as used in the paper.
-PAPER_EPSILONS = {
-    "counting": ("l2", EPSILON_L2),
-    "addition": ("l2", EPSILON_L2),
-    "ioi": ("l2", EPSILON_L2),
-    "factual_recall": ("cosine", EPSILON_COSINE),
-}
 
 
 def check_metric(metric: str) -> str:

@@ -8,25 +8,28 @@ distance decides membership (:func:`tl_inversion.distance.best_position`).
 * :func:`membership` scores many candidate inputs, each against its own ``z_q`` (or one
   shared ``z_q``), with ONE probed forward per batch (stopped after the site's layer by
   :func:`tl_inversion.harvest`).
-* :func:`faithfulness_rate` is the paper's per-site training diagnostic: one temperature-1
-  sample per held-out activation; the rate is the fraction whose membership distance is
-  below epsilon (0.1).
+* :func:`measure_faithfulness` is the paper's per-site faithfulness rate (the one
+  implementation: training logs it, evaluation reports it): one temperature-1 sample per
+  held-out activation; the rate is the fraction whose membership distance is below epsilon
+  (0.1).
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
+import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_inversion.model.activations import activations_at, harvest, model_device
 from tl_inversion.inversion.distance import FAITHFULNESS_EPSILON, best_position, check_metric
-from tl_inversion.model.sites import SiteLike, validate_site
-from tl_inversion.errors import InputTypeError, InputValueError, PositionError, SiteError
+from tl_inversion.model.sites import Site, SiteLike, parse_site, validate_site, validate_sites
+from tl_inversion.errors import InputTypeError, InputValueError, SiteError
+from tl_inversion.inversion.decode import decode_to_task
 
-__all__ = ["membership", "faithfulness_rate", "FaithfulnessResult", "special_mask_of", "query_activations"]
+__all__ = ["membership", "measure_faithfulness", "FaithfulnessResult", "special_mask_of", "query_activations"]
 
 #: Default rows per probed forward in :func:`membership`.
 VERIFY_BATCH = 1024
@@ -174,89 +177,148 @@ def query_activations(
     return torch.cat(out)
 
 
-class FaithfulnessResult(NamedTuple):
-    """Result of :func:`faithfulness_rate`; unpacks as ``rate, distances``.
+class FaithfulnessResult(pd.DataFrame):
+    """What :func:`measure_faithfulness` returns: one row per site, and every sample's distance.
 
-    Args:
-        rate: fraction of samples with membership distance ``< epsilon``, in ``[0, 1]``.
-        distances: ``[N]`` float32 CPU membership distance of each sample.
+    A ``pandas.DataFrame`` indexed by site string with columns ``faithfulness`` (fraction of
+    samples with distance ``< epsilon``, in ``[0, 1]``; NaN for no samples),
+    ``mean_distance`` (over finite distances; ``inf`` when none is finite),
+    ``median_distance``, ``valid`` (fraction of samples obeying the task grammar) and ``n``
+    (samples), so it prints, filters (``.loc``) and concatenates like any table (derived
+    tables are plain DataFrames). It also carries:
+
+    Attributes:
+        distances: ``{site string: [N] float32 CPU tensor}`` membership distance of each
+            sample (unitless, see :mod:`tl_inversion.inversion.distance`; ``inf`` where the
+            query has zero norm: unfaithful).
+        epsilon: the threshold used; metric: the distance used (``"l2"`` or ``"cosine"``).
     """
 
-    rate: float
-    distances: Tensor
+    _metadata = ["distances", "epsilon", "metric"]
+
+    @property
+    def _constructor(self) -> type[pd.DataFrame]:
+        return pd.DataFrame  # a filtered or reshaped table no longer matches `distances`
+
+    def rate(self, site: SiteLike) -> float:
+        """The faithfulness rate of one site (a fraction in ``[0, 1]``).
+
+        Raises:
+            SiteError: the result has no row for ``site`` (the message lists its sites).
+        """
+        key = str(parse_site(site))
+        if key not in self.index:
+            raise SiteError(f"no faithfulness measured for site {key}; measured: {', '.join(self.index)}")
+        return float(self.loc[key, "faithfulness"])
 
 
-def faithfulness_rate(
+def _positions_for(task: Any, tokens: Tensor, positions: Any) -> Tensor:
+    if isinstance(positions, (int, str)):
+        positions = task.resolve_position(tokens, positions)
+    positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1).cpu()
+    if positions.shape[0] != tokens.shape[0]:
+        raise InputValueError(f"positions has {positions.shape[0]} entries for {tokens.shape[0]} inputs; "
+                              "give one position per input, or one int / named position for all")
+    return positions
+
+
+def measure_faithfulness(
     bank: Any,
     model: Any,
     task: Any,
     tokens: Int[Tensor, "N n_ctx"],
     positions: Int[Tensor, " N"] | int | str,
-    site: SiteLike,
-    epsilon: float = FAITHFULNESS_EPSILON,
-    generator: torch.Generator | int | None = None,
     *,
+    sites: Sequence[SiteLike] | None = None,
+    epsilon: float = FAITHFULNESS_EPSILON,
     metric: str = "l2",
+    seed: int | None = 0,
     temperature: float = 1.0,
     batch_size: int = 512,
 ) -> FaithfulnessResult:
-    """The paper's per-site faithfulness rate (InversionView Sec. 3 / App.).
+    """The paper's per-site faithfulness rate on held-out activations.
 
-    For each held-out ``(tokens[n], positions[n])``: read ``z = f_site(tokens[n])[pos]``,
-    draw ONE sample from the site's decoder at ``temperature`` (1 in the paper), compute
-    its membership distance to ``z`` (:func:`membership`), and count it faithful when the
-    distance is strictly below ``epsilon``. Batched: one probed forward per batch to
-    harvest, one ``generate`` call per batch, one probed forward per batch to verify.
+    For each held-out ``(tokens[n], positions[n])`` and each site: read the query
+    ``z_q = f_site(tokens[n])[positions[n]]``, draw ONE sample from the site's decoder at
+    ``temperature`` (1 in the paper), re-run the sample through the probed model and take
+    its membership distance to ``z_q`` (best non-special position, :func:`membership`); the
+    sample is faithful when that distance is strictly below ``epsilon``. Batched: one
+    probed forward per batch reads every site's queries, one ``generate`` call per batch and
+    site, one probed forward (stopped after the site's layer) per batch and site verifies.
 
-    The decoder's train/eval mode is left alone (generation never uses dropout) and the
-    bank is not checked against the model (the caller, e.g. training, owns both).
+    Each site draws from its own generator seeded with ``seed``, so a site's rate does not
+    depend on which other sites are measured. Decoders are sampled in eval mode and put
+    back in the mode they were in. The bank is not checked against the model (the caller,
+    e.g. training, owns both).
 
     Args:
-        bank: a :class:`~tl_inversion.bank.DecoderBank` covering ``site``.
-        model: the probed model.
-        task: the task (gives ``special_ids`` and named positions).
-        tokens: held-out inputs ``[N, n_ctx]``.
-        positions: absolute position per row ``[N]``, or one int / task-named position
-            for all rows (resolved by ``task.resolve_position``).
-        site: the site.
-        epsilon: threshold (the paper: 0.1).
-        generator: ``torch.Generator`` on the decoder's device, or an int seed for one,
-            or ``None`` for the global RNG.
+        bank: a :class:`~tl_inversion.decoding.bank.DecoderBank`.
+        model: the probed ``HookedTransformer`` or ``TransformerBridge``.
+        task: the task (``special_ids``, ``is_valid``, named positions).
+        tokens: held-out inputs ``[N, n_ctx]`` (token ids, any device).
+        positions: absolute position per row ``[N]``, or one int / task-named position for
+            all rows (resolved by ``task.resolve_position``).
+        sites: the sites to measure (default: every site of the bank).
+        epsilon: membership threshold (paper 0.1; unitless, see
+            :mod:`tl_inversion.inversion.distance`).
         metric: ``"l2"`` or ``"cosine"``.
-        temperature: sampling temperature (the paper: 1).
+        seed: seed of each site's decoder samples; ``None`` draws from the global RNG.
+        temperature: sampling temperature (paper 1).
         batch_size: rows per decoder call and per probed forward.
 
     Returns:
-        :class:`FaithfulnessResult` ``(rate, distances)``; rows whose ``z`` has zero norm
-        get distance ``inf`` and count as unfaithful. ``rate`` is NaN for ``N = 0``.
+        :class:`FaithfulnessResult`: a DataFrame indexed by site (``faithfulness``,
+        ``mean_distance``, ``median_distance``, ``valid``, ``n``) carrying each sample's
+        distance in ``.distances``.
 
     Raises:
-        SiteError: the bank or the model has no such site.
+        SiteError: a site the bank or the model lacks.
         PositionError: a position name or index the task does not know.
-        ValueError: unknown metric.
+        InputValueError: unknown metric, a negative or non-finite ``epsilon``, positions
+            that do not match ``tokens``, a non-positive ``batch_size``.
+        InputTypeError: tokens that are not an integer tensor.
+
+    Source: InversionView Sec. 3 and App. C ("faithfulness rate").
     """
     check_metric(metric)
-    decoder, site_idx = bank.lookup(site)
-    site = validate_site(site, model)
+    epsilon = float(epsilon)
+    if not epsilon >= 0 or epsilon == float("inf"):
+        raise InputValueError(f"epsilon must be a finite distance >= 0 (the paper: 0.1), got {epsilon}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    use = list(bank.sites) if sites is None else [parse_site(s) for s in sites]
+    for s in use:
+        bank.lookup(s)  # SiteError listing the bank's sites
+    use = validate_sites(use, model)
     tokens = _as_tokens(tokens)
-    if isinstance(positions, (int, str)):
-        positions = task.resolve_position(tokens, positions)
-    positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1).cpu()
-    if positions.shape[0] != tokens.shape[0]:
-        raise InputValueError(f"positions has {positions.shape[0]} entries for {tokens.shape[0]} inputs")
-    dec_device = next(decoder.parameters()).device
-    if isinstance(generator, int) and not isinstance(generator, bool):
-        generator = torch.Generator(device=dec_device).manual_seed(generator)
+    positions = _positions_for(task, tokens, positions)
     n = tokens.shape[0]
-    dists = []
+    gens = {s: None if seed is None else torch.Generator(device=bank.device).manual_seed(int(seed)) for s in use}
+    dists: dict[Site, list[Tensor]] = {s: [] for s in use}
+    valid: dict[Site, list[Tensor]] = {s: [] for s in use}
     for start in range(0, n, batch_size):
-        rows = tokens[start : start + batch_size]
-        z = query_activations(model, rows, positions[start : start + batch_size], site, batch_size)
-        samples = bank.to_task_tokens(decoder.generate(
-            bank.pad(z, site).to(dec_device), site_idx, temperature=temperature, generator=generator
-        ))
-        d, _ = membership(model, samples, site, z, task.special_ids, metric, batch_size)
-        dists.append(d)
-    distances = torch.cat(dists) if dists else torch.empty(0)
-    rate = float((distances < epsilon).float().mean()) if n else float("nan")
-    return FaithfulnessResult(rate, distances)
+        rows, where = tokens[start : start + batch_size], positions[start : start + batch_size]
+        z_by_site = activations_at(model, rows, where, use, validate=False)
+        for s in use:
+            z_q = z_by_site[s]
+            samples = decode_to_task(bank, s, z_q, temperature=temperature, generator=gens[s])
+            d, _ = membership(model, samples, s, z_q, task.special_ids, metric, batch_size)
+            dists[s].append(d)
+            valid[s].append(task.is_valid(samples.cpu()).float())
+    table, by_site = [], {}
+    for s in use:
+        d = torch.cat(dists[s]) if dists[s] else torch.empty(0)
+        v = torch.cat(valid[s]) if valid[s] else torch.empty(0)
+        finite = d[d.isfinite()]
+        by_site[str(s)] = d
+        table.append({
+            "site": str(s),
+            "faithfulness": float((d < epsilon).float().mean()) if n else float("nan"),
+            "mean_distance": float(finite.mean()) if finite.numel() else float("inf"),
+            "median_distance": float(d.median()) if n else float("nan"),
+            "valid": float(v.mean()) if n else float("nan"),
+            "n": int(n),
+        })
+    result = FaithfulnessResult(pd.DataFrame(table).set_index("site"))
+    result.distances, result.epsilon, result.metric = by_site, epsilon, metric
+    return result

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tl_inversion.errors import BridgeUnavailableError
 
+from tl_inversion.errors import BridgeUnavailableError
 
 
 def build_bridge(hf_model: Any, tokenizer: Any, *, label: str = "tl-inversion-local-gpt2") -> Any:

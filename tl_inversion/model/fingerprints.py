@@ -11,9 +11,9 @@ from typing import Any, Sequence
 
 import torch
 
-from tl_inversion.model.activations import harvest, model_device, eval_mode, stop_layer_for
-from tl_inversion.model.sites import Site, SiteLike, parse_site, validate_sites
-
+from tl_inversion.model.activations import harvest
+from tl_inversion.model.protocol import ProbedModel
+from tl_inversion.model.sites import SiteLike
 
 # Fingerprints ----------------------------------------------------------------------------
 
@@ -39,7 +39,7 @@ def tl_version() -> str:
     return version("transformer-lens")
 
 
-def weights_hash(model: Any) -> str:
+def weights_hash(model: ProbedModel) -> str:
     """SHA-256 over the model's parameters and buffers (names, shapes, float32 bytes)."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -51,7 +51,7 @@ def weights_hash(model: Any) -> str:
     return h.hexdigest()
 
 
-def weight_processing(model: Any) -> dict[str, Any]:
+def weight_processing(model: ProbedModel) -> dict[str, Any]:
     """What is known of the model's weight processing (activations depend on it).
 
     ``tl_inversion.loading`` records the exact flags on models it builds; otherwise the
@@ -66,7 +66,7 @@ def weight_processing(model: Any) -> dict[str, Any]:
     return info
 
 
-def fingerprint(model: Any) -> dict[str, Any]:
+def fingerprint(model: ProbedModel) -> dict[str, Any]:
     """What a decoder must know of its probed model to be trusted later.
 
     Returns:
@@ -84,7 +84,7 @@ def fingerprint(model: Any) -> dict[str, Any]:
     }
 
 
-def probe_signature(model: Any, sites: Sequence[SiteLike], *, n_pos: int = 16, n_dirs: int = 16) -> dict[str, list[float]]:
+def probe_signature(model: ProbedModel, sites: Sequence[SiteLike], *, n_pos: int = 16, n_dirs: int = 16) -> dict[str, list[float]]:
     """What the model computes at ``sites`` on a fixed probe input, in a few numbers.
 
     A fixed random input (seed 0, ``min(n_ctx, n_pos)`` tokens) is run once; each site's
@@ -96,7 +96,7 @@ def probe_signature(model: Any, sites: Sequence[SiteLike], *, n_pos: int = 16, n
     g = torch.Generator().manual_seed(0)
     n = min(int(model.cfg.n_ctx), n_pos)
     tokens = torch.randint(int(model.cfg.d_vocab), (1, n), generator=g)
-    acts = harvest(model, tokens, sites)
+    acts = harvest(model, tokens, sites, pad_id=None)  # fixed random probe: may start with PAD by chance
     out = {}
     for site, a in acts.items():
         dirs = torch.randn(a.shape[-1], n_dirs, generator=torch.Generator().manual_seed(1))

@@ -25,6 +25,7 @@ import torch
 
 from tl_inversion.devices import resolve_device
 from tl_inversion.errors import InputValueError, LoadError
+from tl_inversion.model.protocol import ProbedModel
 
 ModelClass = Literal["hooked", "bridge"]
 Processing = Literal["default", "none", "compat"]
@@ -65,9 +66,20 @@ def _read_hf_gpt2(path: str | Path) -> Any:
     config._attn_implementation = "eager"
     model = GPT2LMHeadModel(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith((".attn.bias", ".attn.masked_bias", "lm_head.weight"))]
+    # causal-mask buffers (older checkpoints save them) and the tied unembedding are no weights of their own
+    buffers = (".attn.bias", ".attn.masked_bias")
+    missing = [k for k in missing if not k.endswith((*buffers, "lm_head.weight"))]
+    unexpected = [k for k in unexpected if not k.endswith(buffers)]
+    loaded = len(state) - len(unexpected)
     if missing:
-        raise LoadError(f"{path}: weights missing from the checkpoint: {missing[:5]}")
+        raise LoadError(f"{path}: {len(missing)} weights missing from the checkpoint (loaded {loaded} of "
+                        f"{len(state)} keys): {missing[:5]}")
+    if unexpected:
+        raise LoadError(
+            f"{path}: the checkpoint has {len(unexpected)} weights the model of its config.json has no place for "
+            f"(config: {config.n_layer} layers, d_model {config.n_embd}; {loaded} of {len(state)} keys matched): "
+            f"{sorted(unexpected)[:10]}{' ...' if len(unexpected) > 10 else ''}. Does config.json belong to these weights?"
+        )
     model.tie_weights()
     return model.eval()
 
@@ -120,7 +132,7 @@ def load_hf_gpt2(
     *,
     device: str | torch.device = "cpu",
     tokenizer: Any = None,
-) -> Any:
+) -> ProbedModel:
     """Load a local Hugging Face GPT-2 checkpoint as a TransformerLens model.
 
     Args:
@@ -138,12 +150,19 @@ def load_hf_gpt2(
             vocabulary size when omitted (we work on token ids, never strings).
 
     Returns:
-        The model in eval mode; its logits equal the Hugging Face model's to float32
-        rounding.
+        The model in eval mode. With ``processing="none"`` its logits equal the Hugging Face
+        model's to float32 rounding. With ``"default"``/``"compat"`` (``center_unembed``
+        subtracts the mean over the vocabulary from the unembedding) the raw logits differ
+        from Hugging Face's by a constant per position (the mean logit over the
+        vocabulary); log-probabilities (``log_softmax``) and logit differences agree to
+        float32 rounding. The PAD and BOS ids of ``config.json`` are recorded as
+        ``model._tl_inversion_special_ids`` (for the left-padding check).
 
     Raises:
         LoadError: missing files, invalid ``config.json``, a checkpoint that is not GPT-2,
-            or a model class this TransformerLens lacks.
+            weights missing from the checkpoint or weights the config has no place for
+            (e.g. a third layer under a 2-layer config; the message lists them and says
+            how many keys matched), or a model class this TransformerLens lacks.
         ValueError: unknown ``model_class``, ``processing`` or ``device``, or CUDA asked for
             without a GPU (see :func:`~tl_inversion.devices.resolve_device`).
     """
@@ -166,10 +185,12 @@ def load_hf_gpt2(
         model = bridge_from_hf(hf, processing, tokenizer=tokenizer)
     with contextlib.redirect_stdout(io.StringIO()):  # TL prints "Moving model to device" on every move
         model = model.to(device)
+    special = {"pad": hf.config.pad_token_id, "bos": hf.config.bos_token_id}
+    model._tl_inversion_special_ids = {k: (v if isinstance(v, int) else None) for k, v in special.items()}
     return model.eval()
 
 
-def hooked_from_hf(hf: Any, processing: Processing = "default") -> Any:
+def hooked_from_hf(hf: Any, processing: Processing = "default") -> ProbedModel:
     """A ``HookedTransformer`` from an in-memory Hugging Face GPT-2 module.
 
     Raises:
@@ -222,7 +243,7 @@ def char_tokenizer(vocab: Sequence[str], *, bos: str, eos: str, pad: str) -> Any
     )
 
 
-def bridge_from_hf(hf: Any, processing: Processing = "none", *, tokenizer: Any = None) -> Any:
+def bridge_from_hf(hf: Any, processing: Processing = "none", *, tokenizer: Any = None) -> ProbedModel:
     """A ``TransformerBridge`` wrapping an in-memory Hugging Face GPT-2 module.
 
     ``processing``: ``"none"`` keeps raw weights; ``"compat"`` or ``"default"`` calls

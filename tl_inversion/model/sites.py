@@ -26,8 +26,11 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Iterable, Union
+
 from tl_inversion.errors import SiteError
+from tl_inversion.model.checks import check_model
+from tl_inversion.model.protocol import ProbedModel
 
 # Hook suffixes whose value has a head axis at dim 2: [batch, pos, head, d].
 PER_HEAD_SUFFIXES = (
@@ -95,6 +98,53 @@ class Site:
 SiteLike = Union[Site, str]
 
 
+class SiteDict(dict):
+    """A ``{Site: value}`` dict that also answers to a site's string spelling.
+
+    Keys stay :class:`Site` objects (iteration, ``keys()``, ``items()`` and equality are a
+    plain dict's); ``d["blocks.0.attn.hook_z[1]"]``, ``"blocks.0.attn.hook_z[1]" in d`` and
+    ``d.get("blocks.0.attn.hook_z[1]")`` parse the string with :func:`parse_site` first.
+    ``harvest`` and ``activations_at`` return one. A negative head in a string is counted
+    from the last head when the dict knows ``n_heads`` (given at construction).
+
+    Args:
+        data: the ``{Site: value}`` items.
+        n_heads: the model's head count, to resolve ``hook_z[-1]``; ``None``: no resolving.
+
+    Raises:
+        KeyError: (``[]``) no such site; SiteError: a string that is not a site.
+    """
+
+    def __init__(self, data: Any = (), n_heads: int | None = None) -> None:
+        super().__init__(data)
+        self.n_heads = n_heads
+
+    def _key(self, key: Any) -> Any:
+        if isinstance(key, str):
+            key = parse_site(key)
+        if isinstance(key, Site) and key.head is not None and key.head < 0 and self.n_heads:
+            key = Site(key.hook, key.head + self.n_heads)
+        return key
+
+    def __getitem__(self, key: Any) -> Any:
+        """The value of a site given as a :class:`Site` or its string."""
+        return super().__getitem__(self._key(key))
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return super().__contains__(self._key(key))
+        except SiteError:
+            return False
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """The value of a site (or its string), else ``default``."""
+        try:
+            key = self._key(key)
+        except SiteError:
+            return default
+        return super().get(key, default)
+
+
 def parse_site(spec: SiteLike) -> Site:
     """Parse ``"<hook>"`` or ``"<hook>[<head>]"`` into a :class:`Site`.
 
@@ -133,7 +183,7 @@ def parse_sites(specs: Iterable[SiteLike] | SiteLike) -> list[Site]:
     return out
 
 
-def _hook_names(model: Any) -> list[str]:
+def _hook_names(model: ProbedModel) -> list[str]:
     names = set(model.hook_dict.keys())
     # TransformerBridge answers to the legacy HookedTransformer names through aliases.
     for attr in ("_hook_alias_registry", "hook_aliases"):
@@ -143,7 +193,7 @@ def _hook_names(model: Any) -> list[str]:
     return sorted(names)
 
 
-def validate_site(site: SiteLike, model: Any) -> Site:
+def validate_site(site: SiteLike, model: ProbedModel) -> Site:
     """Check a site against a model's hook points and head count.
 
     Args:
@@ -154,10 +204,12 @@ def validate_site(site: SiteLike, model: Any) -> Site:
         The parsed, validated site (a negative head index is normalised).
 
     Raises:
+        InputTypeError: ``model`` is not a TransformerLens model.
         SiteError: unknown hook name (the message lists the closest valid names), a head
             index on a hook without heads, a head index out of ``range(n_heads)``, or a hook
             that holds no vector per position (attention patterns).
     """
+    check_model(model)
     site = parse_site(site)
     names = _hook_names(model)
     if site.hook not in names:
@@ -190,7 +242,7 @@ def validate_site(site: SiteLike, model: Any) -> Site:
     return site
 
 
-def _n_heads_for(site: Site, model: Any) -> int:
+def _n_heads_for(site: Site, model: ProbedModel) -> int:
     cfg = model.cfg
     if site.hook.endswith(("attn.hook_k", "attn.hook_v")):
         n_kv = getattr(cfg, "n_key_value_heads", None)
@@ -199,19 +251,20 @@ def _n_heads_for(site: Site, model: Any) -> int:
     return int(cfg.n_heads)
 
 
-def validate_sites(sites: Iterable[SiteLike] | SiteLike, model: Any) -> list[Site]:
-    """Validate many sites (see :func:`validate_site`); keeps order, drops duplicates."""
+def validate_sites(sites: Iterable[SiteLike] | SiteLike, model: ProbedModel) -> list[Site]:
+    """Validate many sites (see :func:`validate_site`); keeps order, drops duplicates.
+
+    Raises:
+        InputTypeError: ``model`` is not a TransformerLens model (e.g. its name as a string).
+        SiteError: as :func:`validate_site`.
+    """
+    check_model(model)
     out: list[Site] = []
     for s in parse_sites(sites):
         v = validate_site(s, model)
         if v not in out:
             out.append(v)
     return out
-
-
-def format_sites(sites: Sequence[Site]) -> list[str]:
-    """The string forms of sites, e.g. for JSON."""
-    return [str(s) for s in sites]
 
 
 # Presets -----------------------------------------------------------------------------

@@ -23,6 +23,19 @@ The standard two-step method, on a batch of clean inputs:
 2. run the clean input again with only the receivers' inputs replaced by the recorded
    values (everything downstream of the receivers is recomputed) and measure the metric.
 
+Positions. With every head frozen, a sender changes the residual stream only at its own
+positions, so an edge carries an effect only where the receiver's positions meet the
+sender's. For ``q`` receivers the positions are query positions, for ``k``/``v`` key
+positions (the head at every query position reads the patched keys/values there), for
+``resid`` the patched positions. Examples on counting (``B S|c:n E``):
+
+* ``"a0@tc -> a1.v@tc"``: layer-1 heads read, as values at key position ``tc``, what layer
+  0 wrote there (the paper's path into the count);
+* ``"a0@: -> a1.q@:"``: the query of layer 1 at ``:`` changed by layer 0's output at ``:``;
+* ``"a0@tc -> a1.v@:"``: sender at ``tc``, value input at ``:``: the positions never meet,
+  the effect is exactly 0, and a :class:`~tl_inversion.patching._warn.NoEffectEdgeWarning`
+  says so.
+
 Several senders into one receiver add their (frozen, hence additive) changes. With every
 component frozen, the receiver input is exactly the clean one plus the sender's change in
 its residual write, which is what TL 4's ``patching.get_act_patch_direct_path`` computes
@@ -34,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -42,10 +56,14 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from tl_inversion.errors import InputValueError
+from tl_inversion.patching._engine import _Engine, _node_keys, _Op, _patch_ops, _prepare, _recorder, _select_head
+from tl_inversion.patching._warn import NoEffectEdgeWarning
+from tl_inversion.patching.metrics import MetricLike, _metric_name
 from tl_inversion.patching.notation import Edge, EdgeLike, Node, NodeGroup, PositionLike, Resolver, resolve_position
-from tl_inversion.patching.contrasts import ContrastSet
-from tl_inversion.patching.activation import MeanAblation, MetricLike, PatchingResult, SourceLike, _Engine, _metric_name, _node_keys, _Op, _patch_ops, _prepare, _recorder, _select_head
-from tl_inversion.errors import InputValueError, PositionError, SiteError
+from tl_inversion.patching.results import PatchingResult
+from tl_inversion.patching.sources import MeanAblation, SourceLike
+from tl_inversion.tasks.contrast_set import ContrastSet
 
 _STAGES = (
     ("hook_resid_pre", 0),
@@ -177,6 +195,35 @@ def _parse_edge_sets(edges: Any) -> dict[str, tuple[Edge, ...]]:
     return out
 
 
+def _position_mask(tokens: Tensor, node: Node, positions: Resolver) -> Tensor:
+    """``[n, pos]`` bool: the positions a node names in each row (all when ``None``)."""
+    mask = torch.zeros(tokens.shape, dtype=torch.bool)
+    if node.positions is None:
+        return mask.fill_(True)
+    ar = torch.arange(tokens.shape[0])
+    for spec in node.positions:
+        mask[ar, resolve_position(tokens, spec, positions).cpu()] = True
+    return mask
+
+
+def _warn_disjoint_edges(edges: Sequence[Edge], tokens: Tensor, positions: Resolver) -> None:
+    """Warn about edges whose sender positions meet their receiver positions in no row."""
+    dead = []
+    for e in dict.fromkeys(edges):
+        meet = _position_mask(tokens, e.sender, positions) & _position_mask(tokens, e.receiver, positions)
+        if not bool(meet.any()):
+            dead.append(e.name)
+    if dead:
+        warnings.warn(
+            f"edge(s) {', '.join(map(repr, dead))} cannot carry any effect: with the other heads frozen the sender "
+            "changes the residual stream only at its own positions, and the receiver's input is read at other "
+            "positions (for q the query positions, for k/v the key positions) in every row. Give the receiver the "
+            "sender's positions (e.g. 'a0@tc -> a1.v@tc'); the effect reported is 0 by construction",
+            NoEffectEdgeWarning,
+            stacklevel=3,
+        )
+
+
 def run_path_patching(
     model: Any,
     edges: Mapping[str, Sequence[EdgeLike]] | Sequence[EdgeLike | Sequence[EdgeLike]] | EdgeLike,
@@ -193,7 +240,7 @@ def run_path_patching(
     batch_size: int = 256,
     trim_padding: bool = False,
     pad_id: int | None = None,
-    progress: bool | None = None,
+    progress: bool = True,
 ) -> PatchingResult:
     """Path patching by the two-step method; keeps per-example metrics.
 
@@ -201,9 +248,11 @@ def run_path_patching(
         model: a ``HookedTransformer`` or ``TransformerBridge``.
         edges: what to patch: one edge (``"a0@tc -> a1.0.v@:"``), a sequence whose items are
             measured separately (an item may itself be a tuple of edges patched together),
-            or ``{label: edges}``. See :class:`~tl_inversion.circuits.Edge` for inputs and
-            positions (receiver positions are query positions for ``q``, key positions for
-            ``k``/``v``, the patched positions for ``resid``).
+            or ``{label: edges}``. See :class:`~tl_inversion.patching.notation.Edge` for
+            inputs. Receiver positions are query positions for ``q``, key positions for
+            ``k``/``v``, the patched positions for ``resid``; the sender's change reaches a
+            receiver only at positions both name (``"a0@tc -> a1.v@tc"`` carries an effect,
+            ``"a0@tc -> a1.v@:"`` cannot: see the module docstring).
         clean_tokens: ``[n, pos]`` clean inputs or a ``ContrastSet``.
         source: the sender's new value: ``"contrast"``, ``"mean"``, ``"zero"``,
             ``"resample"``, a ``Source`` or an ``ActivationCache`` (as in
@@ -215,12 +264,16 @@ def run_path_patching(
             :func:`tl_inversion.patching.run_patching`.
 
     Returns:
-        A :class:`~tl_inversion.patching.PatchingResult` (labels are the edge sets).
+        A :class:`~tl_inversion.patching.results.PatchingResult` (labels are the edge sets).
 
     Raises:
-        ValueError: a receiver that is not downstream of its sender, a model that refuses
-            per-head q/k/v inputs, or missing inputs for the source or metric.
+        InputValueError: a receiver that is not downstream of its sender, a model that
+            refuses per-head q/k/v inputs, or missing inputs for the source or metric.
         SiteError, PositionError: as in activation patching.
+
+    Warns:
+        NoEffectEdgeWarning: an edge whose sender and receiver positions coincide in no row
+            (its effect is 0 by construction).
     """
     sets = _parse_edge_sets(edges)
     sets = {k: tuple(_check_edge(e, model) for e in v) for k, v in sets.items()}
@@ -232,6 +285,7 @@ def run_path_patching(
     all_edges = [e for v in sets.values() for e in v]
     specs = [s for e in all_edges for n in (e.sender, e.receiver) for s in (n.positions or (None,))]
     engine.check_positions(specs + [data.answer_position])
+    _warn_disjoint_edges(all_edges, data.clean, data.positions)
     senders: list[Node] = list(dict.fromkeys(e.sender for e in all_edges))
     sender_keys = _node_keys(senders)
     if isinstance(data.source, MeanAblation):
@@ -356,6 +410,12 @@ def path_patch(
         DataFrame indexed by edge-set label with ``edges``, ``n``, ``LD_clean``,
         ``LD_patched``, ``effect`` (``LD_clean - LD_patched``), ``ci_low``/``ci_high``,
         ``normalised``, ``LD_contrast``; ``df.attrs`` holds the settings.
+
+    Raises:
+        InputValueError, SiteError, PositionError: see :func:`run_path_patching`.
+
+    Warns:
+        NoEffectEdgeWarning: an edge that cannot carry any effect by construction.
     """
     res = run_path_patching(model, edges, clean_tokens, source, **kwargs)
     df = res.table(n_boot=n_boot, ci=ci, seed=seed).rename(columns={"nodes": "edges"})

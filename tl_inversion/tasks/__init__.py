@@ -1,4 +1,5 @@
-"""Tasks: input grammar, vocabulary, data, named positions (see :mod:`.base`)."""
+"""Tasks: input grammar, vocabulary, data, named positions (see :mod:`.base`), what the rest
+of the package needs of a task (:class:`~.protocol.Task`) and evaluation plans (:mod:`.plan`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Callable
 from torch import Tensor
 
 from tl_inversion.tasks.base import CharTask, PositionError
+from tl_inversion.tasks.plan import EvalPlan, default_plan
+from tl_inversion.tasks.protocol import Task
 from tl_inversion.errors import InputTypeError, InputValueError
 
 _TASKS: dict[str, tuple[Callable[[], CharTask], Callable[[str], Tensor]]] = {}
@@ -70,4 +73,4 @@ def task_data(name: str, split: str) -> Tensor:
     return _TASKS[name][1](split)
 
 
-__all__ = ["CharTask", "PositionError", "as_task", "get_task", "register", "task_data", "task_names"]
+__all__ = ["CharTask", "EvalPlan", "PositionError", "Task", "as_task", "default_plan", "get_task", "register", "task_data", "task_names"]

@@ -31,6 +31,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from tl_inversion.tasks.base import CharTask, PositionError, first_token
+from tl_inversion.tasks.plan import EvalPlan, Feature
 from tl_inversion.errors import InputValueError
 
 CHARS = "0123456789B+=EP"
@@ -81,17 +82,64 @@ def _answer_mask(tokens: Int[Tensor, "batch n_ctx"]) -> Bool[Tensor, "batch n_ct
     return (pos > eq) & (pos < eos) & (tokens <= 9)
 
 
-def make_task() -> CharTask:
-    """The addition task: vocabulary, named positions, grammar, answer mask.
+class AdditionTask(CharTask):
+    """The addition :class:`~tl_inversion.tasks.base.CharTask` with its evaluation plan."""
+
+    def default_plan(self) -> EvalPlan:
+        """Addition's evaluation plan (:func:`tl_inversion.evaluation.evaluate`).
+
+        Positions ``+ = A1 A2 A3 A4``; features: hundreds, tens and ones digit of each
+        operand (token ids 0..9 at positions 1..3 and 5..7), the carry into the tens and into
+        the hundreds (0/1), the sum's length (3 or 4); completeness for the queries
+        615+861=1476, 925+398=1323, 101+539=640, 556+280=836 at ``= A1 A2 A3`` over all
+        810,000 inputs, classes = the sum.
+
+        Returns:
+            An :class:`~tl_inversion.tasks.plan.EvalPlan`.
+
+        Source: InversionView Sec. 4.2 (the addition readings), Sec. 3 (completeness).
+        """
+
+        def digit(i: int) -> Feature:
+            return lambda t: t[:, i]
+
+        def carry(mod: int) -> Feature:
+            def fn(t: Tensor) -> Tensor:
+                a, b = operands(t)
+                return ((a % mod + b % mod) >= mod).long()
+
+            return fn
+
+        def total(t: Tensor) -> Tensor:
+            a, b = operands(t)
+            return a + b
+
+        return EvalPlan(
+            positions=["+", "=", "A1", "A2", "A3", "A4"],
+            features={
+                "a_hundreds": digit(1), "a_tens": digit(2), "a_ones": digit(3),
+                "b_hundreds": digit(5), "b_tens": digit(6), "b_ones": digit(7),
+                "carry_to_tens": carry(10), "carry_to_hundreds": carry(100),
+                "sum_length": sum_lengths,
+            },
+            completeness_queries=["615+861=1476", "925+398=1323", "101+539=640", "556+280=836"],
+            completeness_positions=["=", "A1", "A2", "A3"],
+            candidates=lambda: paper_split("all"),
+            class_fn=total,
+        )
+
+
+def make_task() -> AdditionTask:
+    """The addition task: vocabulary, named positions, grammar, answer mask, evaluation plan.
 
     Returns:
-        A :class:`~tl_inversion.tasks.base.CharTask` named ``"addition"`` with ``n_ctx`` 14,
+        An :class:`AdditionTask` (a :class:`~tl_inversion.tasks.base.CharTask`) named ``"addition"`` with ``n_ctx`` 14,
         named positions ``"+"``, ``"="``, ``"A1"``..``"A4"`` and all non-special positions
         as training positions.
 
     Source: InversionView Sec. 4.2; token ids of the authors' release.
     """
-    return CharTask(
+    return AdditionTask(
         name="addition",
         chars=CHARS,
         bos="B",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,17 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 from tl_inversion.errors import InputValueError, PositionError
 
-
+__all__ = [
+    "CharTask",
+    "PositionLike",
+    "TokenizerVocab",
+    "check_trainable",
+    "distinct_special_ids",
+    "eos_offset",
+    "first_token",
+    "index_position",
+    "sample_positions",
+]
 
 PositionLike = int | str
 
@@ -39,7 +49,15 @@ class CharTask:
         grammar: ``fn(text) -> bool`` for the inner text (without B/E/P).
         answer_mask_fn: ``fn(tokens) -> bool [batch, n_ctx]``, True at the answer tokens
             (the probed model's training targets and the patching metric's answer).
+
+    Class attributes:
+        default_metric, default_epsilon: the distance D and preimage threshold this task is
+            studied with: normalised L2 and 0.1 for the paper's character tasks (counting,
+            addition; InversionView Sec. 4).
     """
+
+    default_metric: ClassVar[str] = "l2"
+    default_epsilon: ClassVar[float] = 0.1
 
     name: str
     chars: str
@@ -202,6 +220,11 @@ class CharTask:
             m[rows, self.resolve_position(tokens, name)] = True
         return m
 
+    def default_plan(self) -> Any:
+        """The task's default evaluation plan (:class:`~tl_inversion.tasks.plan.EvalPlan`), or
+        ``None`` when it has none (a plain ``CharTask``; the paper's tasks override this)."""
+        return None
+
 
 def index_position(tokens: Int[Tensor, "batch n_ctx"], position: PositionLike) -> Int[Tensor, " batch"] | None:
     """``position`` as an index into every row, or ``None`` when it is a name.
@@ -235,7 +258,16 @@ class TokenizerVocab:
 
     Needs ``bos_id``, ``eos_id``, ``pad_id``, ``d_vocab`` and ``tokenizer`` (may be
     ``None``: ids are then shown as numbers) on the task.
+
+    Class attributes:
+        default_metric, default_epsilon: the distance D and preimage threshold the task is
+            studied with: normalised L2 and 0.1, as the paper's IOI (InversionView Sec. 4.3).
+            (Its factual-recall study on GPT-2 XL used the cosine metric with 0.25; it has
+            no task class here: see :func:`tl_inversion.inversion.distance.default_epsilon`.)
     """
+
+    default_metric: ClassVar[str] = "l2"
+    default_epsilon: ClassVar[float] = 0.1
 
     bos_id: int
     eos_id: int
@@ -284,3 +316,60 @@ def first_token(token_id: int, offset: int = 0) -> Callable[[Tensor], Tensor]:
         return hit.int().argmax(-1) + offset
 
     return find
+
+
+def check_trainable(mask: Bool[Tensor, "batch n_ctx"]) -> None:
+    """Refuse rows with no trainable position.
+
+    Args:
+        mask: ``[batch, n_ctx]`` bool, a task's :meth:`~CharTask.train_position_mask`.
+
+    Raises:
+        InputValueError: some row has no True entry (the message names the first one).
+    """
+    empty = torch.nonzero(mask.sum(-1) == 0).flatten()
+    if empty.numel():
+        raise InputValueError(
+            f"{empty.numel()} input(s) have no trainable position (first: row {int(empty[0])}); decoders train on "
+            "the positions the task's train_position_mask marks: check the task's position policy or the inputs"
+        )
+
+
+def sample_positions(
+    task: object,
+    tokens: Int[Tensor, "batch n_ctx"],
+    generator: torch.Generator,
+    bos_prob: float,
+    *,
+    check: bool = True,
+) -> Int[Tensor, " batch"]:
+    """One random trainable position per row; BOS (position 0) with probability ``bos_prob``.
+
+    The position is uniform over the row's trainable positions (``task.train_position_mask``:
+    counting trains on the query letter and ``:``); replacing it by BOS is the paper's "no
+    information" condition.
+
+    Args:
+        task: any task with ``train_position_mask(tokens) -> [batch, n_ctx] bool``.
+        tokens: token ids ``[batch, n_ctx]``, on ``generator``'s device.
+        generator: the source of randomness (its device is where the positions are drawn).
+        bos_prob: probability in ``[0, 1)`` of replacing a row's position by 0.
+        check: test that every row has a trainable position (one host sync; a caller drawing
+            many batches from a checked data set may skip it).
+
+    Returns:
+        ``[batch]`` int64 absolute positions on ``tokens``'s device.
+
+    Raises:
+        InputValueError: a row has no trainable position (with ``check``).
+
+    Source: InversionView Sec. 3 and App. C (random position per input; BOS with p = 0.01).
+    """
+    mask = task.train_position_mask(tokens).float()
+    if check:
+        check_trainable(mask)
+    pos = torch.multinomial(mask, 1, generator=generator).squeeze(-1)
+    if bos_prob > 0:
+        to_bos = torch.rand(tokens.shape[0], generator=generator, device=tokens.device) < bos_prob
+        pos = torch.where(to_bos, torch.zeros_like(pos), pos)
+    return pos

@@ -22,6 +22,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_inversion.tasks.base import CharTask, eos_offset
+from tl_inversion.tasks.plan import EvalPlan
 from tl_inversion.errors import InputValueError
 
 CHARS = string.ascii_lowercase + "123456789|:BEP"
@@ -39,10 +40,43 @@ def _grammar(text: str) -> bool:
     return n.isdigit() and len(n) == 1 and int(n) == s.count(c)
 
 
-def make_task() -> CharTask:
-    """The counting task (vocabulary, positions, grammar)."""
+class CountingTask(CharTask):
+    """The counting :class:`~tl_inversion.tasks.base.CharTask` with its evaluation plan."""
+
+    def default_plan(self) -> EvalPlan:
+        """Counting's evaluation plan (:func:`tl_inversion.evaluation.evaluate`).
+
+        Positions ``c`` (the query letter) and ``:``; features: the query letter's count
+        (``query_count``), the query letter (``query_letter``, its token id) and the string
+        length (``string_length``); no completeness queries (give some to measure
+        completeness) but the candidates for them: the 390,000 inputs of the test split, with
+        class = (letter, count).
+
+        Returns:
+            An :class:`~tl_inversion.tasks.plan.EvalPlan`.
+
+        Source: InversionView Sec. 4.1 (what the counting readings share).
+        """
+        task = self
+
+        def letter(t: Tensor) -> Tensor:
+            return t.gather(1, task.resolve_position(t, "c")[:, None])[:, 0]
+
+        def letter_and_count(t: Tensor) -> Tensor:
+            return torch.stack([letter(t), query_counts(t)], dim=-1)
+
+        return EvalPlan(
+            positions=["c", ":"],
+            features={"query_count": query_counts, "query_letter": letter, "string_length": string_lengths},
+            candidates=lambda: paper_split("test"),
+            class_fn=letter_and_count,
+        )
+
+
+def make_task() -> CountingTask:
+    """The counting task (vocabulary, positions, grammar, default evaluation plan)."""
     eos = CHARS.index("E")
-    return CharTask(
+    return CountingTask(
         name="counting",
         chars=CHARS,
         bos="B",

@@ -333,6 +333,15 @@ class TextTask(TokenizerVocab):
             out.append(ok)
         return torch.tensor(out, dtype=torch.bool)
 
+    def default_plan(self) -> None:
+        """No built-in evaluation plan for the user's own inputs: give an
+        :class:`~tl_inversion.tasks.plan.EvalPlan` with positions (e.g. ``"last"``).
+
+        Returns:
+            ``None`` (the :class:`~tl_inversion.tasks.protocol.Task` protocol's "no plan").
+        """
+        return None
+
     # positions ------------------------------------------------------------------------
     def special_mask(self, tokens: Int[Tensor, "batch n_ctx"]) -> Bool[Tensor, "batch n_ctx"]:
         """True at BOS, EOS and PAD positions."""

@@ -161,6 +161,15 @@ class IOITask(TokenizerVocab):
                             for t in range(len(self.templates)))
         self.n_ctx = int(n_ctx)
 
+    def default_plan(self) -> None:
+        """No built-in evaluation plan for IOI: give an
+        :class:`~tl_inversion.tasks.plan.EvalPlan` with positions (e.g. ``"S2"``, ``"END"``).
+
+        Returns:
+            ``None`` (the :class:`~tl_inversion.tasks.protocol.Task` protocol's "no plan").
+        """
+        return None
+
     # tokenisation -----------------------------------------------------------------------
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from tl_inversion.devices import resolve_device
 from tl_inversion.io import atomic_write_dir, atomic_write_json, plain_number
 from tl_inversion.tasks.base import CharTask
-from tl_inversion.training.trainer import lr_factor
+from tl_inversion.training.schedule import lr_factor
 from tl_inversion.errors import InputValueError
 
 

@@ -1,4 +1,4 @@
-"""Contrast builders: checked by recounting / recomputing from the decoded strings."""
+"""Counting contrast builders: checked by recounting from the decoded strings."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import string
 import pytest
 import torch
 
-from tl_inversion.patching.contrasts import ContrastSet, addition_operands, addition_resample_digits, addition_tokens, counting_flip_contrasts, counting_random_contrasts
+from tl_inversion.tasks.contrast_set import ContrastSet
+from tl_inversion.tasks.counting_contrasts import counting_flip_contrasts, counting_random_contrasts
 from tl_inversion.tasks.counting import make_task
 
 TASK = make_task()
@@ -158,93 +159,3 @@ def test_contrast_set_subset_and_swap(counting_tokens):
     assert torch.equal(sw.clean_tokens, cs.contrast_tokens) and torch.equal(sw.contrast_answers, cs.clean_answers)
     with pytest.raises(ValueError, match="rows"):
         ContrastSet(cs.clean_tokens, cs.contrast_tokens[:3], cs.clean_answers, cs.contrast_answers)
-
-
-# Addition -------------------------------------------------------------------------------
-
-ADD_CHARS = "0123456789B+=EP"
-
-
-def _add_text(row: list[int]) -> str:
-    return "".join(ADD_CHARS[i] for i in row)
-
-
-def _add_parse(row: list[int]) -> tuple[int, int, str]:
-    text = _add_text(row)
-    assert text[0] == "B"
-    body = text[1:].split("E")[0]
-    a, rest = body.split("+")
-    b, s = rest.split("=")
-    return int(a), int(b), s
-
-
-@pytest.fixture(scope="module")
-def addition_rows() -> torch.Tensor:
-    rng = random.Random(0)
-    a = [rng.randint(100, 999) for _ in range(2000)]
-    b = [rng.randint(100, 999) for _ in range(2000)]
-    return addition_tokens(a, b)
-
-
-def test_addition_tokens_format(addition_rows):
-    for row in addition_rows[:200].tolist():
-        a, b, s = _add_parse(row)
-        assert s == str(a + b) and len(row) == 14
-        text = _add_text(row)
-        assert text == f"B{a}+{b}={a + b}E".ljust(14, "P")
-    a, b = addition_operands(addition_rows)
-    assert int(a.min()) >= 100 and int(b.max()) <= 999
-
-
-@pytest.mark.parametrize("digits", [["a2"], ["a0", "b0"], ["a1", "b1", "b2"]])
-def test_addition_resample_changes_only_chosen_digits(addition_rows, digits):
-    cs = addition_resample_digits(addition_rows, digits, generator=0)
-    slots = {"a0": 1, "a1": 2, "a2": 3, "b0": 5, "b1": 6, "b2": 7}
-    chosen = {slots[d] for d in digits}
-    for c_row, k_row in zip(cs.clean_tokens.tolist(), cs.contrast_tokens.tolist()):
-        for i in (1, 2, 3, 5, 6, 7):
-            assert (c_row[i] != k_row[i]) == (i in chosen)  # must_change: every chosen digit differs
-        a, b, s = _add_parse(k_row)
-        assert s == str(a + b) and 100 <= a <= 999 and 100 <= b <= 999  # sum rewritten, no leading zero
-    assert cs.answer_position == 8
-    assert torch.equal(cs.clean_answers, cs.clean_tokens[:, 9])
-
-
-def test_addition_sum_length_filters(addition_rows):
-    cs = addition_resample_digits(addition_rows, ["a0", "b0"], generator=1, same_sum_length=True)
-    for c_row, k_row in zip(cs.clean_tokens.tolist(), cs.contrast_tokens.tolist()):
-        assert len(_add_parse(c_row)[2]) == len(_add_parse(k_row)[2])
-    four = addition_resample_digits(addition_rows, ["a0"], generator=1, clean_sum_lengths=[3], contrast_sum_lengths=[4])
-    assert four.n > 0
-    assert all(len(_add_parse(r)[2]) == 3 for r in four.clean_tokens.tolist())
-    assert all(len(_add_parse(r)[2]) == 4 for r in four.contrast_tokens.tolist())
-    assert four.info["n_filtered_clean"] == sum(len(_add_parse(r)[2]) != 3 for r in addition_rows.tolist())
-    # a ones digit change can never make a 3-digit sum of 100+100 have 4 digits: dropped
-    impossible = addition_resample_digits(addition_tokens([100], [100]), ["a2"], contrast_sum_lengths=[4], max_tries=5)
-    assert impossible.n == 0 and impossible.info["n_no_contrast"] == 1
-
-
-def test_addition_answer_digit_and_change(addition_rows):
-    cs = addition_resample_digits(addition_rows, ["a2", "b2"], generator=2, answer_digit=3, answer_must_change=True)
-    assert cs.answer_position == 11
-    for c_row, k_row, ans, cans in zip(
-        cs.clean_tokens.tolist(), cs.contrast_tokens.tolist(), cs.clean_answers.tolist(), cs.contrast_answers.tolist()
-    ):
-        assert ans == c_row[12] and cans == k_row[12] and ans != cans  # 4th sum digit or E
-
-
-def test_addition_is_deterministic(addition_rows):
-    a = addition_resample_digits(addition_rows, ["b1"], generator=5)
-    b = addition_resample_digits(addition_rows, ["b1"], generator=5)
-    assert torch.equal(a.contrast_tokens, b.contrast_tokens)
-
-
-def test_addition_errors(addition_rows):
-    with pytest.raises(ValueError, match="a0, a1, a2, b0, b1, b2"):
-        addition_resample_digits(addition_rows, ["c1"])
-    with pytest.raises(ValueError, match="answer_digit"):
-        addition_resample_digits(addition_rows, ["a1"], answer_digit=4)
-    with pytest.raises(ValueError, match="B ddd"):
-        addition_operands(torch.zeros(2, 14, dtype=torch.long))
-    with pytest.raises(ValueError, match="3-digit"):
-        addition_tokens([99], [100])

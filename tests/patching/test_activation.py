@@ -7,40 +7,23 @@ written out by hand in the tests, never from the code under test.
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from helpers import amplify, random_patching_data
+from patching_common import N, POS, kw, ld_at_last
+from tl_inversion.errors import InputTypeError, InputValueError
 from tl_inversion.patching.notation import Circuit, NotationError
-from tl_inversion.patching.activation import AnswerLogProb, Contrast, FromCache, MeanAblation, Resample, ZeroAblation, bootstrap_ci, circuit_faithfulness, cumulative_patching, feature_pairs, patch_nodes, plot_cumulative, run_patching, verify_feature
+from tl_inversion.patching import (
+    AnswerCheckWarning, AnswerLogProb, CircuitFaithfulness, Contrast, DisconnectedCircuitWarning, FromCache,
+    MeanAblation, Resample, ZeroAblation, bootstrap_ci, circuit_faithfulness, cumulative_patching, feature_pairs,
+    patch_nodes, plot_cumulative, run_patching, verify_feature,
+)
 from tl_inversion.model.sites import SiteError
 from tl_inversion.tasks.base import PositionError
-
-N, POS = 6, 12
-
-
-
-@pytest.fixture
-def model(tiny_model):
-    return amplify(tiny_model)
-
-
-@pytest.fixture
-def data():
-    return random_patching_data(7, N, POS)
-
-
-def ld_at_last(logits, a, b):
-    """Per-example logit difference at the last position, written independently."""
-    last = logits[:, -1]
-    return last[torch.arange(last.shape[0]), a] - last[torch.arange(last.shape[0]), b]
-
-
-def kw(data, **extra):
-    clean, contrast, a, b = data
-    return dict(contrast_tokens=contrast, answers=a, contrast_answers=b, answer_position=-1, progress=False, **extra)
 
 
 # Agreement with transformer_lens.patching ------------------------------------------------
@@ -265,7 +248,7 @@ def test_resample_and_cache_sources(model, data):
     c1 = run_patching(model, "a0.1@pick", clean, FromCache(cache, tokens=contrast), **kw(data, positions=PICK))
     c2 = run_patching(model, "a0.1@pick", clean, "contrast", **kw(data, positions=PICK))
     np.testing.assert_array_equal(c1.patched["a0.1@pick"], c2.patched["a0.1@pick"])
-    with pytest.raises(KeyError, match="names_filter"):
+    with pytest.raises(InputValueError, match="names_filter"):
         run_patching(model, "m0@1", clean, {"blocks.0.attn.hook_z": cache["blocks.0.attn.hook_z"]}, **kw(data))
 
 
@@ -361,8 +344,11 @@ def test_batching_and_padding_trim_do_not_change_results(model, data):
         np.testing.assert_allclose(r2.patched[g], r1.patched[g], atol=1e-5)
         np.testing.assert_allclose(r3.patched[g], r1.patched[g], atol=1e-5)
     np.testing.assert_allclose(r3.clean, r1.clean, atol=1e-5)
-    with pytest.raises(ValueError, match="trim_padding"):
-        run_patching(model, "a0@-1", padded, trim_padding=True, pad_id=pad, **{**args, "answer_position": 3})
+    # a negative position counts from the last non-PAD token, which trimming keeps: -1 is "last"
+    neg = {**args, "answer_position": -1}
+    r4 = run_patching(model, ["a0.1@-1", "e_tok@-1 + a1@-1"], padded, batch_size=4, trim_padding=True, pad_id=pad, **neg)
+    for g_neg, g_name in zip(["a0.1@-1", "e_tok@-1 + a1@-1"], groups):
+        np.testing.assert_allclose(r4.patched[g_neg], r1.patched[g_name], atol=1e-5)
     with pytest.raises(ValueError, match="pad_id"):
         run_patching(model, "a0@3", padded, trim_padding=True, **{**args, "positions": None, "answer_position": 3})
 
@@ -401,85 +387,98 @@ def test_bootstrap_ci():
     assert np.isnan(bootstrap_ci(x, n_boot=0)[0])
 
 
-# Faithfulness --------------------------------------------------------------------------
 
 
-def test_faithfulness_full_circuit_scores_one(model, data):
-    full = ["e_tok", "e_pos"] + [f"a{l}" for l in range(2)] + [f"m{l}" for l in range(2)]
-    res = circuit_faithfulness(model, full, data[0], "zero", n_boot=20, **kw(data))
-    assert res.score == 1.0 and res.normalised_score == 1.0
-    assert res.settings["source"] == "zero" and res.settings["n_components_ablated"] == 0
-    assert "ablation=zero" in str(res) and res.to_frame()["ablation_source"].iloc[0] == "zero"
+# Negative positions on right-padded rows -------------------------------------------------
 
 
-def test_faithfulness_matches_hand_ablation(model, data):
+def test_negative_positions_count_from_each_rows_real_end(model, data):
     clean, contrast, a, b = data
-    keep = {("blocks.1.attn.hook_z", 0): {POS - 1}, ("hook_embed", None): set(range(POS)), ("blocks.0.attn.hook_z", 1): {2, 5}}
-    comps = [("hook_embed", None), ("hook_pos_embed", None)]
-    for l in range(2):
-        comps += [(f"blocks.{l}.attn.hook_z", h) for h in range(model.cfg.n_heads)] + [(f"blocks.{l}.hook_mlp_out", None)]
+    pad = 10
+    lengths = [5, 7, 9, 12, 6, 8]  # real tokens per row; the rest is PAD
+    padded, cpadded = clean.clone(), contrast.clone()
+    for i, n in enumerate(lengths):
+        padded[i, n:] = pad
+        cpadded[i, n:] = pad
+    # by hand: "-2" is the second-to-last real token, index n - 2 in each row; answer at n - 1
+    pos2 = torch.tensor([n - 2 for n in lengths])
+    last = torch.tensor([n - 1 for n in lengths])
+    ar = torch.arange(N)
+    store = {}
 
-    def ablate(head, positions):
-        def fn(x, hook):
+    def keep(x, hook):  # never reads hook.name (aliases differ on TransformerBridge)
+        store["z"] = x.detach().clone()
+
+    with torch.no_grad():
+        model.run_with_hooks(cpadded, fwd_hooks=[("blocks.1.attn.hook_z", keep)])
+        src = store["z"]
+
+        def put(x, hook):
             x = x.clone()
-            for p in range(POS):
-                if p in positions:
-                    continue
-                if head is None:
-                    x[:, p] = 0
-                else:
-                    x[:, p, head] = 0
+            x[ar, pos2, 0] = src[ar, pos2, 0]
             return x
 
-        return fn
-
-    fwd = [(h, ablate(head, keep.get((h, head), set()))) for h, head in comps]
-    with torch.no_grad():
-        expected = ld_at_last(model.run_with_hooks(clean, fwd_hooks=fwd), a, b).double().mean().item()
-        full = ld_at_last(model(clean), a, b).double().mean().item()
-    circuit = Circuit.parse(f"a1.0@{POS - 1}; e_tok; a0.1@2,5", name="hand")
-    res = circuit_faithfulness(model, circuit, clean, ZeroAblation(), n_boot=0, **kw(data))
-    assert res.metric_circuit == pytest.approx(expected, abs=1e-5)
-    assert res.metric_full == pytest.approx(full, abs=1e-5)
-    assert res.score == pytest.approx(expected / full, rel=1e-4)
-    assert res.settings["n_components_ablated"] == len(comps) - 3
-    with pytest.raises(ValueError, match="components"):
-        circuit_faithfulness(model, ["resid_post.0@3"], clean, "zero", **kw(data))
-
-
-def test_faithfulness_mean_ablation_runs(model, data):
-    res = circuit_faithfulness(model, "a1@-1; a0; e_tok", data[0], MeanAblation(data[1]), n_boot=20, **kw(data))
-    assert np.isfinite(res.score) and res.settings["source"] == "mean" and res.settings["reference_rows"] == N
+        patched = model.run_with_hooks(padded, fwd_hooks=[("blocks.1.attn.hook_z", put)])
+        clean_logits = model(padded)
+    exp_patched = (patched[ar, last, a] - patched[ar, last, b]).double().numpy()
+    exp_clean = (clean_logits[ar, last, a] - clean_logits[ar, last, b]).double().numpy()
+    res = run_patching(model, ["a1.0@-2"], padded, contrast_tokens=cpadded, answers=a, contrast_answers=b,
+                       answer_position=-1, pad_id=pad, progress=False)
+    np.testing.assert_allclose(res.patched["a1.0@-2"], exp_patched, atol=1e-4)
+    np.testing.assert_allclose(res.clean, exp_clean, atol=1e-4)
+    # a row with fewer real tokens than the position asks for is an error, not a PAD position
+    short = padded.clone()
+    short[0, 1:] = pad
+    with pytest.raises(PositionError, match="last non-PAD"):
+        run_patching(model, ["a1.0@-2"], short, contrast_tokens=cpadded, answers=a, contrast_answers=b,
+                     answer_position=3, pad_id=pad, progress=False)
 
 
-# From reading to verifying -------------------------------------------------------------
+def test_negative_positions_use_the_tasks_pad_id():
+    from tl_inversion.patching.positions import row_end_resolver
+    from tl_inversion.tasks.counting import make_task
+
+    task = make_task()
+    rows = task.encode(["aab|a:2", "abcabc|c:2"])
+    text_lengths = [len("B" + "aab|a:2" + "E"), len("B" + "abcabc|c:2" + "E")]  # BOS, text, EOS; then PAD
+    res = row_end_resolver(task, None)
+    assert res.pad_id == task.pad_id
+    assert res.resolve_position(rows, -1).tolist() == [n - 1 for n in text_lengths]  # the EOS of each row
+    assert res.resolve_position(rows, -3).tolist() == [n - 3 for n in text_lengths]  # the count's ':'
+    assert rows[torch.arange(2), res.resolve_position(rows, -1)].tolist() == [task.eos_id] * 2
+    assert res.resolve_position(rows, 2).tolist() == [2, 2]  # non-negative: absolute
+    assert torch.equal(res.resolve_position(rows, ":"), task.resolve_position(rows, ":"))
 
 
-def test_feature_pairs_properties():
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, 10, (300, 8), generator=g)
-    feature = lambda t: t[:, 2] % 3  # noqa: E731
-    same = lambda t: t[:, 0] % 2  # noqa: E731
-    change, keep = feature_pairs(tokens, feature, same=same, generator=1)
-    f, s = feature(tokens), same(tokens)
-    ok_c, ok_k = change >= 0, keep >= 0
-    assert ok_c.float().mean() > 0.95 and ok_k.float().mean() > 0.95
-    assert bool((f[change[ok_c]] != f[ok_c]).all()) and bool((s[change[ok_c]] == s[ok_c]).all())
-    assert bool((f[keep[ok_k]] == f[ok_k]).all()) and bool((s[keep[ok_k]] == s[ok_k]).all())
-    assert bool((keep[ok_k] != torch.arange(300)[ok_k]).all())  # never the row itself
-    again = feature_pairs(tokens, feature, same=same, generator=1)
-    assert torch.equal(again[0], change) and torch.equal(again[1], keep)
+# Argument types (issue 19.12) --------------------------------------------------------------
 
 
-def test_verify_feature_table(model, data):
-    g = torch.Generator().manual_seed(3)
-    tokens = torch.randint(0, 10, (40, POS), generator=g)
-    df = verify_feature(
-        model, "e_tok@4", tokens, lambda t: t[:, 4], answers=tokens[:, -1], answer_position=-1,
-        n_boot=50, progress=False, feature_name="token at 4",
-    )
-    assert list(df.index) == ["changes g", "keeps g"]
-    # patching the token embedding from an input with the same token there changes nothing
-    assert df.loc["keeps g", "effect"] == 0.0
-    assert df.loc["changes g", "effect"] != 0.0 and df["feature"].iloc[0] == "token at 4"
-    assert df.loc["changes g", "n"] + df.loc["changes g", "n_unpaired"] == 40
+def test_list_of_label_group_pairs_reads_as_the_dict(model, data):
+    clean = data[0]
+    as_dict = run_patching(model, {"late": "a1.0@-1", "early": "a0@3 + e_tok@3"}, clean, **kw(data))
+    as_pairs = run_patching(model, [("late", "a1.0@-1"), ("early", "a0@3 + e_tok@3")], clean, **kw(data))
+    assert list(as_pairs.patched) == ["late", "early"]
+    for k in ("late", "early"):
+        np.testing.assert_array_equal(as_pairs.patched[k], as_dict.patched[k])
+    # tuples of two nodes stay what they are documented to be: nodes patched together
+    together = run_patching(model, [("a1.0@-1", "a0.1@3")], clean, **kw(data))
+    assert [n.notation for n in together.groups[next(iter(together.groups))].nodes] == ["a1.0@-1", "a0.1@3"]
+    with pytest.raises(InputTypeError, match="dict"):
+        run_patching(model, [("late", "a1.0@-1"), ("a1.0@-1", "a0.1@3")], clean, **kw(data))
+
+
+def test_positions_of_the_wrong_type_are_refused(model, data):
+    clean = data[0]
+    with pytest.raises(InputTypeError, match="positions= must be a task"):
+        patch_nodes(model, "a1.0@3", clean, **kw(data, positions=["last"]))
+    with pytest.raises(InputTypeError, match="maps to no function"):
+        patch_nodes(model, "a1.0@3", clean, **kw(data, positions={"last": 3}))
+
+
+def test_progress_bars_are_on_by_default_and_can_be_turned_off(model, data, capsys):
+    clean = data[0]
+    args = {k: v for k, v in kw(data).items() if k != "progress"}
+    run_patching(model, "a1.0@3", clean, **args)
+    assert "patching (contrast)" in capsys.readouterr().err  # tqdm.auto writes the bar (not a tty here)
+    run_patching(model, "a1.0@3", clean, progress=False, **args)
+    assert "patching" not in capsys.readouterr().err

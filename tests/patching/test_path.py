@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from helpers import HAS_HOOKED
+import warnings
+
 from helpers import amplify, random_patching_data
 from tl_inversion.patching.notation import Edge
-from tl_inversion.patching.activation import FromCache, run_patching
+from tl_inversion.patching import FromCache, NoEffectEdgeWarning, run_patching
 from tl_inversion.patching.path import path_patch, run_path_patching, split_qkv_inputs
 
 N, POS = 6, 12
@@ -69,11 +71,12 @@ def test_only_path_in_attention_only_model_with_everything_frozen(data):
 
 def test_blocked_paths_give_exactly_zero(model, data):
     """A sender at the last position cannot reach earlier positions (causal attention)."""
-    df = path_patch(
+    with pytest.warns(NoEffectEdgeWarning):
+        df = path_patch(
         model,
-        [f"a0@{POS - 1} -> a1.0.k@0,3,5", f"a0@{POS - 1} -> a1.1.q@4", f"e_tok@{POS - 1} -> resid_pre.1@2", f"m0@{POS - 1} -> a1.v@0,1"],
-        data[0], n_boot=20, **kw(data),
-    )
+            [f"a0@{POS - 1} -> a1.0.k@0,3,5", f"a0@{POS - 1} -> a1.1.q@4", f"e_tok@{POS - 1} -> resid_pre.1@2", f"m0@{POS - 1} -> a1.v@0,1"],
+            data[0], n_boot=20, **kw(data),
+        )
     assert (df["effect"] == 0.0).all()
     # and identical clean/contrast inputs give exactly zero through any path
     df = path_patch(model, ["a0.0 -> a1.1.v", "e_pos -> a1.q@-1", "a0 -> resid_post.1@-1"], data[0], n_boot=0,
@@ -190,3 +193,15 @@ def test_agrees_with_transformer_lens_direct_path_patching(model, data):
                                  contrast_answers=b, answer_position=-1, progress=False)
         got = torch.tensor([ours.patched[e].mean() for e in edges])
         torch.testing.assert_close(got, tl[L - 1].double().cpu(), atol=1e-5, rtol=1e-5)
+
+
+def test_edges_whose_positions_never_meet_warn(model, data):
+    """The sender writes the residual stream at 3 only (every head frozen); a value input read
+    at 5 is the clean one, so the effect is 0 by construction, and the call says so."""
+    with pytest.warns(NoEffectEdgeWarning, match="a1.v@5"):
+        df = path_patch(model, ["a0@3 -> a1.v@5", "a0@3 -> a1.v@3,5"], data[0], n_boot=0, **kw(data))
+    assert df["effect"].iloc[0] == 0.0
+    assert df["effect"].iloc[1] != 0.0  # the value at key position 3 carries the sender's change
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoEffectEdgeWarning)
+        path_patch(model, ["a0 -> a1.q@5", "a0@3 -> a1.k@3"], data[0], n_boot=0, **kw(data))
