@@ -19,12 +19,12 @@ import time
 import pandas as pd
 import torch
 
+from tl_inversion.devices import resolve_device
 from tl_inversion.evaluation.consistency import baseline_consistency, feature_consistency
-from tl_inversion.model.loading import load_hf_gpt2
 from tl_inversion.inversion.sampling import sample_many
+from tl_inversion.model.loading import load_hf_gpt2
 from tl_inversion.model.sites import paper_counting_sites
 from tl_inversion.tasks import counting
-from tl_inversion.devices import resolve_device
 from tl_inversion.training.config import TrainConfig
 from tl_inversion.training.trainer import train
 
@@ -58,7 +58,8 @@ def main() -> None:
         checkpoint_every=args.eval_every, device=device, time_limit_s=args.time_limit,
         decoder={"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads},
     )
-    result = train(model, task, train_data, test_data, cfg, out_dir=args.out, save_dtype=getattr(torch, args.save_dtype))
+    result = train(model, task, train_data, test_data, cfg, out_dir=args.out,
+                   save_dtype=getattr(torch, args.save_dtype))
     faith = result.faithfulness
     print("\n== faithfulness rate per site (200 held-out activations, T=1, D < 0.1) ==")
     print(faith.to_string(float_format=lambda x: f"{x:.3f}"))
@@ -89,7 +90,8 @@ def main() -> None:
     print(table.to_string(float_format=lambda x: f"{x:.3f}"))
     chance = baseline_consistency(test_data[:20000], queries, counting.query_counts)
     print(f"chance (random test inputs): {chance:.3f}")
-    summary = {"faithfulness": faith["faithfulness"].to_dict(), "mean_faithfulness": float(faith["faithfulness"].mean()),
+    summary = {"faithfulness": faith["faithfulness"].to_dict(),
+               "mean_faithfulness": float(faith["faithfulness"].mean()),
                "train_inputs_per_s": result.samples_per_second, "train_seconds": result.seconds,
                "reading": table.reset_index().to_dict(orient="records"), "chance": chance, "device": device,
                "steps": int(result.bank.meta["steps"]), "batch_size": args.batch_size}

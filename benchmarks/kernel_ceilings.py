@@ -21,16 +21,15 @@ import time
 import pandas as pd
 import torch
 
-from tl_inversion.model.activations import activations_at, harvest
-
-from tl_inversion.model.sites import validate_sites
 from tl_inversion.decoding.bank import DecoderBank
 from tl_inversion.evaluation.completeness import auroc, completeness, preimage_distances_by_site
-from tl_inversion.model.loading import load_hf_gpt2
-from tl_inversion.training.noise import NOISE_SHAPES, kernel_log_posterior
-from tl_inversion.tasks.plan import default_plan
-from tl_inversion.tasks import addition
 from tl_inversion.inversion.verify import special_mask_of
+from tl_inversion.model.activations import activations_at, harvest
+from tl_inversion.model.loading import load_hf_gpt2
+from tl_inversion.model.sites import validate_sites
+from tl_inversion.tasks import addition
+from tl_inversion.tasks.plan import default_plan
+from tl_inversion.training.noise import NOISE_SHAPES, kernel_log_posterior
 
 
 def _kernel(text: str) -> tuple[str, float]:
@@ -47,7 +46,9 @@ def main() -> None:
     ap.add_argument("--sites", nargs="*", help="sites to measure (default: all of the bank's)")
     ap.add_argument("--kernels", nargs="*", type=_kernel, default=[("ball", 0.1), ("ball", 0.2), ("preimage", 0.1)],
                     help="SHAPE:LEVEL kernels whose ideal AUROC to add (default: ball:0.1 ball:0.2 preimage:0.1)")
-    ap.add_argument("--max-candidates", type=int, default=20000, help="scored per row, as evaluate (default: %(default)s)")
+    ap.add_argument(
+        "--max-candidates", type=int, default=20000, help="scored per row, as evaluate (default: %(default)s)"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="kernel_ceilings.csv")
     args = ap.parse_args()
@@ -66,15 +67,30 @@ def main() -> None:
     frames = []
     for site in sites:
         t0 = time.perf_counter()
-        res = completeness(model, bank, task, site, queries, positions, cand, max_candidates=args.max_candidates,
-                           n_samples=0, progress=False, distances=dists.pop(site))
+        res = completeness(
+            model,
+            bank,
+            task,
+            site,
+            queries,
+            positions,
+            cand,
+            max_candidates=args.max_candidates,
+            n_samples=0,
+            progress=False,
+            distances=dists.pop(site),
+        )
         s = res.summary.rename(columns={"position": "position_index"})
         vals: dict[str, list[float]] = {f"ideal_{shape}_{level:g}": [] for shape, level in args.kernels}
         for qi in range(queries.shape[0]):  # one probed pass over a row's scored candidates, every kernel
             sc = res.scores[res.scores["query"] == qi]
             x = cand[torch.tensor(sc["candidate"].to_numpy())]
-            a = torch.cat([harvest(model, x[i : i + 4096], [site], validate=False)[site].cpu()
-                           for i in range(0, x.shape[0], 4096)])
+            a = torch.cat(
+                [
+                    harvest(model, x[i : i + 4096], [site], validate=False)[site].cpu()
+                    for i in range(0, x.shape[0], 4096)
+                ]
+            )
             ignore = special_mask_of(x, task.special_ids)
             for shape, level in args.kernels:
                 logp = kernel_log_posterior(z_by_site[site][qi], a, ignore, shape, level)
@@ -89,10 +105,13 @@ def main() -> None:
     df.to_csv(args.out, index=False)
     e = df[(df["n_members"] >= plan.min_members) & df["auroc"].notna()]  # as evaluate: a row needs a non-member too
     cols = ["auroc", "auroc_ideal"] + [c for c in df.columns if c.startswith("ideal_")]
-    table = pd.DataFrame({c: {"rows >= 0.95": int((e[c] >= 0.95).sum()), "median": e[c].median(), "min": e[c].min()}
-                          for c in cols}).T
-    print(f"{len(e)} rows with >= {plan.min_members} members (auroc: the decoder; auroc_ideal: a perfect decoder "
-          "of the bank's training noise; ideal_*: of other kernels, same candidates)")
+    table = pd.DataFrame(
+        {c: {"rows >= 0.95": int((e[c] >= 0.95).sum()), "median": e[c].median(), "min": e[c].min()} for c in cols}
+    ).T
+    print(
+        f"{len(e)} rows with >= {plan.min_members} members (auroc: the decoder; auroc_ideal: a perfect decoder "
+        "of the bank's training noise; ideal_*: of other kernels, same candidates)"
+    )
     print(table.to_markdown(floatfmt=".3f"))
     print(f"wrote {args.out}")
 

@@ -29,9 +29,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tl_inversion.patching import counting_flip_contrasts, counting_random_contrasts  # noqa: E402
 from tl_inversion.model.loading import load_hf_gpt2  # noqa: E402
-from tl_inversion.patching import cumulative_patching, patch_nodes  # noqa: E402
+from tl_inversion.patching import counting_flip_contrasts, counting_random_contrasts, cumulative_patching, patch_nodes  # noqa: E402  # noqa: E402
 from tl_inversion.tasks.counting import paper_split  # noqa: E402
 
 #: The paper's forward order; labels as in the model's README.
@@ -96,7 +95,9 @@ def compare(kind: str, df: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", type=Path, default=default_model_dir(), help="paper counting checkpoint folder")
     ap.add_argument("--n", type=int, default=None, help="random subset of the filtered split (default: all of it)")
     ap.add_argument("--device", default="cpu")
@@ -124,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             model_class = "bridge"
     t0 = time.time()
-    model = load_hf_gpt2(args.model, model_class, "default" if model_class == "hooked" else "compat", device=args.device)
+    model = load_hf_gpt2(
+        args.model, model_class, "default" if model_class == "hooked" else "compat", device=args.device
+    )
     tokens = paper_split("test")
     print(f"model: {type(model).__name__} on {args.device}; test split {tuple(tokens.shape)} ({time.time() - t0:.1f}s)")
     kinds = ["random", "flip"] if args.contrast == "both" else [args.contrast]
@@ -137,18 +140,37 @@ def main(argv: list[str] | None = None) -> int:
         if args.n is not None and args.n < cs.n:
             pick = torch.randperm(cs.n, generator=torch.Generator().manual_seed(args.seed))[: args.n]
             cs = cs.subset(pick.sort().values)
-        print(f"\n[{kind}] {cs.n} pairs (dropped for length: {cs.info['n_excluded_length']}); built in {time.time() - t:.1f}s")
+        print(
+            f"\n[{kind}] {cs.n} pairs (dropped for length: {cs.info['n_excluded_length']}); "
+            f"built in {time.time() - t:.1f}s"
+        )
         t = time.time()
         df = measure(model, cs, batch_size=args.batch_size, n_boot=args.n_boot, progress=args.progress or None)
         dt = time.time() - t
         n_runs = df.drop_duplicates("nodes").shape[0] + 2
         print(f"[{kind}] patching: {dt:.1f}s ({cs.n * n_runs / dt:,.0f} example-forwards/s)")
-        print(df[["direction", "step", "added", "LD_clean", "LD_patched", "effect", "ci_low", "ci_high", "increment", "normalised"]]
-              .to_string(float_format=lambda x: f"{x:.3f}"))
+        print(
+            df[
+                [
+                    "direction",
+                    "step",
+                    "added",
+                    "LD_clean",
+                    "LD_patched",
+                    "effect",
+                    "ci_low",
+                    "ci_high",
+                    "increment",
+                    "normalised",
+                ]
+            ].to_string(float_format=lambda x: f"{x:.3f}")
+        )
         # identical clean and contrast inputs: exactly zero effect
         same = cs.subset(torch.arange(min(cs.n, 2000)))
         same.contrast_tokens = same.clean_tokens.clone()
-        zero = patch_nodes(model, list(ORDER.values()), same, trim_padding=True, batch_size=args.batch_size, n_boot=0, progress=False)
+        zero = patch_nodes(
+            model, list(ORDER.values()), same, trim_padding=True, batch_size=args.batch_size, n_boot=0, progress=False
+        )
         print(f"[{kind}] identical clean and contrast inputs, effects: {zero['effect'].tolist()}")
         tables.append(compare(kind, df))
     table = pd.concat(tables, ignore_index=True)

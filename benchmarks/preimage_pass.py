@@ -22,14 +22,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from model_files import write_gpt2  # noqa: E402
 
-from tl_inversion.model.activations import activations_at
-
-from tl_inversion.model.sites import validate_sites
 from tl_inversion.evaluation.completeness import preimage_distances, preimage_distances_by_site  # noqa: E402
+from tl_inversion.model.activations import activations_at
 from tl_inversion.model.loading import load_hf_gpt2  # noqa: E402
-from tl_inversion.tasks.plan import default_plan  # noqa: E402
-from tl_inversion.model.sites import paper_addition_sites  # noqa: E402
+from tl_inversion.model.sites import (
+    paper_addition_sites,  # noqa: E402
+    validate_sites,
+)
 from tl_inversion.tasks import addition  # noqa: E402
+from tl_inversion.tasks.plan import default_plan  # noqa: E402
 
 
 def main() -> None:

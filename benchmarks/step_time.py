@@ -29,7 +29,8 @@ from tl_inversion.tasks import counting  # noqa: E402
 from tl_inversion.training.config import TrainConfig  # noqa: E402
 from tl_inversion.training.trainer import train  # noqa: E402
 
-SITES = [f"blocks.{layer}.{hook}" for layer in (0, 1) for hook in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")]
+SITES = [f"blocks.{layer}.{hook}" for layer in (0, 1)
+         for hook in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")]
 SITES += ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out", "blocks.1.hook_attn_out"]
 
 
@@ -70,7 +71,8 @@ def main() -> None:
                     times.append(now - last[0])
                     last[0] = now
 
-                cfg = TrainConfig(sites=SITES[:n], steps=args.steps, batch_size=bs, eval_every=0, eval_n=4, checkpoint_every=0,
+                cfg = TrainConfig(sites=SITES[:n], steps=args.steps, batch_size=bs, eval_every=0, eval_n=4,
+                                  checkpoint_every=0,
                                   device=args.device, stack=stack, compile=mode.endswith("compiled"),
                                   decoder={"d_model": args.d_model})
                 train(model, task, data, data, cfg, progress=False, callback=tick)

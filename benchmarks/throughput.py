@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 
 from tl_inversion.demo import asset_dir
-from tl_inversion.model.loading import load_hf_gpt2
 from tl_inversion.inversion.sampling import sample_many
+from tl_inversion.model.loading import load_hf_gpt2
 from tl_inversion.tasks import counting
 from tl_inversion.training.config import TrainConfig
 from tl_inversion.training.trainer import train
@@ -31,7 +31,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="HF GPT-2 folder (default: the embedded demo model)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--sites", nargs="+", default=["blocks.0.attn.hook_result[0]", "blocks.1.attn.hook_result[0]", "blocks.1.hook_resid_post"])
+    ap.add_argument("--sites", nargs="+", default=["blocks.0.attn.hook_result[0]",
+                                                   "blocks.1.attn.hook_result[0]", "blocks.1.hook_resid_post"])
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=256)
@@ -53,7 +54,8 @@ def main() -> None:
     train_s = time.perf_counter() - t0
     bank = result.bank
     queries = te[: args.n_queries]
-    rows = [{"what": "training", "device": args.device, "config": f"{len(args.sites)} sites per_hook d{args.d_model} bs{args.batch_size}",
+    rows = [{"what": "training", "device": args.device,
+             "config": f"{len(args.sites)} sites per_hook d{args.d_model} bs{args.batch_size}",
              "throughput": args.steps * args.batch_size / train_s, "unit": "inputs/s (each to every decoder)"}]
     for site in args.sites[:2]:
         if args.device == "cuda":
@@ -64,7 +66,8 @@ def main() -> None:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         n = sum(len(r.df) for r in res)
-        rows.append({"what": f"sampling {site}", "device": args.device, "config": f"{len(res)} queries x {n // len(res)} samples",
+        rows.append({"what": f"sampling {site}", "device": args.device,
+                     "config": f"{len(res)} queries x {n // len(res)} samples",
                      "throughput": n / dt, "unit": "verified samples/s"})
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:,.0f}"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, model {folder}")

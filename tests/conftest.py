@@ -32,7 +32,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
-
 from helpers import (  # noqa: E402,F401  (re-exported for tests)
     HAS_BRIDGE,
     HAS_HOOKED,

@@ -6,7 +6,6 @@ import os
 
 import pytest
 import torch
-
 from helpers import HAS_BRIDGE, HAS_HOOKED, TL_VERSION, build_bridge, build_hf_gpt2, build_tokenizer
 
 BATCH, POS = 2, 12

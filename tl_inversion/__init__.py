@@ -130,31 +130,29 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from tl_inversion.decoding.bank import DecoderBank
     from tl_inversion.decoding.config import DecoderConfig
     from tl_inversion.decoding.decoder import Decoder
+    from tl_inversion.demo import load_demo
     from tl_inversion.evaluation.config import EvaluateConfig
     from tl_inversion.evaluation.consistency import feature_consistency
     from tl_inversion.evaluation.evaluate import evaluate
+    from tl_inversion.evaluation.inverter import Inverter
     from tl_inversion.evaluation.report import EvaluationReport
     from tl_inversion.inversion.config import SampleConfig
     from tl_inversion.inversion.result import PreimageResult
     from tl_inversion.inversion.sampling import sample_many, sample_preimage
-    from tl_inversion.inversion.verify import measure_faithfulness
+    from tl_inversion.inversion.verify import FaithfulnessResult, measure_faithfulness
     from tl_inversion.model.activations import harvest
     from tl_inversion.model.loading import load_hf_gpt2
     from tl_inversion.model.sites import Site, parse_site, validate_site
-    from tl_inversion.tasks import get_task, task_data
-    from tl_inversion.tasks.plan import EvalPlan
-    from tl_inversion.training.config import TrainConfig
-    from tl_inversion.training.trainer import train
-    from tl_inversion.demo import load_demo
-    from tl_inversion.evaluation.inverter import Inverter
-    from tl_inversion.inversion.verify import FaithfulnessResult
     from tl_inversion.patching.activation import cumulative_patching, patch_nodes, run_patching
     from tl_inversion.patching.circuit import CircuitFaithfulness, circuit_faithfulness
     from tl_inversion.patching.features import verify_feature
     from tl_inversion.patching.path import path_patch, run_path_patching
     from tl_inversion.patching.plots import plot_cumulative
     from tl_inversion.patching.results import PatchingResult
+    from tl_inversion.tasks import get_task, task_data
     from tl_inversion.tasks.custom import TextTask
-    from tl_inversion.tasks.plan import default_plan
+    from tl_inversion.tasks.plan import EvalPlan, default_plan
     from tl_inversion.tasks.protocol import Task
+    from tl_inversion.training.config import TrainConfig
+    from tl_inversion.training.trainer import train
     from tl_inversion.viewer.server import serve, serve_demo

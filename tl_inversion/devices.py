@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from tl_inversion.errors import InputValueError
 
 __all__ = ["resolve_device"]
@@ -24,7 +25,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here: use 'cpu' or 'auto'")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise InputValueError(f"device {device!r} asked for, but this torch has no usable MPS backend: use 'cpu' or 'auto'")
+        raise InputValueError(
+            f"device {device!r} asked for, but this torch has no usable MPS backend: use 'cpu' or 'auto'"
+        )
     if dev.type not in ("cpu", "cuda", "mps"):
         raise InputValueError(f"device {device!r} is not supported: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     return dev

@@ -33,7 +33,8 @@ class TLInversionError(Exception):
 
 class InputValueError(TLInversionError, ValueError):
     """An argument has the right type but a value that is not valid here (the message says
-    what was given and what is valid)."""
+    what was given and what is valid).
+    """
 
 
 class InputTypeError(TLInversionError, TypeError):
@@ -57,7 +58,8 @@ class ConfigError(InputValueError):
 
 class SiteError(InputValueError):
     """A site (hook name + optional head) is malformed or not a hook point of the model; the
-    message lists the closest valid names."""
+    message lists the closest valid names.
+    """
 
 
 class PositionError(InputValueError):
@@ -74,12 +76,14 @@ class LoadError(TLInversionError, RuntimeError):
 
 class MissingPathError(LoadError, FileNotFoundError):
     """A file or folder to read does not exist or lacks the files it needs (a bank folder
-    without ``bank.json``); still a ``FileNotFoundError``."""
+    without ``bank.json``); still a ``FileNotFoundError``.
+    """
 
 
 class OutputExistsError(TLInversionError, FileExistsError):
     """An output folder already holds what the call would write and it may not replace it
-    (a run folder with checkpoints when resuming is off); still a ``FileExistsError``."""
+    (a run folder with checkpoints when resuming is off); still a ``FileExistsError``.
+    """
 
 
 class ModelMismatchError(TLInversionError, RuntimeError):

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
 from tl_inversion.errors import InputTypeError
 
 

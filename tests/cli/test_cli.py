@@ -182,7 +182,8 @@ def test_select_sites_writes_a_bank_of_the_kept_sites(capsys, tmp_path, monkeypa
     # without --save-dtype the input's own dtype is kept: float16 stays float16
     from safetensors import safe_open
 
-    assert main(["select-sites", "--bank", str(tmp_path / "one"), "--sites", names[2], "--out", str(tmp_path / "one16")]) == 0
+    args = ["select-sites", "--bank", str(tmp_path / "one"), "--sites", names[2], "--out", str(tmp_path / "one16")]
+    assert main(args) == 0
     with safe_open(str(tmp_path / "one16" / "decoders.safetensors"), "pt") as f:
         kinds = {f.get_slice(k).get_dtype() for k in f.keys()}
     assert "F16" in kinds and "F32" not in kinds
@@ -227,8 +228,21 @@ def test_cli_warnings_are_one_line(capsys, tmp_path):
         part = bank.select(site)
         part.meta["train_config"] = {**(part.meta.get("train_config") or {}), "train_noise": noise}
         part.save(tmp_path / f"p{i}")
-    assert main(["select-sites", "--bank", str(tmp_path / "p0"), str(tmp_path / "p1"), "--drop-sites", names[1],
-                 "--out", str(tmp_path / "o")]) == 0
+    assert (
+        main(
+            [
+                "select-sites",
+                "--bank",
+                str(tmp_path / "p0"),
+                str(tmp_path / "p1"),
+                "--drop-sites",
+                names[1],
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert err.startswith("tl-inversion select-sites: warning: merging banks trained with different noise")
     assert err.count("\n") == 1 and "UserWarning" not in err

@@ -128,7 +128,8 @@ def test_sample_and_evaluate_configs_have_the_library_defaults():
         assert params[name].default == value, name
     assert tuple(EvaluateConfig().schedule) == PAPER_SCHEDULE
     assert EvaluateConfig(max_candidates=0).evaluate_kwargs()["max_candidates"] is None
-    assert [EvaluateConfig(completeness_condition=c).blurred for c in ("auto", "exact", "blurred")] == [None, False, True]
+    blurred = [EvaluateConfig(completeness_condition=c).blurred for c in ("auto", "exact", "blurred")]
+    assert blurred == [None, False, True]
 
 
 def test_demo_defaults_are_run_demos():
@@ -156,25 +157,68 @@ def test_sample_cosine_uses_the_librarys_epsilon(capsys, monkeypatch):
         return result
 
     monkeypatch.setattr(sampling, "sample_preimage", spy)
-    argv = ["sample", "--model", str(asset_dir() / "probed"), "--bank", str(asset_dir() / "decoders"),
-            "--query", "ddkdkkxdk|k:4", "--site", "blocks.1.attn.hook_result[0]", "--position", ":",
-            "--n-repeats", "1", "--batch-size", "4", "--metric", "cosine", "--no-colour", "--device", "cpu"]
+    argv = [
+        "sample",
+        "--model",
+        str(asset_dir() / "probed"),
+        "--bank",
+        str(asset_dir() / "decoders"),
+        "--query",
+        "ddkdkkxdk|k:4",
+        "--site",
+        "blocks.1.attn.hook_result[0]",
+        "--position",
+        ":",
+        "--n-repeats",
+        "1",
+        "--batch-size",
+        "4",
+        "--metric",
+        "cosine",
+        "--no-colour",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0
     model, bank = load_demo()
-    direct = real(bank, model, counting.make_task(), "ddkdkkxdk|k:4", "blocks.1.attn.hook_result[0]", ":",
-                  metric="cosine", n_repeats=1, batch_size=4, colour=False)
+    direct = real(
+        bank,
+        model,
+        counting.make_task(),
+        "ddkdkkxdk|k:4",
+        "blocks.1.attn.hook_result[0]",
+        ":",
+        metric="cosine",
+        n_repeats=1,
+        batch_size=4,
+        colour=False,
+    )
     assert seen == [direct.epsilon] == [default_epsilon("cosine")] == [0.25]
     assert "'epsilon': 0.25" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--n-repeats", "0"], "--n-repeats must be >= 1"),
-    (["--epsilon", "-1"], "--epsilon must be a positive distance"),
-    (["--schedule", "1,-1"], "--schedule pairs need a temperature >= 0"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--n-repeats", "0"], "--n-repeats must be >= 1"),
+        (["--epsilon", "-1"], "--epsilon must be a positive distance"),
+        (["--schedule", "1,-1"], "--schedule pairs need a temperature >= 0"),
+    ],
+)
 def test_sample_config_errors_name_the_flag(capsys, extra, message):
-    argv = ["sample", "--model", "no_model", "--bank", "no_bank", "--query", "q", "--site", "s",
-            "--position", ":"] + extra
+    argv = [
+        "sample",
+        "--model",
+        "no_model",
+        "--bank",
+        "no_bank",
+        "--query",
+        "q",
+        "--site",
+        "s",
+        "--position",
+        ":",
+    ] + extra
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("tl-inversion sample: error: ") and message in err and err.count("\n") == 1

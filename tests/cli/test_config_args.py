@@ -134,7 +134,8 @@ def test_help_shows_each_field_with_its_default(capsys):
     assert "--flag, --no-flag switch it on. (default: False)" in text
     assert "(default: none)" in text and "(default: 1.0,0.0 2.0,0.1)" in text
     # nested: the outer default dict's value where it has one, else the inner class default
-    assert "--inner-width INNER_WIDTH, --width INNER_WIDTH the width of something, over two lines. (default: 32)" in text
+    expected = "--inner-width INNER_WIDTH, --width INNER_WIDTH the width of something, over two lines. (default: 32)"
+    assert expected in text
     assert "--inner-depth INNER_DEPTH how deep. (default: 2)" in text
     assert "--inner-hidden" not in text
     assert spec.flag("width") == "--inner-width" and spec.flag("mode") == "--mode" and spec.flag("nope") is None

@@ -7,12 +7,13 @@ import warnings
 
 import pytest
 import torch
-
 from helpers import HAS_BRIDGE, HAS_HOOKED
 from model_files import load_counting_shaped, write_gpt2
-from tl_inversion.model.activations import logits as model_logits, site_width
-from tl_inversion.model import fingerprints
+
 from tl_inversion.decoding.bank import DecoderBank, ModelMismatchError
+from tl_inversion.model import fingerprints
+from tl_inversion.model.activations import logits as model_logits
+from tl_inversion.model.activations import site_width
 from tl_inversion.model.loading import _read_hf_gpt2, load_hf_gpt2
 from tl_inversion.model.sites import SiteError
 from tl_inversion.tasks import counting
@@ -133,10 +134,10 @@ def test_merge_keeps_each_decoder_and_survives_a_round_trip(tmp_path):
     from tl_inversion.demo import load_demo
 
     model, bank = load_demo()
-    parts = [DecoderBank(bank.decoders[:1], bank.groups[:1], {str(bank.groups[0][0]): bank.widths[str(bank.groups[0][0])]},
-                         dict(bank.meta)),
-             DecoderBank(bank.decoders[1:], bank.groups[1:], {str(g[0]): bank.widths[str(g[0])] for g in bank.groups[1:]},
-                         dict(bank.meta))]
+    first = str(bank.groups[0][0])
+    parts = [DecoderBank(bank.decoders[:1], bank.groups[:1], {first: bank.widths[first]}, dict(bank.meta)),
+             DecoderBank(bank.decoders[1:], bank.groups[1:],
+                         {str(g[0]): bank.widths[str(g[0])] for g in bank.groups[1:]}, dict(bank.meta))]
     merged = DecoderBank.merge(parts, model=model)
     assert [str(s) for s in merged.sites] == [str(s) for s in bank.sites]
     DecoderBank.merge(parts).save(tmp_path / "m")
@@ -160,7 +161,8 @@ def test_merge_keeps_each_decoder_and_survives_a_round_trip(tmp_path):
         DecoderBank.merge([parts[0], other_task])
     # banks blurred differently merge, with a warning (their log-probabilities differ in kind)
     blurred = DecoderBank(parts[1].decoders, parts[1].groups, parts[1].widths,
-                          {**parts[1].meta, "train_config": {**parts[1].meta.get("train_config", {}), "train_noise": 0.1}})
+                          {**parts[1].meta,
+                           "train_config": {**parts[1].meta.get("train_config", {}), "train_noise": 0.1}})
     with pytest.warns(UserWarning, match=r"different noise .*\(0.1, 'gaussian'\)"):
         DecoderBank.merge([parts[0], blurred])
 
@@ -201,8 +203,9 @@ def test_bridge_refuses_an_in_memory_tokenizer_clearly(tmp_path):
         load_hf_gpt2(write_gpt2(tmp_path / "m"), "bridge", tokenizer=tok)
 
 
-SEVEN = ["blocks.0.hook_resid_pre", "blocks.0.attn.hook_result[0]", "blocks.0.attn.hook_result[1]", "blocks.0.hook_resid_mid",
-         "blocks.1.attn.hook_result[0]", "blocks.1.attn.hook_result[1]", "blocks.1.hook_resid_post"]
+SEVEN = ["blocks.0.hook_resid_pre", "blocks.0.attn.hook_result[0]", "blocks.0.attn.hook_result[1]",
+         "blocks.0.hook_resid_mid", "blocks.1.attn.hook_result[0]", "blocks.1.attn.hook_result[1]",
+         "blocks.1.hook_resid_post"]
 
 
 def _demo_parts(noise=(0.0, 0.1)):
@@ -238,9 +241,11 @@ def test_select_keeps_or_drops_sites_and_their_records(tmp_path):
     assert [p["steps"] for p in sel.meta["merged_from"]] == [100, 103]
     # keeping one site of the first run leaves that run alone in the record
     one = merged.select([names[1]])
-    assert [str(s) for s in one.sites] == [names[1]] and one.training_runs() == [{**merged.meta["merged_from"][0], "sites": [names[1]]}]
+    assert [str(s) for s in one.sites] == [names[1]]
+    assert one.training_runs() == [{**merged.meta["merged_from"][0], "sites": [names[1]]}]
     # an unmerged bank is one training run: its own config
-    assert parts[1].training_runs() == [{"sites": names[3:], "train_config": parts[1].meta["train_config"], "steps": 103}]
+    assert parts[1].training_runs() == [
+        {"sites": names[3:], "train_config": parts[1].meta["train_config"], "steps": 103}]
     # a selection saves and loads, and decodes exactly as the original decoders
     sel.save(tmp_path / "sel")
     loaded = DecoderBank.load(tmp_path / "sel")

@@ -9,14 +9,20 @@ import numpy as np
 import pandas.testing as pd_testing
 import pytest
 import torch
-
 from helpers import HAS_BRIDGE, HAS_HOOKED
 from model_files import write_gpt2
+
+from tl_inversion.decoding.bank import DecoderBank
+from tl_inversion.evaluation.completeness import (
+    auroc,
+    completeness,
+    decoder_logprobs,
+    preimage_distances,
+    preimage_distances_by_site,
+)
+from tl_inversion.evaluation.plots import plot_completeness
 from tl_inversion.model.activations import harvest, site_width
 from tl_inversion.model.sites import validate_sites
-from tl_inversion.decoding.bank import DecoderBank
-from tl_inversion.evaluation.completeness import auroc, completeness, decoder_logprobs, preimage_distances, preimage_distances_by_site
-from tl_inversion.evaluation.plots import plot_completeness
 from tl_inversion.tasks import addition
 
 TASK = addition.make_task()
@@ -26,8 +32,8 @@ HEAD = "blocks.0.attn.hook_result[1]"
 
 def _pairwise_auroc(s, y):
     """P(s_pos > s_neg) + 0.5 P(tie), by counting every pair."""
-    pos = [a for a, l in zip(s, y) if l]
-    neg = [a for a, l in zip(s, y) if not l]
+    pos = [a for a, lab in zip(s, y) if lab]
+    neg = [a for a, lab in zip(s, y) if not lab]
     tot = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
     return tot / (len(pos) * len(neg))
 
@@ -136,7 +142,9 @@ def test_many_sites_in_one_pass_match_the_plain_loop(model, candidates):
     pd_testing.assert_frame_equal(a.summary, b.summary)
     pd_testing.assert_frame_equal(a.scores, b.scores)
     with pytest.raises(ValueError, match=r"distances must be two \[2, 400\] tensors"):
-        completeness(model, bank, TASK, HEAD, queries, 6, candidates[:400], distances=(given[0][:1], given[1][:1]), **kw)
+        completeness(
+            model, bank, TASK, HEAD, queries, 6, candidates[:400], distances=(given[0][:1], given[1][:1]), **kw
+        )
 
 
 def test_completeness_numbers_are_consistent(model, bank, candidates, tmp_path):
@@ -145,8 +153,21 @@ def test_completeness_numbers_are_consistent(model, bank, candidates, tmp_path):
     z = harvest(model, queries, [RESID])[validate_sites([RESID], model)[0]][:, TASK.resolve_position(queries, "=")[0]]
     d_all, _ = preimage_distances(model, candidates, RESID, z, TASK.special_ids, progress=False)
     eps = float(d_all.quantile(0.05))
-    res = completeness(model, bank, TASK, RESID, queries, "=", candidates, epsilon=eps, max_candidates=None,
-                       n_samples=16, class_fn=addition.sum_lengths, progress=False, decoder_batch_size=512)
+    res = completeness(
+        model,
+        bank,
+        TASK,
+        RESID,
+        queries,
+        "=",
+        candidates,
+        epsilon=eps,
+        max_candidates=None,
+        n_samples=16,
+        class_fn=addition.sum_lengths,
+        progress=False,
+        decoder_batch_size=512,
+    )
     s, sc = res.summary, res.scores
     assert list(s["query"]) == [0, 1] and (s["n_candidates"] == 1500).all()
     for q in range(2):
@@ -188,8 +209,19 @@ def test_completeness_numbers_are_consistent(model, bank, candidates, tmp_path):
 
 
 def test_subsample_keeps_members_and_caps_the_decoder_work(model, bank, candidates):
-    res = completeness(model, bank, TASK, HEAD, candidates[:1], "A1", candidates, epsilon=0.5,
-                       max_candidates=100, n_samples=0, progress=False)
+    res = completeness(
+        model,
+        bank,
+        TASK,
+        HEAD,
+        candidates[:1],
+        "A1",
+        candidates,
+        epsilon=0.5,
+        max_candidates=100,
+        n_samples=0,
+        progress=False,
+    )
     s, sc = res.summary.iloc[0], res.scores
     assert s["n_scored"] == len(sc) <= 100
     n_mem = int(s["n_members"])
@@ -201,9 +233,21 @@ def test_a_noise_flagged_bank_scores_with_the_blurred_condition(model, candidate
     torch.manual_seed(1)
     sites = [RESID, HEAD]
     widths = {s: site_width(model, s) for s in sites}
-    flagged = DecoderBank.create(sites, widths, vocab_size=15, n_ctx=14, bos_id=TASK.bos_id, eos_id=TASK.eos_id,
-                                 pad_id=TASK.pad_id, noise_flag=True, d_model=16, n_layers=1, n_heads=2, d_mlp=32,
-                                 n_cond_blocks=1).eval()
+    flagged = DecoderBank.create(
+        sites,
+        widths,
+        vocab_size=15,
+        n_ctx=14,
+        bos_id=TASK.bos_id,
+        eos_id=TASK.eos_id,
+        pad_id=TASK.pad_id,
+        noise_flag=True,
+        d_model=16,
+        n_layers=1,
+        n_heads=2,
+        d_mlp=32,
+        n_cond_blocks=1,
+    ).eval()
     head = validate_sites([HEAD], model)[0]
     z = harvest(model, candidates[:1], [HEAD])[head][0, 5]
     dec, idx = flagged.lookup(HEAD)
@@ -222,20 +266,63 @@ def test_a_noise_flagged_bank_scores_with_the_blurred_condition(model, candidate
     default = decoder_logprobs(flagged, HEAD, z, x)  # a flagged bank: blurred by default
     assert torch.equal(default, logp[True])
     assert torch.equal(decoder_logprobs(flagged, HEAD, z, x, blurred=False), logp[False])
-    res = completeness(model, flagged, TASK, HEAD, candidates[:1], "A1", candidates[:300], epsilon=0.5,
-                       max_candidates=None, n_samples=4, progress=False)
+    res = completeness(
+        model,
+        flagged,
+        TASK,
+        HEAD,
+        candidates[:1],
+        "A1",
+        candidates[:300],
+        epsilon=0.5,
+        max_candidates=None,
+        n_samples=4,
+        progress=False,
+    )
     assert bool(res.summary["blurred"].iloc[0])
     # a bank trained without the flag has only the exact condition
-    plain = DecoderBank.create(sites, widths, vocab_size=15, n_ctx=14, bos_id=TASK.bos_id, eos_id=TASK.eos_id,
-                               pad_id=TASK.pad_id, d_model=16, n_layers=1, n_heads=2, d_mlp=32, n_cond_blocks=1)
+    plain = DecoderBank.create(
+        sites,
+        widths,
+        vocab_size=15,
+        n_ctx=14,
+        bos_id=TASK.bos_id,
+        eos_id=TASK.eos_id,
+        pad_id=TASK.pad_id,
+        d_model=16,
+        n_layers=1,
+        n_heads=2,
+        d_mlp=32,
+        n_cond_blocks=1,
+    )
     with pytest.raises(TypeError, match="blurred must be True or False, got 'no'"):
         completeness(model, flagged, TASK, HEAD, candidates[:1], "A1", candidates[:300], blurred="no", progress=False)
-    with pytest.raises(ValueError, match=r"needs a bank trained with train_noise_flag; this bank has only the exact condition"):
+    with pytest.raises(
+        ValueError, match=r"needs a bank trained with train_noise_flag; this bank has only the exact condition"
+    ):
         completeness(model, plain, TASK, HEAD, candidates[:1], "A1", candidates[:300], blurred=True, progress=False)
-    with pytest.raises(ValueError, match=r"bank 0 \(blocks.0.hook_resid_post, blocks.0.attn.hook_result\[1\]\) trained with a noise flag \(train_noise_flag\), bank 1 \(blocks.1.hook_resid_post\) without"):
-        DecoderBank.merge([flagged, DecoderBank.create(["blocks.1.hook_resid_post"], {"blocks.1.hook_resid_post": 32},
-                                                       vocab_size=15, n_ctx=14, bos_id=TASK.bos_id, eos_id=TASK.eos_id,
-                                                       pad_id=TASK.pad_id, d_model=16, n_layers=1, n_heads=2)])
+    with pytest.raises(
+        ValueError,
+        match=r"bank 0 \(blocks.0.hook_resid_post, blocks.0.attn.hook_result\[1\]\) trained with a noise flag "
+        r"\(train_noise_flag\), bank 1 \(blocks.1.hook_resid_post\) without",
+    ):
+        DecoderBank.merge(
+            [
+                flagged,
+                DecoderBank.create(
+                    ["blocks.1.hook_resid_post"],
+                    {"blocks.1.hook_resid_post": 32},
+                    vocab_size=15,
+                    n_ctx=14,
+                    bos_id=TASK.bos_id,
+                    eos_id=TASK.eos_id,
+                    pad_id=TASK.pad_id,
+                    d_model=16,
+                    n_layers=1,
+                    n_heads=2,
+                ),
+            ]
+        )
 
 
 def test_auroc_ideal_is_the_auroc_of_the_training_kernels_posterior(zero_bias_model, candidates, monkeypatch):
@@ -245,9 +332,21 @@ def test_auroc_ideal_is_the_auroc_of_the_training_kernels_posterior(zero_bias_mo
     model = zero_bias_model
     torch.manual_seed(2)
     widths = {RESID: site_width(model, RESID)}
-    flagged = DecoderBank.create([RESID], widths, vocab_size=15, n_ctx=14, bos_id=TASK.bos_id, eos_id=TASK.eos_id,
-                                 pad_id=TASK.pad_id, noise_flag=True, d_model=16, n_layers=1, n_heads=2, d_mlp=32,
-                                 n_cond_blocks=1).eval()
+    flagged = DecoderBank.create(
+        [RESID],
+        widths,
+        vocab_size=15,
+        n_ctx=14,
+        bos_id=TASK.bos_id,
+        eos_id=TASK.eos_id,
+        pad_id=TASK.pad_id,
+        noise_flag=True,
+        d_model=16,
+        n_layers=1,
+        n_heads=2,
+        d_mlp=32,
+        n_cond_blocks=1,
+    ).eval()
     cand = candidates[:300]
     queries = candidates[:2]
     with torch.inference_mode():
@@ -258,8 +357,20 @@ def test_auroc_ideal_is_the_auroc_of_the_training_kernels_posterior(zero_bias_mo
     eps = 0.5
 
     def run(**kw):
-        return completeness(model, flagged, TASK, RESID, queries, "A1", cand, epsilon=eps, max_candidates=None,
-                            n_samples=0, progress=False, **kw).summary
+        return completeness(
+            model,
+            flagged,
+            TASK,
+            RESID,
+            queries,
+            "A1",
+            cand,
+            epsilon=eps,
+            max_candidates=None,
+            n_samples=0,
+            progress=False,
+            **kw,
+        ).summary
 
     # a bank that does not record its training noise: unknown
     assert run()["auroc_ideal"].isna().all()
@@ -276,7 +387,7 @@ def test_auroc_ideal_is_the_auroc_of_the_training_kernels_posterior(zero_bias_mo
         fn = acts.norm(dim=-1)
         dist = (acts - z[q]).norm(dim=-1)
         inside = (dist <= 0.8 * fn) & ~special
-        weight = (inside * fn ** -d).sum(-1)  # [300]; the 1 / n(x) factor is the same for every input here
+        weight = (inside * fn**-d).sum(-1)  # [300]; the 1 / n(x) factor is the same for every input here
         member = ((dist / z[q].norm()).masked_fill(special, float("inf")).min(-1).values <= eps).numpy()
         assert 0 < member.sum() < 300
         assert got[q] == pytest.approx(_pairwise_auroc(weight.numpy(), member))
@@ -284,23 +395,45 @@ def test_auroc_ideal_is_the_auroc_of_the_training_kernels_posterior(zero_bias_mo
     exact = run(blurred=False)["auroc_ideal"].tolist()
     for q in range(2):
         same = (((acts - z[q]).norm(dim=-1) <= 1e-6 * z[q].norm()) & ~special).sum(-1).numpy()
-        member = (((acts - z[q]).norm(dim=-1) / z[q].norm()).masked_fill(special, float("inf")).min(-1).values <= eps).numpy()
+        member = (
+            ((acts - z[q]).norm(dim=-1) / z[q].norm()).masked_fill(special, float("inf")).min(-1).values <= eps
+        ).numpy()
         assert exact[q] == pytest.approx(_pairwise_auroc(same, member))
 
     # a bank trained with noise but no flag: every training row was blurred, so its (only,
     # exact-flag) condition is the blurred posterior; the preimage kernel at epsilon gives 1
-    plain = DecoderBank.create([RESID], widths, vocab_size=15, n_ctx=14, bos_id=TASK.bos_id, eos_id=TASK.eos_id,
-                               pad_id=TASK.pad_id, d_model=16, n_layers=1, n_heads=2, d_mlp=32, n_cond_blocks=1).eval()
+    plain = DecoderBank.create(
+        [RESID],
+        widths,
+        vocab_size=15,
+        n_ctx=14,
+        bos_id=TASK.bos_id,
+        eos_id=TASK.eos_id,
+        pad_id=TASK.pad_id,
+        d_model=16,
+        n_layers=1,
+        n_heads=2,
+        d_mlp=32,
+        n_cond_blocks=1,
+    ).eval()
     plain.meta["train_config"] = {"train_noise": eps, "train_noise_shape": "preimage"}
     kw = dict(epsilon=eps, max_candidates=None, n_samples=0, progress=False)
-    assert completeness(model, plain, TASK, RESID, queries, "A1", cand, **kw).summary["auroc_ideal"].tolist() == [1.0, 1.0]
+    assert completeness(model, plain, TASK, RESID, queries, "A1", cand, **kw).summary["auroc_ideal"].tolist() == [
+        1.0,
+        1.0,
+    ]
     # trained on "=" only (a position policy): the ideal counts the match at "=" alone
     eq = TASK.resolve_position(cand, "=")
-    monkeypatch.setattr(TASK, "train_position_mask",
-                        lambda x: torch.nn.functional.one_hot(TASK.resolve_position(x, "="), x.shape[1]).bool())
+    monkeypatch.setattr(
+        TASK,
+        "train_position_mask",
+        lambda x: torch.nn.functional.one_hot(TASK.resolve_position(x, "="), x.shape[1]).bool(),
+    )
     got = completeness(model, plain, TASK, RESID, queries, "A1", cand, **kw).summary["auroc_ideal"].tolist()
     for q in range(2):
         at_eq = ((acts[torch.arange(300), eq] - z[q]).norm(dim=-1) <= eps * z[q].norm()).numpy().astype(float)
-        member = (((acts - z[q]).norm(dim=-1) / z[q].norm()).masked_fill(special, float("inf")).min(-1).values <= eps).numpy()
+        member = (
+            ((acts - z[q]).norm(dim=-1) / z[q].norm()).masked_fill(special, float("inf")).min(-1).values <= eps
+        ).numpy()
         assert got[q] == pytest.approx(_pairwise_auroc(at_eq, member))
     assert min(got) < 1.0  # members matching elsewhere than "=" are out of reach of such a decoder

@@ -16,14 +16,14 @@ import math
 
 import pytest
 import torch
-
 from helpers import HAS_BRIDGE, HAS_HOOKED
 from model_files import write_gpt2
-from tl_inversion.model.activations import site_width
-from tl_inversion.model import fingerprints
+
 from tl_inversion.decoding.bank import DecoderBank
 from tl_inversion.decoding.decoder import Decoder
 from tl_inversion.evaluation import RANDOM, EvalPlan, default_plan, evaluate
+from tl_inversion.model import fingerprints
+from tl_inversion.model.activations import site_width
 from tl_inversion.tasks import addition
 
 TASK = addition.make_task()
@@ -182,7 +182,8 @@ def test_report_files_and_markdown(model, table, tmp_path):
     text = path.read_text()
     for heading in ("## Headline", "Faithfulness rate per site and position", "Feature consistency", "Completeness"):
         assert heading in text
-    for name in ("faithfulness.csv", "consistency.csv", "completeness.csv", "faithfulness.png", "completeness_auroc.png"):
+    files = ("faithfulness.csv", "consistency.csv", "completeness.csv", "faithfulness.png", "completeness_auroc.png")
+    for name in files:
         assert (tmp_path / "report" / name).stat().st_size > 0
     # a legend of the columns shown; auroc_ideal is left out (the bank records no training noise: NaN)
     assert "## What the columns mean" in text and "- `valid`: fraction of samples the task's grammar accepts" in text
@@ -192,8 +193,18 @@ def test_report_files_and_markdown(model, table, tmp_path):
     # (the scatters of an earlier evaluation with finite AUROCs too: stand-ins here, the oracle gives NaN)
     for stale in ("completeness_worst.png", "completeness_best.png"):
         (tmp_path / "report" / stale).write_bytes(b"old")
-    bare = evaluate(model, bank, TASK, table, EvalPlan(positions=["="]), n_faithfulness=8, n_queries=2,
-                    n_bos_samples=4, n_random=20, progress=False)
+    bare = evaluate(
+        model,
+        bank,
+        TASK,
+        table,
+        EvalPlan(positions=["="]),
+        n_faithfulness=8,
+        n_queries=2,
+        n_bos_samples=4,
+        n_random=20,
+        progress=False,
+    )
     bare.write(tmp_path / "report")
     left = sorted(p.name for p in (tmp_path / "report").iterdir())
     assert left == ["faithfulness.csv", "faithfulness.png", "report.md"]
@@ -213,7 +224,9 @@ def test_bad_inputs_are_named(model, table):
         evaluate(model, bank, TASK, table, EvalPlan(positions=["nowhere"]), progress=False)
     with pytest.raises(ValueError, match="no default evaluation plan for task 'sentiment' \\(built-in plans"):
         default_plan("sentiment")
-    assert default_plan(TASK).completeness_positions == default_plan("addition").completeness_positions  # a task works too
+    assert (
+        default_plan(TASK).completeness_positions == default_plan("addition").completeness_positions
+    )  # a task works too
 
 
 def test_plan_and_data_errors_come_first(model, table):
@@ -221,11 +234,19 @@ def test_plan_and_data_errors_come_first(model, table):
     with pytest.raises(ValueError, match="no positions"):
         evaluate(model, bank, TASK, table, EvalPlan(positions=[]), progress=False)
     with pytest.raises(ValueError, match="both queries and positions"):
-        evaluate(model, bank, TASK, table, EvalPlan(positions=["="], completeness_queries=["615+861=1476"],
-                                                     candidates=lambda: table), progress=False)
+        evaluate(
+            model,
+            bank,
+            TASK,
+            table,
+            EvalPlan(positions=["="], completeness_queries=["615+861=1476"], candidates=lambda: table),
+            progress=False,
+        )
     with pytest.raises(ValueError, match=r"eval_data must be \[n >= 1, 14\]"):
         evaluate(model, bank, TASK, table[:, :8], EvalPlan(positions=["="]), progress=False)
-    with pytest.raises(ValueError, match=r"needs a bank trained with train_noise_flag; this bank has only the exact condition"):
+    with pytest.raises(
+        ValueError, match=r"needs a bank trained with train_noise_flag; this bank has only the exact condition"
+    ):
         evaluate(model, bank, TASK, table, EvalPlan(positions=["="]), blurred=True, progress=False)
 
 
@@ -267,13 +288,15 @@ def test_auroc_by_preimage_share_groups_rows_by_hand():
     from tl_inversion.evaluation.report import EvaluationReport
 
     # shares 0.00005, 0.005, 0.05, 0.06, 0.1, 0.5; one ineligible row and one without an AUROC
-    comp = pd.DataFrame({
-        "site": ["s"] * 8,
-        "n_candidates": [20000, 1000, 1000, 1000, 1000, 1000, 1000, 1000],
-        "n_members": [1, 5, 50, 60, 100, 500, 3, 40],
-        "auroc": [0.99, 0.97, 0.90, 0.70, 0.60, 0.50, 0.10, float("nan")],
-        "eligible": [True, True, True, True, True, True, False, True],
-    })
+    comp = pd.DataFrame(
+        {
+            "site": ["s"] * 8,
+            "n_candidates": [20000, 1000, 1000, 1000, 1000, 1000, 1000, 1000],
+            "n_members": [1, 5, 50, 60, 100, 500, 3, 40],
+            "auroc": [0.99, 0.97, 0.90, 0.70, 0.60, 0.50, 0.10, float("nan")],
+            "eligible": [True, True, True, True, True, True, False, True],
+        }
+    )
     rep = EvaluationReport(pd.DataFrame(), pd.DataFrame(), comp, pd.DataFrame())
     got = rep.completeness_by_preimage_size()
     assert list(got.index) == ["[0, 0.0001)", "[0.001, 0.01)", "[0.01, 0.1)", "[0.1, 1]"]
@@ -291,9 +314,16 @@ def test_auroc_by_preimage_share_groups_rows_by_hand():
     assert s["auroc_ideal_frac_ge_0.95"] == pytest.approx(3 / 6)
     from tl_inversion.evaluation import CompletenessNotMeasuredWarning
 
-    empty = EvaluationReport(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(),
-                             info={"completeness_note": "the plan has no completeness queries"})
-    with pytest.warns(CompletenessNotMeasuredWarning, match="no completeness was measured: the plan has no completeness"):
+    empty = EvaluationReport(
+        pd.DataFrame(),
+        pd.DataFrame(),
+        pd.DataFrame(),
+        pd.DataFrame(),
+        info={"completeness_note": "the plan has no completeness queries"},
+    )
+    with pytest.warns(
+        CompletenessNotMeasuredWarning, match="no completeness was measured: the plan has no completeness"
+    ):
         assert empty.completeness_by_preimage_size().empty
     with pytest.warns(CompletenessNotMeasuredWarning):
         assert empty.completeness_summary().empty
@@ -305,17 +335,36 @@ def test_the_report_says_how_the_decoders_were_blurred():
     exact = "exact activations (train_noise 0, as the paper)"
     assert _training_noise([{"sites": ["a"], "train_config": {"train_noise": 0.0}}]) == exact
     assert _training_noise([{"sites": ["a"], "train_config": None}]) == exact  # a bank from before the key existed
-    assert _training_noise([{"sites": ["a"], "train_config": {"train_noise": 0.1, "train_noise_shape": "ball",
-                                                              "train_noise_flag": True}}]) \
+    assert (
+        _training_noise(
+            [
+                {
+                    "sites": ["a"],
+                    "train_config": {"train_noise": 0.1, "train_noise_shape": "ball", "train_noise_flag": True},
+                }
+            ]
+        )
         == "activations blurred by train_noise 0.1 (ball) with the noise flag"
-    merged = [{"sites": ["a", "b"], "train_config": {"train_noise": 0.0}},
-              {"sites": ["c"], "train_config": {"train_noise": 0.2}},
-              {"sites": ["d"], "train_config": {}}]
-    assert _training_noise(merged) == f"{exact} (3 sites: a, b, d) and activations blurred by train_noise 0.2 (gaussian) (1 site: c)"
+    )
+    merged = [
+        {"sites": ["a", "b"], "train_config": {"train_noise": 0.0}},
+        {"sites": ["c"], "train_config": {"train_noise": 0.2}},
+        {"sites": ["d"], "train_config": {}},
+    ]
+    assert (
+        _training_noise(merged)
+        == f"{exact} (3 sites: a, b, d) and activations blurred by train_noise 0.2 (gaussian) (1 site: c)"
+    )
     # the evaluated sites only
-    assert _training_noise(merged, ["a", "c"]) == f"{exact} (1 site: a) and activations blurred by train_noise 0.2 (gaussian) (1 site: c)"
+    assert (
+        _training_noise(merged, ["a", "c"])
+        == f"{exact} (1 site: a) and activations blurred by train_noise 0.2 (gaussian) (1 site: c)"
+    )
     assert _training_noise(merged, ["b", "d"]) == exact
-    same = [{"sites": ["a"], "train_config": {"train_noise": 0.1}}, {"sites": ["b"], "train_config": {"train_noise": 0.1}}]
+    same = [
+        {"sites": ["a"], "train_config": {"train_noise": 0.1}},
+        {"sites": ["b"], "train_config": {"train_noise": 0.1}},
+    ]
     assert _training_noise(same) == "activations blurred by train_noise 0.1 (gaussian)"
 
 
@@ -353,7 +402,9 @@ def test_progress_bar_ends_full(model, table, monkeypatch):
     """Every stage counted in the total is updated (issue 20.4: the bar stopped one short)."""
     import importlib
 
-    evaluate_module = importlib.import_module("tl_inversion.evaluation.evaluate")  # the package exports the function of that name
+    evaluate_module = importlib.import_module(
+        "tl_inversion.evaluation.evaluate"
+    )  # the package exports the function of that name
 
     bars = []
 
@@ -370,10 +421,28 @@ def test_progress_bar_ends_full(model, table, monkeypatch):
 
     monkeypatch.setattr(evaluate_module, "tqdm", Bar)
     bank = _bank(model, lambda cfg, s: ConstantOracle(cfg, table[0]))
-    plan = EvalPlan(positions=["=", "A1"], completeness_queries=["615+861=1476"], completeness_positions=["="],
-                    candidates=lambda: table[:40], min_members=1)
-    evaluate(model, bank, TASK, table, plan, n_faithfulness=4, n_queries=2, schedule=[(1.0, 0.0)], n_bos_samples=2,
-             n_random=10, max_candidates=None, n_samples=2, progress=True)
+    plan = EvalPlan(
+        positions=["=", "A1"],
+        completeness_queries=["615+861=1476"],
+        completeness_positions=["="],
+        candidates=lambda: table[:40],
+        min_members=1,
+    )
+    evaluate(
+        model,
+        bank,
+        TASK,
+        table,
+        plan,
+        n_faithfulness=4,
+        n_queries=2,
+        schedule=[(1.0, 0.0)],
+        n_bos_samples=2,
+        n_random=10,
+        max_candidates=None,
+        n_samples=2,
+        progress=True,
+    )
     # 1 (random position) + 2 positions x (1 faithfulness + 2 site pools) + 2 sites of completeness
     (bar,) = bars
     assert bar.total == 1 + 2 * (1 + 2) + 2 and bar.n == bar.total and bar.closed

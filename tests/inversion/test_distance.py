@@ -10,7 +10,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tl_inversion.inversion.distance import EPSILON_COSINE, EPSILON_L2, FAITHFULNESS_EPSILON, METRICS, best_position, default_epsilon, distance
+from tl_inversion.inversion.distance import (
+    EPSILON_COSINE,
+    EPSILON_L2,
+    FAITHFULNESS_EPSILON,
+    METRICS,
+    best_position,
+    default_epsilon,
+    distance,
+)
 
 T = torch.tensor
 

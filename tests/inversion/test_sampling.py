@@ -18,13 +18,12 @@ import pytest
 import torch
 from helpers import HAS_BRIDGE, HAS_HOOKED, TINY_CFG, build_hf_gpt2
 
-from tl_inversion.model.activations import harvest, site_width
-
-from tl_inversion.model import fingerprints
 from tl_inversion.decoding.bank import DecoderBank, ModelMismatchError
 from tl_inversion.inversion.queries import UntrainedPositionWarning
 from tl_inversion.inversion.result import COLUMNS, PreimageResult
 from tl_inversion.inversion.sampling import PAPER_SCHEDULE, sample_many, sample_preimage
+from tl_inversion.model import fingerprints
+from tl_inversion.model.activations import harvest, site_width
 from tl_inversion.model.sites import Site, SiteError
 from tl_inversion.tasks.base import PositionError
 from tl_inversion.tasks.counting import make_task
@@ -405,3 +404,52 @@ def test_repr_is_one_short_line():
     assert len(r.df) == 600 and int(r.df["in_preimage"].sum()) == 420
     shown = r.display_sample(k=10)
     assert "display sample of 10 candidates: 7 in preimage, 3 out" in repr(shown)
+
+
+# early stop, negative positions, padding (issues 16.1, 19.1, 19.2) ----------------------------
+def test_min_in_preimage_stops_after_the_first_repeat_that_reaches_it(one):
+    model, bank = one
+    kw = dict(schedule=((1.0, 0.0), (2.0, 0.1)), n_repeats=3, batch_size=8)
+    # epsilon huge: every sample is in the preimage, the first repeat (2 settings x 8) suffices
+    easy = sample_preimage(bank, model, TASK, QUERY, SITE, ":", epsilon=1e6, min_in_preimage=1, **kw)
+    assert len(easy.df) == 16 and easy.settings["repeats_drawn"] == 1
+    assert sorted(easy.df["sample"]) == list(range(16))
+    # epsilon tiny: nothing is in the preimage, all 3 repeats are drawn
+    hard = sample_preimage(bank, model, TASK, QUERY, SITE, ":", epsilon=1e-12, min_in_preimage=1, **kw)
+    assert len(hard.df) == 48 and hard.settings["repeats_drawn"] == 3
+    assert sorted(hard.df["sample"]) == list(range(48))
+    # the verification is the same as without early stop: distances from the probed model
+    for tokens, dist in zip(hard.df["tokens"][:5], hard.df["distance"][:5], strict=True):
+        acts = _acts_by_run_with_cache(model, tokens, SITE)
+        real = [i for i, t in enumerate(tokens) if t not in TASK.special_ids]
+        z_q = hard.z_q.numpy()
+        best = min(np.linalg.norm(acts[i] - z_q) / np.linalg.norm(z_q) for i in real) if real else math.inf
+        assert dist == pytest.approx(best, rel=1e-4, abs=1e-5)
+    with pytest.raises(ValueError, match="min_in_preimage"):
+        sample_preimage(bank, model, TASK, QUERY, SITE, ":", min_in_preimage=0, **kw)
+
+
+def test_negative_positions_count_from_each_rows_last_real_token(one):
+    from tl_inversion.inversion.queries import resolve_query_positions
+
+    # "abcab|b:2": B a b c a b | b : 2 E -> EOS at index 10; "aab|a:2": EOS at index 8
+    tokens = TASK.encode([QUERY, "aab|a:2"])
+    assert resolve_query_positions(TASK, tokens, -1).tolist() == [10, 8]
+    assert resolve_query_positions(TASK, tokens, -3).tolist() == [8, 6]  # the ':' of each row
+    assert resolve_query_positions(TASK, tokens, [-2, "-4"]).tolist() == [9, 5]
+    assert resolve_query_positions(TASK, tokens, -9).tolist() == [2, 0]
+    with pytest.raises(PositionError, match="fewer than 10 real tokens"):
+        resolve_query_positions(TASK, tokens, -10)  # the second row has only 9 tokens
+    model, bank = one
+    res = sample_preimage(bank, model, TASK, QUERY, SITE, -3, **SMALL)
+    assert res.position == 8 == sample_preimage(bank, model, TASK, QUERY, SITE, ":", **SMALL).position
+    with pytest.warns(UntrainedPositionWarning, match="special token"):
+        sample_preimage(bank, model, TASK, QUERY, SITE, -1, **SMALL)  # EOS: warned as before
+
+
+def test_left_padded_queries_are_refused(one):
+    model, bank = one
+    row = TASK.encode(QUERY)[0]
+    left = torch.cat([torch.tensor([TASK.pad_id]), row[:-1]])
+    with pytest.raises(ValueError, match="left-padded"):
+        sample_preimage(bank, model, TASK, left, SITE, 3, **SMALL)

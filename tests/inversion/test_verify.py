@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from tl_inversion.model.activations import harvest, site_width
 from tl_inversion.decoding.bank import DecoderBank
+from tl_inversion.inversion.verify import FaithfulnessResult, measure_faithfulness, membership
+from tl_inversion.model.activations import harvest, site_width
 from tl_inversion.model.sites import SiteError, parse_site
 from tl_inversion.tasks.base import CharTask, PositionError
-from tl_inversion.inversion.verify import FaithfulnessResult, measure_faithfulness, membership
 
 SPECIAL = 10  # the tiny vocabulary's BOS = EOS = PAD
 SITES = ["blocks.1.hook_resid_post", "blocks.0.attn.hook_result[1]", "blocks.0.hook_resid_mid"]

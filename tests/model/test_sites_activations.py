@@ -42,7 +42,9 @@ def test_head_out_of_range_says_valid_range(tiny_model):
 
 
 def test_harvest_equals_full_run_with_cache(tiny_model):
-    tokens = torch.randint(0, tiny_model.cfg.d_vocab, (3, tiny_model.cfg.n_ctx), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(
+        0, tiny_model.cfg.d_vocab, (3, tiny_model.cfg.n_ctx), generator=torch.Generator().manual_seed(0)
+    )
     sites = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_z[1]", "blocks.0.attn.hook_q[0]", "blocks.0.hook_mlp_out"]
     got = harvest(tiny_model, tokens, sites)
     _, cache = tiny_model.run_with_cache(tokens)  # full forward, every hook
@@ -65,9 +67,11 @@ def test_activations_at_reads_each_row_at_its_position(tiny_model):
     with pytest.raises(ValueError, match=r"0 \.\. 7"):
         activations_at(tiny_model, tokens, torch.tensor([0, 8, 1, 1]), ["blocks.0.hook_resid_post"])
     site = ["blocks.0.hook_resid_post"]
-    for bad, message in ((torch.tensor([0.5, 1.0, 2.0, 3.0]), "integer indices, got torch.float32"),
-                         (torch.tensor([True, False, True, True]), "integer indices, got torch.bool"),
-                         (torch.tensor([[0, 1], [2, 3]]), r"shape \[4\], got \[2, 2\]")):
+    for bad, message in (
+        (torch.tensor([0.5, 1.0, 2.0, 3.0]), "integer indices, got torch.float32"),
+        (torch.tensor([True, False, True, True]), "integer indices, got torch.bool"),
+        (torch.tensor([[0, 1], [2, 3]]), r"shape \[4\], got \[2, 2\]"),
+    ):
         with pytest.raises(ValueError, match=message):
             activations_at(tiny_model, tokens, bad, site)
     with pytest.raises(ValueError, match="no sites given"):
@@ -142,7 +146,9 @@ def test_positions_by_name_and_index_and_errors():
 
 
 def test_validate_sites_deduplicates(tiny_model):
-    sites = validate_sites(["blocks.0.attn.hook_z[-1]", f"blocks.0.attn.hook_z[{tiny_model.cfg.n_heads - 1}]"], tiny_model)
+    sites = validate_sites(
+        ["blocks.0.attn.hook_z[-1]", f"blocks.0.attn.hook_z[{tiny_model.cfg.n_heads - 1}]"], tiny_model
+    )
     assert len(sites) == 1
 
 
@@ -151,7 +157,9 @@ def test_harvest_names_bad_tokens(tiny_model):
     site = ["blocks.0.hook_resid_post"]
     with pytest.raises(ValueError, match=f"{n_ctx + 1} positions but the model's context is n_ctx={n_ctx}"):
         harvest(tiny_model, torch.ones(2, n_ctx + 1, dtype=torch.long), site)
-    with pytest.raises(ValueError, match=f"tokens hold token ids 1..{d_vocab}, outside the model's vocabulary 0..{d_vocab - 1}"):
+    with pytest.raises(
+        ValueError, match=f"tokens hold token ids 1..{d_vocab}, outside the model's vocabulary 0..{d_vocab - 1}"
+    ):
         harvest(tiny_model, torch.tensor([[1, d_vocab]]), site)
     with pytest.raises(ValueError, match="integer tensor"):
         harvest(tiny_model, torch.ones(2, 3), site)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from helpers import amplify, random_patching_data
-from patching_common import N, POS
+from patching_common import POS, N
 
 
 @pytest.fixture

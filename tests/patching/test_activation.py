@@ -7,24 +7,29 @@ written out by hand in the tests, never from the code under test.
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 import pytest
 import torch
+from patching_common import POS, N, kw, ld_at_last
 
-from helpers import amplify, random_patching_data
-from patching_common import N, POS, kw, ld_at_last
 from tl_inversion.errors import InputTypeError, InputValueError
-from tl_inversion.patching.notation import Circuit, NotationError
-from tl_inversion.patching import (
-    AnswerCheckWarning, AnswerLogProb, CircuitFaithfulness, Contrast, DisconnectedCircuitWarning, FromCache,
-    MeanAblation, Resample, ZeroAblation, bootstrap_ci, circuit_faithfulness, cumulative_patching, feature_pairs,
-    patch_nodes, plot_cumulative, run_patching, verify_feature,
-)
 from tl_inversion.model.sites import SiteError
+from tl_inversion.patching import (
+    AnswerLogProb,
+    Contrast,
+    FromCache,
+    MeanAblation,
+    Resample,
+    bootstrap_ci,
+    circuit_faithfulness,
+    cumulative_patching,
+    patch_nodes,
+    plot_cumulative,
+    run_patching,
+)
+from tl_inversion.patching.notation import NotationError
 from tl_inversion.tasks.base import PositionError
-
 
 # Agreement with transformer_lens.patching ------------------------------------------------
 
@@ -40,19 +45,30 @@ def test_single_head_patches_match_transformer_lens(model, data):
     with torch.no_grad():
         _, cache = model.run_with_cache(clean)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    index = pd.DataFrame([(l, p, h) for l in range(L) for p in CHECK_POS for h in range(H)], columns=["layer", "pos", "head"])
+    index = pd.DataFrame(
+        [(layer, p, h) for layer in range(L) for p in CHECK_POS for h in range(H)], columns=["layer", "pos", "head"]
+    )
     # TL: run the corrupted input, patch in the clean activation, scalar metric
     tl = tlp.generic_activation_patch(
-        model, contrast, cache, lambda lg: ld_at_last(lg, a, b).mean(),
-        patch_setter=tlp.layer_pos_head_vector_patch_setter, activation_name="z", index_df=index,
+        model,
+        contrast,
+        cache,
+        lambda lg: ld_at_last(lg, a, b).mean(),
+        patch_setter=tlp.layer_pos_head_vector_patch_setter,
+        activation_name="z",
+        index_df=index,
     )
-    groups = {f"{l},{p},{h}": f"{l}.{h}@{p}" for l, p, h in index.itertuples(index=False)}
-    res = run_patching(model, groups, contrast, Contrast(clean), answers=a, contrast_answers=b, answer_position=-1, progress=False)
+    groups = {f"{layer},{p},{h}": f"{layer}.{h}@{p}" for layer, p, h in index.itertuples(index=False)}
+    res = run_patching(
+        model, groups, contrast, Contrast(clean), answers=a, contrast_answers=b, answer_position=-1, progress=False
+    )
     ours = torch.tensor([res.patched[k].mean() for k in groups])
     assert tl.abs().max() > 0.05  # the comparison is not between zeros
     torch.testing.assert_close(ours, tl.double(), atol=2e-5, rtol=1e-5)
     # the same from the user's ActivationCache
-    res_cache = run_patching(model, groups, contrast, cache, answers=a, contrast_answers=b, answer_position=-1, progress=False)
+    res_cache = run_patching(
+        model, groups, contrast, cache, answers=a, contrast_answers=b, answer_position=-1, progress=False
+    )
     for k in groups:
         np.testing.assert_array_equal(res_cache.patched[k], res.patched[k])
 
@@ -64,13 +80,21 @@ def test_residual_patches_match_transformer_lens(model, data):
     clean, contrast, a, b = data
     with torch.no_grad():
         _, cache = model.run_with_cache(clean)
-    index = pd.DataFrame([(l, p) for l in range(model.cfg.n_layers) for p in CHECK_POS], columns=["layer", "pos"])
+    rows = [(layer, p) for layer in range(model.cfg.n_layers) for p in CHECK_POS]
+    index = pd.DataFrame(rows, columns=["layer", "pos"])
     tl = tlp.generic_activation_patch(
-        model, contrast, cache, lambda lg: ld_at_last(lg, a, b).mean(),
-        patch_setter=tlp.layer_pos_patch_setter, activation_name="resid_pre", index_df=index,
+        model,
+        contrast,
+        cache,
+        lambda lg: ld_at_last(lg, a, b).mean(),
+        patch_setter=tlp.layer_pos_patch_setter,
+        activation_name="resid_pre",
+        index_df=index,
     )
-    groups = {f"{l},{p}": f"resid_pre.{l}@{p}" for l, p in index.itertuples(index=False)}
-    res = run_patching(model, groups, contrast, Contrast(clean), answers=a, contrast_answers=b, answer_position=-1, progress=False)
+    groups = {f"{layer},{p}": f"resid_pre.{layer}@{p}" for layer, p in index.itertuples(index=False)}
+    res = run_patching(
+        model, groups, contrast, Contrast(clean), answers=a, contrast_answers=b, answer_position=-1, progress=False
+    )
     ours = torch.tensor([res.patched[k].mean() for k in groups])
     torch.testing.assert_close(ours, tl.double(), atol=2e-5, rtol=1e-5)
 
@@ -78,8 +102,18 @@ def test_residual_patches_match_transformer_lens(model, data):
 def test_identical_inputs_give_exactly_zero_effect(model, data):
     clean, _, a, b = data
     groups = ["a1.0@3", "a0", "e_tok", "e_pos@0,5", "m0@2", "resid_post.0@5", "a0.1@-1 + m1@4"]
-    df = patch_nodes(model, groups, clean, "contrast", contrast_tokens=clean.clone(), answers=a, contrast_answers=b,
-                     answer_position=-1, progress=False, n_boot=100)
+    df = patch_nodes(
+        model,
+        groups,
+        clean,
+        "contrast",
+        contrast_tokens=clean.clone(),
+        answers=a,
+        contrast_answers=b,
+        answer_position=-1,
+        progress=False,
+        n_boot=100,
+    )
     assert (df["effect"] == 0.0).all() and (df["ci_low"] == 0.0).all() and (df["ci_high"] == 0.0).all()
     assert (df["LD_patched"] == df["LD_clean"]).all()
 
@@ -139,14 +173,25 @@ def test_hooks_removed_and_user_hooks_kept(model, data):
     with pytest.raises(RuntimeError):
         run_patching(model, "a0.0@3", clean, bad, answers=a, contrast_answers=b, answer_position=-1, progress=False)
     assert _hook_counts(model) == before
-    names = ["hook_embed", "hook_pos_embed"] + [f"blocks.{l}.{h}" for l in range(2) for h in ("attn.hook_z", "hook_mlp_out")]
+    names = ["hook_embed", "hook_pos_embed"] + [
+        f"blocks.{layer}.{h}" for layer in range(2) for h in ("attn.hook_z", "hook_mlp_out")
+    ]
     with torch.no_grad():
         _, cache = model.run_with_cache(contrast, names_filter=names)
     bad_all = {name: cache[name] for name in names}
     bad_all.update(bad)
     with pytest.raises(RuntimeError):
-        circuit_faithfulness(model, ["a0.0"], clean, FromCache(bad_all), answers=a, contrast_answers=b,
-                             answer_position=-1, progress=False, n_boot=0)
+        circuit_faithfulness(
+            model,
+            ["a0.0"],
+            clean,
+            FromCache(bad_all),
+            answers=a,
+            contrast_answers=b,
+            answer_position=-1,
+            progress=False,
+            n_boot=0,
+        )
     assert _hook_counts(model) == before
     n = len(calls)
     with torch.no_grad():
@@ -234,8 +279,16 @@ def test_zero_and_mean_ablation(model, data):
 def test_resample_and_cache_sources(model, data):
     clean, contrast, a, b = data
     one = contrast[:1].expand(N, POS).clone()
-    r1 = run_patching(model, ["a0.0@2", "m1@7"], clean, Resample(one[:3], answers=b[:1].expand(3)), **{**kw(data), "contrast_answers": None})
-    r2 = run_patching(model, ["a0.0@2", "m1@7"], clean, Contrast(one), **{**kw(data), "contrast_answers": b[:1].expand(N)})
+    r1 = run_patching(
+        model,
+        ["a0.0@2", "m1@7"],
+        clean,
+        Resample(one[:3], answers=b[:1].expand(3)),
+        **{**kw(data), "contrast_answers": None},
+    )
+    r2 = run_patching(
+        model, ["a0.0@2", "m1@7"], clean, Contrast(one), **{**kw(data), "contrast_answers": b[:1].expand(N)}
+    )
     for k in r1.patched:
         np.testing.assert_array_equal(r1.patched[k], r2.patched[k])
     # resampling is deterministic given the seed, and the seed matters
@@ -306,14 +359,19 @@ def test_cumulative_forward_and_backward(model, data):
 def test_metric_callables(model, data):
     clean, contrast, a, b = data
     groups = ["a1.1@-1", "a0@2"]
-    per_row = run_patching(model, groups, clean, metric=lambda lg: ld_at_last(lg, a, b), batch_size=N, **{**kw(data), "answers": None})
+    per_row = run_patching(
+        model, groups, clean, metric=lambda lg: ld_at_last(lg, a, b), batch_size=N, **{**kw(data), "answers": None}
+    )
     ref = run_patching(model, groups, clean, **kw(data))
     for g in groups:
         np.testing.assert_allclose(per_row.patched[g], ref.patched[g], atol=1e-6)
     # a scalar metric per batch: one unit per batch, weighted by its size
     batch_means = run_patching(
-        model, groups, clean, batch_size=4,
-        metric=lambda lg, ctx: (lg[:, -1, ctx.answers] .diagonal() - lg[:, -1, ctx.contrast_answers].diagonal()).mean(),
+        model,
+        groups,
+        clean,
+        batch_size=4,
+        metric=lambda lg, ctx: (lg[:, -1, ctx.answers].diagonal() - lg[:, -1, ctx.contrast_answers].diagonal()).mean(),
         **kw(data),
     )
     assert batch_means.weights.tolist() == [4.0, 2.0]
@@ -336,7 +394,9 @@ def test_batching_and_padding_trim_do_not_change_results(model, data):
         cpadded[i, (n + 2) % 12 or 12 :] = pad
     last = {"last": lambda t: (t != pad).long().cumsum(-1).argmax(-1)}
     groups = ["a0.1@last", "e_tok@last + a1@last"]
-    args = dict(contrast_tokens=cpadded, answers=a, contrast_answers=b, answer_position="last", positions=last, progress=False)
+    args = dict(
+        contrast_tokens=cpadded, answers=a, contrast_answers=b, answer_position="last", positions=last, progress=False
+    )
     r1 = run_patching(model, groups, padded, batch_size=N, **args)
     r2 = run_patching(model, groups, padded, batch_size=1, **args)
     r3 = run_patching(model, groups, padded, batch_size=4, trim_padding=True, pad_id=pad, **args)
@@ -346,7 +406,9 @@ def test_batching_and_padding_trim_do_not_change_results(model, data):
     np.testing.assert_allclose(r3.clean, r1.clean, atol=1e-5)
     # a negative position counts from the last non-PAD token, which trimming keeps: -1 is "last"
     neg = {**args, "answer_position": -1}
-    r4 = run_patching(model, ["a0.1@-1", "e_tok@-1 + a1@-1"], padded, batch_size=4, trim_padding=True, pad_id=pad, **neg)
+    r4 = run_patching(
+        model, ["a0.1@-1", "e_tok@-1 + a1@-1"], padded, batch_size=4, trim_padding=True, pad_id=pad, **neg
+    )
     for g_neg, g_name in zip(["a0.1@-1", "e_tok@-1 + a1@-1"], groups):
         np.testing.assert_allclose(r4.patched[g_neg], r1.patched[g_name], atol=1e-5)
     with pytest.raises(ValueError, match="pad_id"):
@@ -387,8 +449,6 @@ def test_bootstrap_ci():
     assert np.isnan(bootstrap_ci(x, n_boot=0)[0])
 
 
-
-
 # Negative positions on right-padded rows -------------------------------------------------
 
 
@@ -422,16 +482,34 @@ def test_negative_positions_count_from_each_rows_real_end(model, data):
         clean_logits = model(padded)
     exp_patched = (patched[ar, last, a] - patched[ar, last, b]).double().numpy()
     exp_clean = (clean_logits[ar, last, a] - clean_logits[ar, last, b]).double().numpy()
-    res = run_patching(model, ["a1.0@-2"], padded, contrast_tokens=cpadded, answers=a, contrast_answers=b,
-                       answer_position=-1, pad_id=pad, progress=False)
+    res = run_patching(
+        model,
+        ["a1.0@-2"],
+        padded,
+        contrast_tokens=cpadded,
+        answers=a,
+        contrast_answers=b,
+        answer_position=-1,
+        pad_id=pad,
+        progress=False,
+    )
     np.testing.assert_allclose(res.patched["a1.0@-2"], exp_patched, atol=1e-4)
     np.testing.assert_allclose(res.clean, exp_clean, atol=1e-4)
     # a row with fewer real tokens than the position asks for is an error, not a PAD position
     short = padded.clone()
     short[0, 1:] = pad
     with pytest.raises(PositionError, match="last non-PAD"):
-        run_patching(model, ["a1.0@-2"], short, contrast_tokens=cpadded, answers=a, contrast_answers=b,
-                     answer_position=3, pad_id=pad, progress=False)
+        run_patching(
+            model,
+            ["a1.0@-2"],
+            short,
+            contrast_tokens=cpadded,
+            answers=a,
+            contrast_answers=b,
+            answer_position=3,
+            pad_id=pad,
+            progress=False,
+        )
 
 
 def test_negative_positions_use_the_tasks_pad_id():

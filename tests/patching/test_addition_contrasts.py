@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from tl_inversion.tasks.addition_contrasts import (
-    addition_contrast_tokens, addition_operands, addition_resample_digits, addition_tokens,
+    addition_contrast_tokens,
+    addition_operands,
+    addition_resample_digits,
+    addition_tokens,
 )
 from tl_inversion.tasks.contrast_set import ContrastDropWarning
 
@@ -73,14 +76,18 @@ def test_addition_sum_length_filters(addition_rows):
     for c_row, k_row in zip(cs.clean_tokens.tolist(), cs.contrast_tokens.tolist()):
         assert len(_add_parse(c_row)[2]) == len(_add_parse(k_row)[2])
     with pytest.warns(ContrastDropWarning, match="by clean_sum_lengths"):
-        four = addition_resample_digits(addition_rows, ["a0"], generator=1, clean_sum_lengths=[3], contrast_sum_lengths=[4])
+        four = addition_resample_digits(
+            addition_rows, ["a0"], generator=1, clean_sum_lengths=[3], contrast_sum_lengths=[4]
+        )
     assert four.n > 0
     assert all(len(_add_parse(r)[2]) == 3 for r in four.clean_tokens.tolist())
     assert all(len(_add_parse(r)[2]) == 4 for r in four.contrast_tokens.tolist())
     assert four.info["n_filtered_clean"] == sum(len(_add_parse(r)[2]) != 3 for r in addition_rows.tolist())
     # a ones digit change can never make a 3-digit sum of 100+100 have 4 digits: dropped
     with pytest.warns(ContrastDropWarning, match="dropped 1 of 1 rows"):
-        impossible = addition_resample_digits(addition_tokens([100], [100]), ["a2"], contrast_sum_lengths=[4], max_tries=5)
+        impossible = addition_resample_digits(
+            addition_tokens([100], [100]), ["a2"], contrast_sum_lengths=[4], max_tries=5
+        )
     assert impossible.n == 0 and impossible.info["n_no_contrast"] == 1
 
 
@@ -118,7 +125,12 @@ def _hand_row(a: int, b: int) -> str:
 
 def test_contrast_tokens_write_leading_zeros():
     rows = addition_contrast_tokens([23, 0, 999, 123], [456, 7, 999, 456])
-    assert [_add_text(r) for r in rows.tolist()] == [_hand_row(23, 456), _hand_row(0, 7), _hand_row(999, 999), _hand_row(123, 456)]
+    assert [_add_text(r) for r in rows.tolist()] == [
+        _hand_row(23, 456),
+        _hand_row(0, 7),
+        _hand_row(999, 999),
+        _hand_row(123, 456),
+    ]
     assert _hand_row(0, 7) == "B000+007=7EPPP"
     with pytest.raises(ValueError, match="3-digit"):
         addition_tokens([23], [456])
@@ -151,14 +163,13 @@ def test_answer_filter_on_the_eos_answer_token_enumerated_by_hand():
     # x + y = 0 -> sum 7 -> tokens '7' 'E': the 2nd token is E (an answer: the end), it differs;
     # x + y in 1..9 -> '0' (unchanged, rejected); x + y >= 10 -> '1' then digit x + y - 10: differs
     # unless x + y = 10.
-    expected = {
-        _hand_row(100 * x + 5, 100 * y + 2)
-        for x in range(10) for y in range(10)
-        if x + y == 0 or x + y >= 11
-    }
+    expected = {_hand_row(100 * x + 5, 100 * y + 2) for x in range(10) for y in range(10) if x + y == 0 or x + y >= 11}
     counts, cs = _draw_counts(105, 102, ["a0", "b0"], 1, reps=6000)
     assert set(counts) == expected
-    assert "B005+002=7EPPP" in counts and (cs.contrast_answers[cs.contrast_tokens[:, 1] + cs.contrast_tokens[:, 5] == 0] == 13).all()
+    assert (
+        "B005+002=7EPPP" in counts
+        and (cs.contrast_answers[cs.contrast_tokens[:, 1] + cs.contrast_tokens[:, 5] == 0] == 13).all()
+    )
 
 
 def test_a_contrast_without_an_answer_token_is_redrawn():

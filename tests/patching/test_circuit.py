@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-import io
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from patching_common import POS, N, kw, ld_at_last
 
-from helpers import amplify, random_patching_data
-from patching_common import N, POS, kw, ld_at_last
-from tl_inversion.errors import InputTypeError
-from tl_inversion.patching.notation import Circuit, NotationError
 from tl_inversion.patching import (
-    AnswerCheckWarning, AnswerLogProb, CircuitFaithfulness, Contrast, DisconnectedCircuitWarning, FromCache,
-    MeanAblation, Resample, ZeroAblation, bootstrap_ci, circuit_faithfulness, cumulative_patching, feature_pairs,
-    patch_nodes, plot_cumulative, run_patching, verify_feature,
+    CircuitFaithfulness,
+    DisconnectedCircuitWarning,
+    MeanAblation,
+    ZeroAblation,
+    circuit_faithfulness,
 )
-from tl_inversion.model.sites import SiteError
-from tl_inversion.tasks.base import PositionError
-
+from tl_inversion.patching.notation import Circuit
 
 # Faithfulness --------------------------------------------------------------------------
 
 
 def test_faithfulness_full_circuit_scores_one(model, data):
-    full = ["e_tok", "e_pos"] + [f"a{l}" for l in range(2)] + [f"m{l}" for l in range(2)]
+    full = ["e_tok", "e_pos"] + [f"a{layer}" for layer in range(2)] + [f"m{layer}" for layer in range(2)]
     res = circuit_faithfulness(model, full, data[0], "zero", n_boot=20, **kw(data))
     assert res.score == 1.0 and res.normalised_score == 1.0
     assert res.settings["source"] == "zero" and res.settings["n_components_ablated"] == 0
@@ -35,10 +31,16 @@ def test_faithfulness_full_circuit_scores_one(model, data):
 
 def test_faithfulness_matches_hand_ablation(model, data):
     clean, contrast, a, b = data
-    keep = {("blocks.1.attn.hook_z", 0): {POS - 1}, ("hook_embed", None): set(range(POS)), ("blocks.0.attn.hook_z", 1): {2, 5}}
+    keep = {
+        ("blocks.1.attn.hook_z", 0): {POS - 1},
+        ("hook_embed", None): set(range(POS)),
+        ("blocks.0.attn.hook_z", 1): {2, 5},
+    }
     comps = [("hook_embed", None), ("hook_pos_embed", None)]
-    for l in range(2):
-        comps += [(f"blocks.{l}.attn.hook_z", h) for h in range(model.cfg.n_heads)] + [(f"blocks.{l}.hook_mlp_out", None)]
+    for layer in range(2):
+        comps += [(f"blocks.{layer}.attn.hook_z", h) for h in range(model.cfg.n_heads)] + [
+            (f"blocks.{layer}.hook_mlp_out", None)
+        ]
 
     def ablate(head, positions):
         def fn(x, hook):
@@ -73,8 +75,6 @@ def test_faithfulness_mean_ablation_runs(model, data):
     assert np.isfinite(res.score) and res.settings["source"] == "mean" and res.settings["reference_rows"] == N
 
 
-
-
 def _zero_all_but(keep):
     """Hooks zeroing every residual writer of the tiny model except (hook, head) -> kept positions."""
 
@@ -97,8 +97,10 @@ def _zero_all_but(keep):
 
 def _comps(model):
     comps = [("hook_embed", None), ("hook_pos_embed", None)]
-    for l in range(model.cfg.n_layers):
-        comps += [(f"blocks.{l}.attn.hook_z", h) for h in range(model.cfg.n_heads)] + [(f"blocks.{l}.hook_mlp_out", None)]
+    for layer in range(model.cfg.n_layers):
+        comps += [(f"blocks.{layer}.attn.hook_z", h) for h in range(model.cfg.n_heads)] + [
+            (f"blocks.{layer}.hook_mlp_out", None)
+        ]
     return comps
 
 
@@ -108,7 +110,9 @@ def test_normalised_score_leads_and_matches_hand_ablation(model, data):
     keep = {("hook_embed", None): set(range(POS)), ("blocks.1.attn.hook_z", 0): {POS - 1}}
     ablate = _zero_all_but(keep)
     with torch.no_grad():
-        circ = ld_at_last(model.run_with_hooks(clean, fwd_hooks=[(h, ablate(hd, keep.get((h, hd), set()))) for h, hd in comps]), a, b)
+        circ = ld_at_last(
+            model.run_with_hooks(clean, fwd_hooks=[(h, ablate(hd, keep.get((h, hd), set()))) for h, hd in comps]), a, b
+        )
         none = ld_at_last(model.run_with_hooks(clean, fwd_hooks=[(h, ablate(hd, set())) for h, hd in comps]), a, b)
         full = ld_at_last(model(clean), a, b)
     mc, ma, mf = (float(x.double().mean()) for x in (circ, none, full))

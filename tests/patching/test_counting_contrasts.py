@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tl_inversion.tasks.contrast_set import ContrastSet
-from tl_inversion.tasks.counting_contrasts import counting_flip_contrasts, counting_random_contrasts
 from tl_inversion.tasks.counting import make_task
+from tl_inversion.tasks.counting_contrasts import counting_flip_contrasts, counting_random_contrasts
 
 TASK = make_task()
 

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from patching_common import POS
 
-from helpers import amplify, random_patching_data
-from patching_common import N, POS, kw, ld_at_last
-from tl_inversion.errors import InputTypeError
-from tl_inversion.patching.notation import Circuit, NotationError
 from tl_inversion.patching import (
-    AnswerCheckWarning, AnswerLogProb, CircuitFaithfulness, Contrast, DisconnectedCircuitWarning, FromCache,
-    MeanAblation, Resample, ZeroAblation, bootstrap_ci, circuit_faithfulness, cumulative_patching, feature_pairs,
-    patch_nodes, plot_cumulative, run_patching, verify_feature,
+    AnswerCheckWarning,
+    feature_pairs,
+    verify_feature,
 )
-from tl_inversion.model.sites import SiteError
-from tl_inversion.tasks.base import PositionError
-
 
 # From reading to verifying -------------------------------------------------------------
 

@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tl_inversion.patching.notation import Circuit, Edge, Node, NodeGroup, NotationError, parse_component, parse_groups, resolve_position
 from tl_inversion.model.sites import Site, SiteError
+from tl_inversion.patching.notation import (
+    Circuit,
+    Edge,
+    Node,
+    NodeGroup,
+    NotationError,
+    parse_component,
+    parse_groups,
+    resolve_position,
+)
 from tl_inversion.tasks.base import PositionError
 from tl_inversion.tasks.counting import make_task
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import HAS_HOOKED
-from tl_inversion.tasks.counting_contrasts import counting_flip_contrasts, counting_random_contrasts
+
 from tl_inversion.patching import cumulative_patching, patch_nodes, run_patching, verify_feature
 from tl_inversion.tasks.counting import make_task, paper_split, query_counts
+from tl_inversion.tasks.counting_contrasts import counting_flip_contrasts, counting_random_contrasts
 
 pytestmark = pytest.mark.paper
 
@@ -65,10 +65,13 @@ def _single(df, name):
 
 
 def test_random_contrast_matches_paper(model, split, subset):
-    cs = counting_random_contrasts(split[subset[: N_RANDOM + 20]], generator=0, pool=split)  # pool: whole split, as the paper
+    cs = counting_random_contrasts(
+        split[subset[: N_RANDOM + 20]], generator=0, pool=split
+    )  # pool: whole split, as the paper
     cs = cs.subset(torch.arange(N_RANDOM))
-    df = cumulative_patching(model, ORDER, cs, singles=True, extra={"a0@tc": "a0@tc"}, trim_padding=True,
-                             n_boot=0, progress=False)
+    df = cumulative_patching(
+        model, ORDER, cs, singles=True, extra={"a0@tc": "a0@tc"}, trim_padding=True, n_boot=0, progress=False
+    )
     assert df["LD_clean"].iloc[0] == pytest.approx(22.12, abs=TOL)
     assert _effects(df, "forward") == pytest.approx([15.13, 37.22, 41.18, 44.25], abs=TOL)
     assert _effects(df, "backward") == pytest.approx([37.94, 42.94, 42.94, 44.25], abs=TOL)
@@ -95,7 +98,9 @@ def test_identical_inputs_give_exactly_zero_effect(model, split, subset):
     cs = counting_flip_contrasts(split[subset[:600]], generator=0)
     cs.contrast_tokens = cs.clean_tokens.clone()
     cs.contrast_answers = (cs.clean_answers + 1 - 26) % 9 + 26  # any other digit: LD needs two answers
-    df = patch_nodes(model, list(ORDER.values()) + ["a0@tc", "m0@:", "a1"], cs, trim_padding=True, n_boot=50, progress=False)
+    df = patch_nodes(
+        model, list(ORDER.values()) + ["a0@tc", "m0@:", "a1"], cs, trim_padding=True, n_boot=50, progress=False
+    )
     assert (df["effect"] == 0.0).all() and (df["ci_low"] == 0.0).all() and (df["ci_high"] == 0.0).all()
 
 
@@ -131,9 +136,18 @@ def test_layer1_output_at_colon_encodes_the_count(model, split, subset):
     tokens = split[subset[:1500]]
     task = make_task()
     df = verify_feature(
-        model, "a1@:", tokens, query_counts, answers=lambda t: t.gather(1, task.resolve_position(t, "n")[:, None]).squeeze(1),
-        answer_position=":", positions=task, generator=0, feature_name="count of the query letter",
-        trim_padding=True, n_boot=100, progress=False,
+        model,
+        "a1@:",
+        tokens,
+        query_counts,
+        answers=lambda t: t.gather(1, task.resolve_position(t, "n")[:, None]).squeeze(1),
+        answer_position=":",
+        positions=task,
+        generator=0,
+        feature_name="count of the query letter",
+        trim_padding=True,
+        n_boot=100,
+        progress=False,
     )
     change, keep = df.loc["changes g", "effect"], df.loc["keeps g", "effect"]
     assert change > 10.0  # log p of the right answer collapses (measured: 17.6 nats)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from helpers import HAS_HOOKED, amplify, random_patching_data
 
-from helpers import HAS_HOOKED
-import warnings
-
-from helpers import amplify, random_patching_data
-from tl_inversion.patching.notation import Edge
 from tl_inversion.patching import FromCache, NoEffectEdgeWarning, run_patching
+from tl_inversion.patching.notation import Edge
 from tl_inversion.patching.path import path_patch, run_path_patching, split_qkv_inputs
 
 N, POS = 6, 12
@@ -52,7 +51,9 @@ def test_only_path_equals_activation_patching(model, data):
         np.testing.assert_allclose(pp.patched[k], ap.patched[f"a{last}.{head}"], atol=1e-5, rtol=1e-5)
     # the same with the sender zero- and mean-ablated instead of taken from the contrast
     for source in ("zero", "mean"):
-        pp = run_path_patching(model, f"a{last}.0@3,-1 -> resid_post.{last}@-1", clean, source, freeze_mlps=False, **kw(data))
+        pp = run_path_patching(
+            model, f"a{last}.0@3,-1 -> resid_post.{last}@-1", clean, source, freeze_mlps=False, **kw(data)
+        )
         ap = run_patching(model, f"a{last}.0@3,-1", clean, source, **kw(data))
         (k,) = pp.patched
         np.testing.assert_allclose(pp.patched[k], ap.patched[f"a{last}.0@3,-1"], atol=1e-5, rtol=1e-5)
@@ -73,14 +74,26 @@ def test_blocked_paths_give_exactly_zero(model, data):
     """A sender at the last position cannot reach earlier positions (causal attention)."""
     with pytest.warns(NoEffectEdgeWarning):
         df = path_patch(
-        model,
-            [f"a0@{POS - 1} -> a1.0.k@0,3,5", f"a0@{POS - 1} -> a1.1.q@4", f"e_tok@{POS - 1} -> resid_pre.1@2", f"m0@{POS - 1} -> a1.v@0,1"],
-            data[0], n_boot=20, **kw(data),
+            model,
+            [
+                f"a0@{POS - 1} -> a1.0.k@0,3,5",
+                f"a0@{POS - 1} -> a1.1.q@4",
+                f"e_tok@{POS - 1} -> resid_pre.1@2",
+                f"m0@{POS - 1} -> a1.v@0,1",
+            ],
+            data[0],
+            n_boot=20,
+            **kw(data),
         )
     assert (df["effect"] == 0.0).all()
     # and identical clean/contrast inputs give exactly zero through any path
-    df = path_patch(model, ["a0.0 -> a1.1.v", "e_pos -> a1.q@-1", "a0 -> resid_post.1@-1"], data[0], n_boot=0,
-                    **{**kw(data), "contrast_tokens": data[0].clone()})
+    df = path_patch(
+        model,
+        ["a0.0 -> a1.1.v", "e_pos -> a1.q@-1", "a0 -> resid_post.1@-1"],
+        data[0],
+        n_boot=0,
+        **{**kw(data), "contrast_tokens": data[0].clone()},
+    )
     assert (df["effect"] == 0.0).all()
 
 
@@ -134,8 +147,16 @@ def test_hand_computed_path_through_a_value_input(data):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(
-        n_layers=2, d_model=8, n_heads=2, d_head=4, n_ctx=POS, d_vocab=10, attn_only=True,
-        normalization_type=None, act_fn="relu", seed=3,
+        n_layers=2,
+        d_model=8,
+        n_heads=2,
+        d_head=4,
+        n_ctx=POS,
+        d_vocab=10,
+        attn_only=True,
+        normalization_type=None,
+        act_fn="relu",
+        seed=3,
     )
     torch.manual_seed(3)
     model = HookedTransformer(cfg).eval()
@@ -157,6 +178,7 @@ def test_hand_computed_path_through_a_value_input(data):
         return outs, blk.b_O
 
     with torch.no_grad():
+
         def embed(t):
             return model.W_E[t] + model.W_pos[:POS]
 
@@ -186,11 +208,22 @@ def test_agrees_with_transformer_lens_direct_path_patching(model, data):
     metric = lambda lg: ld_at_last(lg, a, b).mean()  # noqa: E731
     L, H = model.cfg.n_layers, model.cfg.n_heads
     for comp in ("q", "k", "v"):
-        tl = tlp.get_act_patch_direct_path(model, contrast, clean_cache, corrupted_cache, metric, 0, 1, comp, verbose=False)
+        tl = tlp.get_act_patch_direct_path(
+            model, contrast, clean_cache, corrupted_cache, metric, 0, 1, comp, verbose=False
+        )
         # TL starts from the corrupted input and adds the clean write: swap the roles
         edges = [f"a0.1 -> a1.{h}.{comp}" for h in range(H)]
-        ours = run_path_patching(model, edges, contrast, "contrast", contrast_tokens=clean, answers=a,
-                                 contrast_answers=b, answer_position=-1, progress=False)
+        ours = run_path_patching(
+            model,
+            edges,
+            contrast,
+            "contrast",
+            contrast_tokens=clean,
+            answers=a,
+            contrast_answers=b,
+            answer_position=-1,
+            progress=False,
+        )
         got = torch.tensor([ours.patched[e].mean() for e in edges])
         torch.testing.assert_close(got, tl[L - 1].double().cpu(), atol=1e-5, rtol=1e-5)
 

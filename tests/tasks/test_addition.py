@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from tl_inversion.model.sites import paper_addition_sites
-from tl_inversion.tasks import PositionError, get_task, task_data, task_names
-from tl_inversion.tasks import addition
+from tl_inversion.tasks import PositionError, addition, get_task, task_data, task_names
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +137,8 @@ def test_plan_completeness_rows_resolve_each_query_and_refuse_bad_plans():
     """Counting queries of different lengths: each row's own index, counted by hand on
     'B d d k d k k x d k | k : 4' (':' at 12, the query letter at 11) and
     'B q q z q z b q | q : 4' (':' at 10, the letter at 9)."""
-    from tl_inversion.tasks.plan import EvalPlan
     from tl_inversion.tasks import counting
+    from tl_inversion.tasks.plan import EvalPlan
 
     task = counting.make_task()
     plan = EvalPlan(positions=[":"], completeness_queries=["ddkdkkxdk|k:4", "qqzqzbq|q:4"],

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import SPECIAL_ID, TINY_CFG, build_tokenizer, build_variant, model_variants
+
 from tl_inversion.tasks import PositionError
 from tl_inversion.tasks.custom import TextTask
 
@@ -90,7 +90,8 @@ def test_training_runs_two_steps_with_a_text_task(tok):
     model = build_variant(variant, TINY_CFG)
     g = torch.Generator().manual_seed(0)
     # the decoders need three different special ids: BOS 10, EOS "0", PAD "9" (texts use 1..8)
-    texts = [" ".join(str(int(d)) for d in torch.randint(1, 9, (int(n),), generator=g)) for n in torch.randint(2, 9, (40,), generator=g)]
+    texts = [" ".join(str(int(d)) for d in torch.randint(1, 9, (int(n),), generator=g))
+             for n in torch.randint(2, 9, (40,), generator=g)]
     task = TextTask.from_strings(texts, tok, n_ctx=TINY_CFG["n_ctx"], name="digits", eos_id=0, pad_id=9)
     tr, te = task.split(0.75)
     cfg = TrainConfig(
@@ -112,7 +113,8 @@ def test_gpt2_like_special_ids_train_and_sample(tok):
 
     model = build_variant(model_variants()[0], TINY_CFG)
     g = torch.Generator().manual_seed(1)
-    texts = [" ".join(str(int(d)) for d in torch.randint(0, 10, (int(n),), generator=g)) for n in torch.randint(2, 9, (40,), generator=g)]
+    texts = [" ".join(str(int(d)) for d in torch.randint(0, 10, (int(n),), generator=g))
+             for n in torch.randint(2, 9, (40,), generator=g)]
     task = TextTask.from_strings(texts, tok, n_ctx=TINY_CFG["n_ctx"], name="digits")
     assert task.bos_id == task.eos_id == task.pad_id == P
     tr, te = task.split(0.75)

@@ -6,14 +6,14 @@ import re
 
 import pytest
 import torch
-
 from helpers import HAS_BRIDGE, HAS_HOOKED
 from model_files import write_gpt2
+
+from tl_inversion.inversion.verify import membership
 from tl_inversion.model.activations import harvest
 from tl_inversion.model.sites import ioi_paper_sites
 from tl_inversion.tasks import PositionError
 from tl_inversion.tasks.ioi import NAMES, OBJECTS, PLACES, POSITION_NAMES, TEMPLATES, IOITask
-from tl_inversion.inversion.verify import membership
 
 SPECIALS = ["[BOS]", "[EOS]", "[PAD]"]
 

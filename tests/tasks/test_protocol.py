@@ -16,13 +16,15 @@ from tl_inversion.tasks.protocol import TASK_ATTRIBUTES, TASK_METHODS, Task
 
 def _ioi():
     from test_ioi import _word_tokenizer  # noqa: PLC0415 - same folder, the word-level tokenizer
+
     from tl_inversion.tasks.ioi import IOITask
 
     return IOITask(_word_tokenizer())
 
 
 def _text():
-    return TextTask.from_tokens(torch.tensor([[0, 3, 4, 1, 2], [0, 5, 1, 2, 2]]), bos_id=0, eos_id=1, pad_id=2, d_vocab=6)
+    return TextTask.from_tokens(torch.tensor([[0, 3, 4, 1, 2], [0, 5, 1, 2, 2]]), bos_id=0, eos_id=1, pad_id=2,
+                                d_vocab=6)
 
 
 BUILT_IN = {"counting": counting.make_task, "addition": addition.make_task, "ioi": _ioi, "text": _text}

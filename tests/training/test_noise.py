@@ -155,7 +155,8 @@ def test_kernel_log_posterior_gaussian_dead_head_and_exact_copies():
         both = kernel_log_posterior(zq, acts, torch.zeros(1, 2, dtype=torch.bool), "gaussian", level)
         live = kernel_log_posterior(zq, acts[:, 1:], torch.zeros(1, 1, dtype=torch.bool), "gaussian", level)
         assert torch.isfinite(both).all() and float(both[0]) == pytest.approx(float(live[0]) - math.log(2), abs=1e-9)
-    dead = kernel_log_posterior(torch.tensor([1e5, 0.0, 0.0]), torch.zeros(1, 1, 3), torch.zeros(1, 1, dtype=torch.bool),
+    dead = kernel_log_posterior(torch.tensor([1e5, 0.0, 0.0]), torch.zeros(1, 1, 3),
+                                torch.zeros(1, 1, dtype=torch.bool),
                                 "gaussian", 0.1)
     assert dead.tolist() == [-math.inf]
     z1 = torch.tensor([1.0], dtype=torch.float64)

@@ -10,9 +10,9 @@ import signal
 
 import pytest
 import torch
-
 from helpers import HAS_BRIDGE, HAS_HOOKED
 from model_files import load_counting_shaped, write_gpt2
+
 from tl_inversion.decoding.decoder import Decoder
 from tl_inversion.errors import InputTypeError
 from tl_inversion.tasks import counting

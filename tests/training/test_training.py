@@ -8,17 +8,17 @@ import math
 
 import pytest
 import torch
+from helpers import HAS_BRIDGE, HAS_HOOKED
+from model_files import load_counting_shaped
 
-from tl_inversion.tasks import counting
 from tl_inversion.errors import ConfigError
+from tl_inversion.model.sites import Site
+from tl_inversion.tasks import counting
 from tl_inversion.tasks.base import sample_positions
 from tl_inversion.training.checkpoint import latest_checkpoint
 from tl_inversion.training.config import TrainConfig
 from tl_inversion.training.noise import perturb
 from tl_inversion.training.trainer import _site_probs, train
-from tl_inversion.model.sites import Site
-from helpers import HAS_BRIDGE, HAS_HOOKED
-from model_files import load_counting_shaped
 
 SMALL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "n_cond_blocks": 1}
 
@@ -183,7 +183,8 @@ def test_stacked_training_equals_one_decoder_at_a_time(counting_model, data):
     """The vectorised per-hook step (stack=True) is the sequential step's mathematics."""
     tr, te = data
     task = counting.make_task()
-    runs = [train(counting_model, task, tr, te, _cfg(sites=SAME_WIDTH, stack=stack, eval_every=0, steps=5), progress=False)
+    runs = [train(counting_model, task, tr, te, _cfg(sites=SAME_WIDTH, stack=stack, eval_every=0, steps=5),
+                  progress=False)
             for stack in (True, False)]
     a, b = (r.bank.state_dict() for r in runs)
     for k in a:
@@ -234,9 +235,11 @@ def test_time_limit_counts_over_resumed_calls(counting_model, data, tmp_path, mo
     tick = lambda step, rec: clock.__setitem__(0, clock[0] + 10.0)  # noqa: E731
     tr, te = data
     task = counting.make_task()
-    kw = dict(steps=100, warmup_steps=1, schedule="cosine", eval_every=0, checkpoint_every=0, sites=["blocks.0.hook_resid_post"])
+    kw = dict(steps=100, warmup_steps=1, schedule="cosine", eval_every=0, checkpoint_every=0,
+              sites=["blocks.0.hook_resid_post"])
     # call 1, budget 25 s: the check after step 4 sees 30 s > 25 s; the checkpoint records 30 s
-    first = train(counting_model, task, tr, te, _cfg(time_limit_s=25, **kw), out_dir=tmp_path, progress=False, callback=tick)
+    first = train(counting_model, task, tr, te, _cfg(time_limit_s=25, **kw), out_dir=tmp_path, progress=False,
+                  callback=tick)
     assert first.steps_this_call == 4
     # call 2, budget raised to 55 s: the clock goes on from 30 s: steps 5-8 (checks at 30, 40, 50, 60 s)
     lrs = []
@@ -246,7 +249,8 @@ def test_time_limit_counts_over_resumed_calls(counting_model, data, tmp_path, mo
     # step 5 used the rate of progress max(4/100, 30/55): the schedule did not restart
     assert lrs[0] == pytest.approx(1e-3 * lr_factor(int(30 / 55 * 100), 1, 100, "cosine"))
     # call 3, same budget: already spent, nothing to train
-    third = train(counting_model, task, tr, te, _cfg(time_limit_s=55, **kw), out_dir=tmp_path, progress=False, callback=tick)
+    third = train(counting_model, task, tr, te, _cfg(time_limit_s=55, **kw), out_dir=tmp_path, progress=False,
+                  callback=tick)
     assert third.steps_this_call == 0
     with pytest.raises(ValueError, match="time_limit_s must be >= 0"):
         _cfg(time_limit_s=-1)
@@ -356,7 +360,8 @@ def test_training_with_noise_resumes_and_old_checkpoints_still_resume(counting_m
             raise _Kill
 
     with pytest.raises(_Kill):
-        train(counting_model, task, tr, te, _cfg(train_noise=0.1), out_dir=tmp_path / "b", progress=False, callback=kill)
+        train(counting_model, task, tr, te, _cfg(train_noise=0.1), out_dir=tmp_path / "b", progress=False,
+              callback=kill)
     resumed = train(counting_model, task, tr, te, _cfg(train_noise=0.1), out_dir=tmp_path / "b", progress=False)
     for k, v in full.bank.state_dict().items():
         torch.testing.assert_close(v, resumed.bank.state_dict()[k], rtol=0, atol=0, msg=k)
@@ -376,7 +381,8 @@ def test_training_with_noise_resumes_and_old_checkpoints_still_resume(counting_m
     state = json.loads((ckpt / "trainer_state.json").read_text())
     del state["config"]["train_noise"]
     (ckpt / "trainer_state.json").write_text(json.dumps(state))
-    assert train(counting_model, task, tr, te, _cfg(steps=4), out_dir=tmp_path / "c", progress=False).bank.meta["steps"] == 4
+    resumed = train(counting_model, task, tr, te, _cfg(steps=4), out_dir=tmp_path / "c", progress=False)
+    assert resumed.bank.meta["steps"] == 4
     with pytest.raises(ValueError, match=r"in train_noise \(checkpoint 0.0, now 0.1\)"):
         train(counting_model, task, tr, te, _cfg(steps=6, train_noise=0.1), out_dir=tmp_path / "c", progress=False)
 

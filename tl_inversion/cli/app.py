@@ -1,14 +1,14 @@
-"""``tl-inversion``: the command line, mirroring the Python API.
+r"""``tl-inversion``: the command line, mirroring the Python API.
 
     tl-inversion demo                       # embedded counting model + decoders, offline
     tl-inversion train-probed --task counting --out runs/probed
     tl-inversion train --model runs/probed --task counting --preset paper --out runs/dec
-    tl-inversion sample --model runs/probed --bank runs/dec/bank --task counting \\
+    tl-inversion sample --model runs/probed --bank runs/dec/bank --task counting \
         --query "aabca|a:3" --site "blocks.1.attn.hook_result[0]" --position :
     tl-inversion evaluate --model runs/probed --bank runs/dec/bank --task counting --out runs/report
     tl-inversion select-sites --bank runs/dec/bank --drop-sites "blocks.0.hook_resid_pre" --out runs/some
     tl-inversion patch --model runs/probed --task counting --nodes "L1H0@:" --out runs/patch
-    tl-inversion path-patch --model runs/probed --task counting --edges "L0H0@c->L1H0@:.v" --out runs/path
+    tl-inversion path-patch --model runs/probed --task counting --edges "L0H0@c -> L1H0.v@c" --out runs/path
 
 The options of ``train-probed``, ``train``, ``sample`` and ``evaluate`` are generated from the
 fields of ``ProbedConfig``, ``TrainConfig`` (+ ``DecoderConfig`` as ``--decoder-*``),

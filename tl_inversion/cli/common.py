@@ -30,7 +30,8 @@ SAVE_DTYPES = ["float32", "float16", "bfloat16"]
 
 def add_model_args(p: argparse.ArgumentParser, *, device: bool = True) -> None:
     """The flags of the probed model: ``--model``, ``--model-class``, ``--processing`` and
-    (unless a config of the verb has its own ``device`` field) ``--device``."""
+    (unless a config of the verb has its own ``device`` field) ``--device``.
+    """
     g = p.add_argument_group("probed model")
     g.add_argument("--model", required=True, help="folder of a Hugging Face GPT-2 checkpoint (config.json + weights)")
     g.add_argument("--model-class", choices=["hooked", "bridge"], default=None,
@@ -52,7 +53,8 @@ def load_model(args: argparse.Namespace, device: str | None = None) -> Any:
 def read_banks(paths: Sequence[str]) -> tuple[list[Any], Any]:
     """The banks of the folders (on the CPU, not yet checked against a model) and one bank of
     them all (the folder's own, or ``DecoderBank.merge`` of several): read before the model is
-    loaded, so a wrong bank, site or condition is reported at once."""
+    loaded, so a wrong bank, site or condition is reported at once.
+    """
     from tl_inversion.decoding.bank import DecoderBank
 
     banks = []

@@ -37,14 +37,17 @@ _ENTRY = re.compile(r"^(\*{0,2}[A-Za-z_][\w]*(?:\s*,\s*[A-Za-z_][\w]*)*)\s*(?:\(
 
 def flag_name(field: str, prefix: str = "") -> str:
     """The flag of a field: ``train_noise_flag`` -> ``--train-noise-flag`` (with ``prefix``
-    ``decoder``: ``--decoder-d-model``)."""
+    ``decoder``: ``--decoder-d-model``).
+    """
     name = f"{prefix}_{field}" if prefix else field
     return "--" + name.replace("_", "-")
 
 
 def _plain(text: str) -> str:
     """Docstring markup as plain text: ``x`` -> x, :class:`~a.b.C` -> C."""
-    text = re.sub(r":[a-z]+:`~?([^`]*)`", lambda m: m.group(1).split(".")[-1] if "~" in m.group(0) else m.group(1), text)
+    text = re.sub(
+        r":[a-z]+:`~?([^`]*)`", lambda m: m.group(1).split(".")[-1] if "~" in m.group(0) else m.group(1), text
+    )
     text = text.replace("``", "")
     return " ".join(text.split())
 
@@ -124,7 +127,7 @@ def _scalar(tp: Any, flag: str) -> Callable[[str], Any]:
             if len(parts) != len(items):
                 raise argparse.ArgumentTypeError(f"expected {len(items)} comma-separated values, got {word!r}")
             try:
-                return tuple(t(p) for t, p in zip(items, parts))
+                return tuple(t(p) for t, p in zip(items, parts, strict=True))
             except ValueError:
                 raise argparse.ArgumentTypeError(f"invalid value {word!r}") from None
 
@@ -173,7 +176,8 @@ class ConfigArgs:
 
     def values(self, ns: argparse.Namespace) -> dict[str, Any]:
         """The fields given on the command line (absent ones are left out); nested dict
-        fields are the dataclass default dict updated by the inner flags given."""
+        fields are the dataclass default dict updated by the inner flags given.
+        """
         given = vars(ns)
         out = {field: given[dest] for dest, field in self.dests.items() if dest in given}
         defaults = {f.name: f for f in dataclasses.fields(self.cls)}
@@ -249,8 +253,15 @@ def add_config_args(
                     continue
                 inner = start.get(g.name, _default(g)) if isinstance(start, dict) else _default(g)
                 flag = flag_name(g.name, f.name)
-                dest = _add(group, flag, [*aliases.get(f"{f.name}.{g.name}", ())], gtp, gdoc, inner,
-                            overrides.get(f"{f.name}.{g.name}", {}))
+                dest = _add(
+                    group,
+                    flag,
+                    [*aliases.get(f"{f.name}.{g.name}", ())],
+                    gtp,
+                    gdoc,
+                    inner,
+                    overrides.get(f"{f.name}.{g.name}", {}),
+                )
                 result.nested[f.name][dest] = g.name
                 result.flags.setdefault(g.name, flag)
                 result.flags[f"{f.name}.{g.name}"] = flag
@@ -270,8 +281,9 @@ def _fields(cls: type) -> list[tuple[dataclasses.Field, Any, str]]:
     return [(f, hints.get(f.name, Any), docs.get(f.name, "")) for f in dataclasses.fields(cls) if f.init]
 
 
-def _add(group: Any, flag: str, extra_flags: list[str], tp: Any, doc: str, default: Any,
-         override: Mapping[str, Any]) -> str:
+def _add(
+    group: Any, flag: str, extra_flags: list[str], tp: Any, doc: str, default: Any, override: Mapping[str, Any]
+) -> str:
     """Add one flag; return its dest."""
     kw: dict[str, Any] = {"default": argparse.SUPPRESS}
     tp, optional = _unwrap_optional(tp)
@@ -318,4 +330,3 @@ def _maybe_none(parse: Callable[[str], Any], optional: bool) -> Callable[[str], 
 
     parse_or_none.__name__ = getattr(parse, "__name__", "value")
     return parse_or_none
-

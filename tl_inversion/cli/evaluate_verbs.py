@@ -1,5 +1,6 @@
 """``tl-inversion evaluate`` (flags from :class:`~tl_inversion.evaluation.config.EvaluateConfig`)
-and ``tl-inversion select-sites`` (a new bank of some sites of others)."""
+and ``tl-inversion select-sites`` (a new bank of some sites of others).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +8,16 @@ import argparse
 import json
 from pathlib import Path
 
-from tl_inversion.cli.common import (SAVE_DTYPES, TASK_HELP, add_model_args, attach_bank, check_out_dir, load_model,
-                                     read_banks, stored_dtype)
+from tl_inversion.cli.common import (
+    SAVE_DTYPES,
+    TASK_HELP,
+    add_model_args,
+    attach_bank,
+    check_out_dir,
+    load_model,
+    read_banks,
+    stored_dtype,
+)
 from tl_inversion.cli.config_args import add_config_args
 from tl_inversion.errors import InputValueError
 
@@ -43,8 +52,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         bank.check_blurred(cfg.blurred)
 
     from tl_inversion.evaluation.evaluate import evaluate
-    from tl_inversion.tasks.plan import EvalPlan, default_plan
     from tl_inversion.tasks import get_task, task_data
+    from tl_inversion.tasks.plan import EvalPlan, default_plan
 
     model = load_model(args)
     bank = attach_bank(banks, bank, model)

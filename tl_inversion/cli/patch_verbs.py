@@ -33,23 +33,46 @@ def _library_default(fn: Callable[..., Any], name: str) -> Any:
 def _add_shared(p: argparse.ArgumentParser, fn: Callable[..., Any], run: Callable[..., Any]) -> None:
     """Model, task, contrast, data and bootstrap flags of both verbs (defaults from ``fn`` / ``run``)."""
     add_model_args(p)
-    p.add_argument("--task", default="counting", choices=sorted(CONTRASTS), help="registered task (default: %(default)s)")
-    p.add_argument("--contrast", choices=sorted({c for cs in CONTRASTS.values() for c in cs}),
-                   help="how each clean input gets its contrast: counting: flip (one character changes the count, "
-                        "the paper's) or random (another input with another count); addition: resample (digits "
-                        "of --resample-digits redrawn) (default: the task's first)")
-    p.add_argument("--resample-digits", nargs="+", metavar="DIGIT",
-                   help="addition: the operand digits to redraw, e.g. A1 B1 (see addition_resample_digits)")
-    p.add_argument("--n-inputs", type=int, default=512,
-                   help="clean inputs: the first N of the task's test split (default: %(default)s)")
+    p.add_argument(
+        "--task", default="counting", choices=sorted(CONTRASTS), help="registered task (default: %(default)s)"
+    )
+    p.add_argument(
+        "--contrast",
+        choices=sorted({c for cs in CONTRASTS.values() for c in cs}),
+        help="how each clean input gets its contrast: counting: flip (one character changes the count, "
+        "the paper's) or random (another input with another count); addition: resample (digits "
+        "of --resample-digits redrawn) (default: the task's first)",
+    )
+    p.add_argument(
+        "--resample-digits",
+        nargs="+",
+        metavar="DIGIT",
+        help="addition: the operand digits to redraw, e.g. A1 B1 (see addition_resample_digits)",
+    )
+    p.add_argument(
+        "--n-inputs",
+        type=int,
+        default=512,
+        help="clean inputs: the first N of the task's test split (default: %(default)s)",
+    )
     p.add_argument("--out", required=True, help="folder for the tables (CSV) and plots")
-    for name, meaning, kind in (("seed", "seed of the contrasts and of the bootstrap", int),
-                                ("n_boot", "bootstrap resamples of the confidence intervals", int),
-                                ("ci", "confidence level of the intervals", float)):
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=argparse.SUPPRESS,
-                       help=f"{meaning} (default: {_library_default(fn, name)})")
-    p.add_argument("--batch-size", type=int, default=argparse.SUPPRESS,
-                   help=f"inputs per forward pass (default: {_library_default(run, 'batch_size')})")
+    for name, meaning, kind in (
+        ("seed", "seed of the contrasts and of the bootstrap", int),
+        ("n_boot", "bootstrap resamples of the confidence intervals", int),
+        ("ci", "confidence level of the intervals", float),
+    ):
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=f"{meaning} (default: {_library_default(fn, name)})",
+        )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=f"inputs per forward pass (default: {_library_default(run, 'batch_size')})",
+    )
 
 
 def _library_kwargs(args: argparse.Namespace, *names: str) -> dict[str, Any]:
@@ -65,8 +88,9 @@ def _contrasts(args: argparse.Namespace) -> Any:
     require_at_least("--n-inputs", args.n_inputs, 1)
     kind = args.contrast or CONTRASTS[args.task][0]
     if kind not in CONTRASTS[args.task]:
-        raise InputValueError(f"--contrast {kind} is not one of task {args.task!r}'s: "
-                              f"{', '.join(CONTRASTS[args.task])}")
+        raise InputValueError(
+            f"--contrast {kind} is not one of task {args.task!r}'s: {', '.join(CONTRASTS[args.task])}"
+        )
     tokens = task_data(args.task, "test")[: args.n_inputs]
     seed = getattr(args, "seed", None)  # None: the builders' own default generator
     if kind == "flip":
@@ -89,14 +113,26 @@ def populate_patch(p: argparse.ArgumentParser) -> None:
     from tl_inversion.patching import cumulative_patching, patch_nodes, run_patching
 
     _add_shared(p, patch_nodes, run_patching)
-    p.add_argument("--groups", nargs="+", required=True, metavar="GROUP",
-                   help="node groups in forward order, each patched alone and cumulatively, e.g. "
-                        "'e_pos@tc,:' 'a0@tc + e_tok@tc' 'a0@:' 'a1@:'")
-    p.add_argument("--direction", choices=["forward", "backward", "both"], default=argparse.SUPPRESS,
-                   help=f"order of the cumulative patching (default: "
-                        f"{_library_default(cumulative_patching, 'direction')})")
-    p.add_argument("--cumulative", action=argparse.BooleanOptionalAction, default=True,
-                   help="also patch the groups cumulatively: cumulative.csv and cumulative.png")
+    p.add_argument(
+        "--groups",
+        nargs="+",
+        required=True,
+        metavar="GROUP",
+        help="node groups in forward order, each patched alone and cumulatively, e.g. "
+        "'e_pos@tc,:' 'a0@tc + e_tok@tc' 'a0@:' 'a1@:'",
+    )
+    p.add_argument(
+        "--direction",
+        choices=["forward", "backward", "both"],
+        default=argparse.SUPPRESS,
+        help=f"order of the cumulative patching (default: {_library_default(cumulative_patching, 'direction')})",
+    )
+    p.add_argument(
+        "--cumulative",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also patch the groups cumulatively: cumulative.csv and cumulative.png",
+    )
     p.set_defaults(func=cmd_patch, config_args=[])
 
 
@@ -113,8 +149,9 @@ def cmd_patch(args: argparse.Namespace) -> int:
     print(table.to_string())
     written = [_write(table, out / "patching.csv")]
     if args.cumulative:
-        cumulative = cumulative_patching(model, list(args.groups), contrasts, **shared,
-                                         **_library_kwargs(args, "direction"))
+        cumulative = cumulative_patching(
+            model, list(args.groups), contrasts, **shared, **_library_kwargs(args, "direction")
+        )
         print(cumulative.to_string())
         written.append(_write(cumulative, out / "cumulative.csv"))
         fig = plot_cumulative(cumulative, title=f"cumulative patching ({args.task})")
@@ -129,12 +166,21 @@ def populate_path_patch(p: argparse.ArgumentParser) -> None:
     from tl_inversion.patching import path_patch, run_path_patching
 
     _add_shared(p, path_patch, run_path_patching)
-    p.add_argument("--edges", nargs="+", required=True, metavar="EDGES",
-                   help="edge sets, one table row each; edges patched together are joined by '&' (as the "
-                        "table labels them), e.g. 'a0@tc -> a1.0.v@tc' 'a0@tc -> a1.0.q@: & a0@tc -> a1.0.k@tc'")
-    p.add_argument("--freeze-mlps", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                   help="freeze the MLPs at their clean values in the first step (default: "
-                        f"{_library_default(run_path_patching, 'freeze_mlps')})")
+    p.add_argument(
+        "--edges",
+        nargs="+",
+        required=True,
+        metavar="EDGES",
+        help="edge sets, one table row each; edges patched together are joined by '&' (as the "
+        "table labels them), e.g. 'a0@tc -> a1.0.v@tc' 'a0@tc -> a1.0.q@: & a0@tc -> a1.0.k@tc'",
+    )
+    p.add_argument(
+        "--freeze-mlps",
+        action=argparse.BooleanOptionalAction,
+        default=argparse.SUPPRESS,
+        help="freeze the MLPs at their clean values in the first step (default: "
+        f"{_library_default(run_path_patching, 'freeze_mlps')})",
+    )
     p.set_defaults(func=cmd_path_patch, config_args=[])
 
 
@@ -148,8 +194,9 @@ def cmd_path_patch(args: argparse.Namespace) -> int:
         raise InputValueError(f"--edges has an empty edge set: {args.edges!r}")
     contrasts = _contrasts(args)
     model = load_model(args)
-    table = path_patch(model, edge_sets, contrasts,
-                       **_library_kwargs(args, "seed", "n_boot", "ci", "batch_size", "freeze_mlps"))
+    table = path_patch(
+        model, edge_sets, contrasts, **_library_kwargs(args, "seed", "n_boot", "ci", "batch_size", "freeze_mlps")
+    )
     print(table.to_string())
     print(f"wrote {_write(table, Path(args.out) / 'path_patching.csv')}")
     return 0

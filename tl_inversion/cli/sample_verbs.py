@@ -1,5 +1,6 @@
 """``tl-inversion demo`` and ``tl-inversion sample``: preimages of queries (flags of ``sample``
-from :class:`~tl_inversion.inversion.config.SampleConfig`)."""
+from :class:`~tl_inversion.inversion.config.SampleConfig`).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def populate_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", default=DEMO_DEFAULTS["html"], help="where to write the HTML page (default: %(default)s)")
     p.add_argument("--n-repeats", type=int, default=DEMO_DEFAULTS["n_repeats"],
                    help="repeats of the 4-setting schedule (paper: 4) (default: %(default)s)")
-    p.add_argument("--top", type=int, default=DEMO_DEFAULTS["top"], help="rows to print per query (default: %(default)s)")
+    p.add_argument(
+        "--top", type=int, default=DEMO_DEFAULTS["top"], help="rows to print per query (default: %(default)s)"
+    )
     p.set_defaults(func=cmd_demo, config_args=[])
 
 
@@ -49,8 +52,9 @@ def populate_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--position", required=True, help="index or a task-named position such as ':'")
     p.add_argument("--top", type=int, default=20, help="rows to print, nearest first (default: %(default)s)")
     p.add_argument("--html", default=None, help="also write the samples as an HTML page to this file")
-    cfg = add_config_args(p, SampleConfig, title="sampling (SampleConfig)",
-                          overrides={"schedule": {"metavar": "T,NOISE"}})
+    cfg = add_config_args(
+        p, SampleConfig, title="sampling (SampleConfig)", overrides={"schedule": {"metavar": "T,NOISE"}}
+    )
     p.set_defaults(func=cmd_sample, config_args=[cfg])
 
 

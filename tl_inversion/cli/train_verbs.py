@@ -1,6 +1,7 @@
 """``tl-inversion train-probed`` and ``tl-inversion train``: flags from ``ProbedConfig`` and
 ``TrainConfig`` (with the ``DecoderConfig`` fields of ``TrainConfig.decoder`` as
-``--decoder-*``)."""
+``--decoder-*``).
+"""
 
 from __future__ import annotations
 
@@ -59,8 +60,9 @@ def populate_train(p: argparse.ArgumentParser) -> None:
 
     add_model_args(p, device=False)  # TrainConfig.device places the model too
     p.add_argument("--task", default="counting", help=TASK_HELP)
-    p.add_argument("--preset", choices=["paper", "paper-counting", "paper-addition"],
-                   help="the paper's site set (instead of --sites)")
+    p.add_argument("--preset", choices=["paper", "paper-counting", "paper-addition", "cpu"],
+                   help="the paper's site set (instead of --sites); 'cpu' also takes the CPU-sized training "
+                        "settings of TrainConfig's PRESETS['cpu'] for every field not given")
     p.add_argument("--out", required=True, help="run folder: checkpoints/, log.jsonl, config.json and the final bank/")
     p.add_argument("--no-resume", action="store_true",
                    help="refuse to continue from checkpoints in --out (error if there are any)")
@@ -82,9 +84,10 @@ def _sites(args: argparse.Namespace, sites: list[str] | None, model: Any) -> lis
 
     if sites:
         return list(sites)
-    if args.preset == "paper-counting" or (args.preset == "paper" and args.task == "counting"):
+    paper = args.preset in ("paper", "cpu")
+    if args.preset == "paper-counting" or (paper and args.task == "counting"):
         return [str(s) for s in paper_counting_sites(model.cfg.n_layers, model.cfg.n_heads)]
-    if args.preset == "paper-addition" or (args.preset == "paper" and args.task == "addition"):
+    if args.preset == "paper-addition" or (paper and args.task == "addition"):
         return [str(s) for s in paper_addition_sites(model.cfg.n_layers, model.cfg.n_heads)]
     raise InputValueError("give --sites (site strings, e.g. 'blocks.1.attn.hook_result[0]') or --preset "
                           "(paper, paper-counting, paper-addition)")
@@ -100,7 +103,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = args.config_args[0]
     model = load_model(args, device=spec.value(args, "device"))
     task = get_task(args.task)
-    cfg = spec.build(args, sites=_sites(args, spec.values(args).get("sites"), model))
+    given = spec.values(args)
+    sized = {}
+    if args.preset == "cpu":
+        from tl_inversion.training.config import PRESETS
+
+        sized = {k: v for k, v in PRESETS["cpu"].items() if k not in given}
+    cfg = spec.build(args, sites=_sites(args, given.get("sites"), model), **sized)
     result = train(model, task, task_data(args.task, "train"), task_data(args.task, "test"), cfg, out_dir=args.out,
                    resume=not args.no_resume, save_dtype=getattr(torch, args.save_dtype))
     print(result.faithfulness.to_string())

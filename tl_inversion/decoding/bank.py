@@ -33,11 +33,11 @@ from jaxtyping import Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from tl_inversion.model import fingerprints
 from tl_inversion.decoding.decoder import Decoder, DecoderConfig
-from tl_inversion.io import atomic_write_dir, atomic_write_json, plain_bool
-from tl_inversion.model.sites import Site, SiteError, SiteLike, parse_site
 from tl_inversion.errors import InputTypeError, InputValueError, MissingPathError, ModelMismatchError
+from tl_inversion.io import atomic_write_dir, atomic_write_json, plain_bool
+from tl_inversion.model import fingerprints
+from tl_inversion.model.sites import Site, SiteError, SiteLike, parse_site
 
 BANK_JSON = "bank.json"
 WEIGHTS = "decoders.safetensors"
@@ -109,8 +109,11 @@ class DecoderBank:
             sites: the sites to cover.
             widths: activation width per site string.
             topology: ``"per_hook"`` (a decoder per site) or ``"shared"`` (one decoder).
-            vocab_size, n_ctx, bos_id, eos_id, pad_id: the probed model's vocabulary facts.
-                When the three special ids are not all different (GPT-2's
+            vocab_size: the probed model's vocabulary size.
+            n_ctx: the probed model's context length (tokens).
+            bos_id: the BOS id.
+            eos_id: the EOS id.
+            pad_id: the PAD id. When the three special ids are not all different (GPT-2's
                 ``<|endoftext|>`` is BOS, EOS and PAD), the decoders get two extra ids
                 (``vocab_size`` and ``vocab_size + 1``) for EOS and PAD, recorded in
                 ``meta["decoder_ids"]``; :meth:`to_decoder_tokens` and
@@ -183,34 +186,8 @@ class DecoderBank:
         banks = list(banks)
         if len(banks) < 2:
             raise InputValueError(f"merge needs at least two banks, got {len(banks)}")
-        seen: dict[str, int] = {}
-        for i, b in enumerate(banks):
-            for s in b.sites:
-                if str(s) in seen:
-                    raise InputValueError(f"site {str(s)!r} is in bank {seen[str(s)]} and bank {i}; merged sites must be disjoint")
-                seen[str(s)] = i
+        _check_mergeable(banks)
         first = banks[0].meta
-        for i, b in enumerate(banks[1:], start=1):
-            for key in ("task", "special_ids"):
-                if b.meta.get(key) != first.get(key):
-                    raise InputValueError(f"bank {i} was trained on another task: {key} {b.meta.get(key)!r} vs {first.get(key)!r}")
-            f0, fi = first.get("fingerprint", {}), b.meta.get("fingerprint", {})
-            if f0.get("architecture") != fi.get("architecture"):
-                raise InputValueError(f"bank {i} was trained on a model of another architecture: "
-                                 f"{fi.get('architecture')} vs {f0.get('architecture')}")
-            for key, what in (("weights_sha256", "weights"), ("processing", "weight processing")):
-                if f0.get(key) != fi.get(key):
-                    raise InputValueError(f"bank {i} was trained on another probed model ({what} differ: "
-                                     f"{str(fi.get(key))[:40]} vs {str(f0.get(key))[:40]}); merge only banks "
-                                     "of one model")
-        flags = [b.noise_flag for b in banks]
-        if len(set(flags)) > 1:
-            def name(i: int) -> str:
-                return f"bank {i} ({', '.join(str(s) for s in banks[i].sites[:2])}{', ...' if len(banks[i].sites) > 2 else ''})"
-
-            raise InputValueError(f"{'; '.join(name(i) for i, f in enumerate(flags) if f)} trained with a noise flag "
-                             f"(train_noise_flag), {'; '.join(name(i) for i, f in enumerate(flags) if not f)} "
-                             "without; a bank conditions all its decoders one way, so merge only banks trained alike")
         # a merged input contributes its own parts, so merges of merges keep every run's config
         parts: list[dict[str, Any]] = []
         for part in (p for b in banks for p in b.training_runs()):
@@ -223,11 +200,13 @@ class DecoderBank:
                  for c in (p.get("train_config") or {} for p in parts)}
         if len(noise) > 1:
             warnings.warn(f"merging banks trained with different noise (train_noise, shape): {sorted(noise, key=str)}; "
-                          "their decoders' log-probabilities are not on one footing (an evaluate report names each setting's sites)", stacklevel=2)
+                          "their decoders' log-probabilities are not on one footing (an evaluate report names "
+                          "each setting's sites)", stacklevel=2)
         if model is not None:
             for b in banks:
                 b.check_model(model)
-        meta = {k: v for k, v in first.items() if k not in ("probe", "faithfulness", "train_config", "steps", "site_stats")}
+        per_run = ("probe", "faithfulness", "train_config", "steps", "site_stats")
+        meta = {k: v for k, v in first.items() if k not in per_run}
         meta["topology"] = "per_hook" if all(len(g) == 1 for b in banks for g in b.groups) else "mixed"
         meta["probe"] = {k: v for b in banks for k, v in b.meta.get("probe", {}).items()}
         meta["faithfulness"] = {k: v for b in banks for k, v in (b.meta.get("faithfulness") or {}).items()}
@@ -243,7 +222,8 @@ class DecoderBank:
     def training_runs(self) -> list[dict[str, Any]]:
         """The training runs behind this bank: ``[{"sites", "train_config", "steps"}]``, one
         entry per run (a merged bank lists the runs it was merged from; :meth:`merge` takes
-        entries with equal ``train_config`` and ``steps`` for one run)."""
+        entries with equal ``train_config`` and ``steps`` for one run).
+        """
         if self.meta.get("merged_from"):
             return copy.deepcopy(self.meta["merged_from"])
         return [{"sites": [str(s) for s in self.sites], "train_config": self.meta.get("train_config"),
@@ -288,27 +268,32 @@ class DecoderBank:
                 fields).
         """
         if bool(source.noise_flag) != bool(self.noise_flag):
-            raise InputValueError(f"the source bank was trained {'with' if source.noise_flag else 'without'} the noise flag "
-                             f"and this one is {'with' if self.noise_flag else 'without'} it (train_noise_flag): the "
-                             " decoders read a different number of conditioning columns")
+            raise InputValueError(
+                f"the source bank was trained {'with' if source.noise_flag else 'without'} the noise flag "
+                f"and this one is {'with' if self.noise_flag else 'without'} it (train_noise_flag): the "
+                " decoders read a different number of conditioning columns")
         pairs = []
-        for dec, group in zip(self.decoders, self.groups):
+        for dec, group in zip(self.decoders, self.groups, strict=True):
             src, _ = source.lookup(group[0])
             src_group = source.groups[[id(d) for d in source.decoders].index(id(src))]
             if [str(s) for s in src_group] != [str(s) for s in group]:
-                raise InputValueError(f"cannot warm-start the decoder of {[str(s) for s in group]}: the source bank's decoder "
-                                 f"covers {[str(s) for s in src_group]} (topologies, site lists or their order differ)")
+                raise InputValueError(
+                    f"cannot warm-start the decoder of {[str(s) for s in group]}: the source bank's decoder "
+                    f"covers {[str(s) for s in src_group]} (topologies, site lists or their order differ)")
             if src.cfg != dec.cfg:
                 diff = {f: (getattr(src.cfg, f), getattr(dec.cfg, f)) for f in asdict(dec.cfg)
                         if getattr(src.cfg, f) != getattr(dec.cfg, f)}
-                raise InputValueError(f"cannot warm-start the decoder of {[str(s) for s in group]}: its config differs from "
-                                 f"the source's in {', '.join(f'{k} (source {a}, here {b})' for k, (a, b) in diff.items())}")
+                fields = ", ".join(f"{k} (source {a}, here {b})" for k, (a, b) in diff.items())
+                raise InputValueError(
+                    f"cannot warm-start the decoder of {[str(s) for s in group]}: its config differs from "
+                    f"the source's in {fields}")
             pairs.append((dec, src))
         with torch.no_grad():
             for dec, src in pairs:
                 dec.load_state_dict(src.state_dict())
 
-    def select(self, sites: Sequence[SiteLike] | None = None, *, drop: Sequence[SiteLike] | None = None) -> "DecoderBank":
+    def select(self, sites: Sequence[SiteLike] | None = None, *,
+               drop: Sequence[SiteLike] | None = None) -> "DecoderBank":
         """A bank of some of this bank's sites (the decoders are shared, not copied).
 
         With :meth:`merge` this combines runs: to use a newer run ``new`` for some of the
@@ -331,7 +316,8 @@ class DecoderBank:
             SiteError: a site the bank does not cover (the message lists the bank's sites).
         """
         if (sites is None) == (drop is None):
-            raise InputValueError("give the sites to keep (sites=...) or the sites to leave out (drop=...), not both or neither")
+            raise InputValueError(
+                "give the sites to keep (sites=...) or the sites to leave out (drop=...), not both or neither")
         given = sites if sites is not None else drop
         if not isinstance(given, (str, Site)) and not hasattr(given, "__iter__"):
             raise InputTypeError(f"sites / drop take a site string or a list of them, got {type(given).__name__}")
@@ -344,7 +330,7 @@ class DecoderBank:
             raise InputValueError("sites=[] keeps no site" if sites is not None
                              else f"nothing left: dropping {sorted(named)} removes every site of the bank")
         decoders, groups = [], []
-        for dec, group in zip(self.decoders, self.groups):
+        for dec, group in zip(self.decoders, self.groups, strict=True):
             kept = [s for s in group if str(s) in keep]
             if kept and len(kept) < len(group):
                 raise InputValueError(
@@ -402,7 +388,7 @@ class DecoderBank:
             SiteError: the bank has no decoder for that site (the message lists its sites).
         """
         site = self.resolve_site(site)
-        for dec, group in zip(self.decoders, self.groups):
+        for dec, group in zip(self.decoders, self.groups, strict=True):
             if site in group:
                 return dec, group.index(site)
         names = [str(s) for s in self.sites]
@@ -476,7 +462,8 @@ class DecoderBank:
     def to_decoder_tokens(self, tokens: Int[Tensor, "batch n_ctx"]) -> Int[Tensor, "batch n_ctx"]:
         """Task rows ``[BOS] x [EOS] PAD..`` in the decoders' ids (identity unless the task's
         special ids coincide: then the first special token after BOS becomes the decoders'
-        EOS and every later one their PAD)."""
+        EOS and every later one their PAD).
+        """
         ids = self.meta.get("decoder_ids")
         if not ids:
             return tokens
@@ -578,7 +565,8 @@ class DecoderBank:
     # disk -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Tensor]:
         """``{"decoder<i>.<param>": tensor}`` on the CPU (the safetensors payload)."""
-        return {f"decoder{i}.{k}": v.detach().cpu().contiguous() for i, d in enumerate(self.decoders) for k, v in d.state_dict().items()}
+        return {f"decoder{i}.{k}": v.detach().cpu().contiguous()
+                for i, d in enumerate(self.decoders) for k, v in d.state_dict().items()}
 
     def to_json(self) -> dict[str, Any]:
         """The ``bank.json`` payload: sites per decoder, decoder configs, widths, metadata."""
@@ -615,12 +603,14 @@ class DecoderBank:
             ValueError: an unsupported ``format_version``.
         """
         if info.get("format_version") != FORMAT_VERSION:
-            raise InputValueError(f"unsupported decoder bank format {info.get('format_version')}; expected {FORMAT_VERSION}")
+            raise InputValueError(
+                f"unsupported decoder bank format {info.get('format_version')}; expected {FORMAT_VERSION}")
         decoders = []
         for i, cfg in enumerate(info["decoder_configs"]):
             dec = Decoder(DecoderConfig.from_dict(cfg))
             prefix = f"decoder{i}."
-            sub = {k[len(prefix):]: v.float() if v.is_floating_point() else v for k, v in state.items() if k.startswith(prefix)}
+            sub = {k[len(prefix):]: v.float() if v.is_floating_point() else v
+                   for k, v in state.items() if k.startswith(prefix)}
             dec.load_state_dict(sub)
             decoders.append(dec.eval())
         groups = [[parse_site(s) for s in g] for g in info["groups"]]
@@ -656,3 +646,38 @@ class DecoderBank:
         if model is not None:
             bank.check_model(model, allow_mismatch=allow_mismatch)
         return bank
+
+
+def _check_mergeable(banks: list["DecoderBank"]) -> None:
+    """Raise InputValueError unless ``banks`` have disjoint sites, one task, one probed model, one noise flag."""
+    seen: dict[str, int] = {}
+    for i, b in enumerate(banks):
+        for s in b.sites:
+            if str(s) in seen:
+                raise InputValueError(
+                    f"site {str(s)!r} is in bank {seen[str(s)]} and bank {i}; merged sites must be disjoint")
+            seen[str(s)] = i
+    first = banks[0].meta
+    for i, b in enumerate(banks[1:], start=1):
+        for key in ("task", "special_ids"):
+            if b.meta.get(key) != first.get(key):
+                raise InputValueError(
+                    f"bank {i} was trained on another task: {key} {b.meta.get(key)!r} vs {first.get(key)!r}")
+        f0, fi = first.get("fingerprint", {}), b.meta.get("fingerprint", {})
+        if f0.get("architecture") != fi.get("architecture"):
+            raise InputValueError(f"bank {i} was trained on a model of another architecture: "
+                             f"{fi.get('architecture')} vs {f0.get('architecture')}")
+        for key, what in (("weights_sha256", "weights"), ("processing", "weight processing")):
+            if f0.get(key) != fi.get(key):
+                raise InputValueError(f"bank {i} was trained on another probed model ({what} differ: "
+                                 f"{str(fi.get(key))[:40]} vs {str(f0.get(key))[:40]}); merge only banks "
+                                 "of one model")
+    flags = [b.noise_flag for b in banks]
+    if len(set(flags)) > 1:
+        def name(i: int) -> str:
+            more = ", ..." if len(banks[i].sites) > 2 else ""
+            return f"bank {i} ({', '.join(str(s) for s in banks[i].sites[:2])}{more})"
+
+        raise InputValueError(f"{'; '.join(name(i) for i, f in enumerate(flags) if f)} trained with a noise flag "
+                         f"(train_noise_flag), {'; '.join(name(i) for i, f in enumerate(flags) if not f)} "
+                         "without; a bank conditions all its decoders one way, so merge only banks trained alike")

@@ -50,7 +50,9 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
+
 from tl_inversion.decoding.config import DecoderConfig
+from tl_inversion.decoding.generation import sample_loop, step_logits
 from tl_inversion.decoding.layers import _Block, _CondBlock, _KVCache
 from tl_inversion.errors import InputTypeError, InputValueError
 
@@ -168,6 +170,19 @@ class Decoder(nn.Module):
         """Validate shapes (free) and values (one device sync); move to the model device."""
         cfg = self.cfg
         device, dtype = self._device_dtype()
+        self._check_z(z)
+        batch = z.shape[0]
+        site = self._site_rows(site, batch, device)
+        z = z.to(device=device, dtype=dtype)
+        flags = [site.min() < 0, site.max() >= cfg.n_sites, ~torch.isfinite(z).all()]
+        if tokens is not None:
+            tokens = self._check_tokens(tokens, batch, min_len, device)
+            flags += [tokens.min() < 0, tokens.max() >= cfg.vocab_size]
+        self._raise_bad_values(torch.stack(flags).tolist(), site, tokens)
+        return z, site, tokens
+
+    def _check_z(self, z: Tensor) -> None:
+        cfg = self.cfg
         if not isinstance(z, Tensor):
             raise InputTypeError(
                 f"z must be a torch.Tensor of shape [batch, {cfg.d_act}], got {type(z).__name__}"
@@ -183,9 +198,11 @@ class Decoder(nn.Module):
                 f"z has width {z.shape[1]} but this decoder expects d_act={cfg.d_act}; "
                 f"zero-pad narrower activations to {cfg.d_act}"
             )
-        batch = z.shape[0]
-        if batch == 0:
+        if z.shape[0] == 0:
             raise InputValueError("z has an empty batch; pass at least one activation")
+
+    def _site_rows(self, site: Tensor | int, batch: int, device: torch.device) -> Tensor:
+        cfg = self.cfg
         if isinstance(site, bool):
             raise InputTypeError("site must be an int or an integer tensor, got a bool")
         if isinstance(site, int):
@@ -208,33 +225,34 @@ class Decoder(nn.Module):
             site = site.to(device=device, dtype=torch.long)
         else:
             raise InputTypeError(f"site must be an int or an integer tensor, got {type(site).__name__}")
-        z = z.to(device=device, dtype=dtype)
+        return site
 
-        flags = [site.min() < 0, site.max() >= cfg.n_sites, ~torch.isfinite(z).all()]
-        if tokens is not None:
-            if not isinstance(tokens, Tensor):
-                raise InputTypeError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
-            if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
-                raise InputTypeError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
-            if tokens.ndim != 2:
-                raise InputValueError(
-                    f"tokens must have shape [batch, seq], got shape {tuple(tokens.shape)}"
-                )
-            if tokens.shape[0] != batch:
-                raise InputValueError(
-                    f"tokens have batch {tokens.shape[0]} but z has batch {batch}; they must match"
-                )
-            seq = tokens.shape[1]
-            if seq > cfg.n_ctx:
-                raise InputValueError(
-                    f"tokens have length {seq} but this decoder handles at most "
-                    f"n_ctx={cfg.n_ctx} positions (BOS and EOS included)"
-                )
-            if seq < min_len:
-                raise InputValueError(f"tokens must have at least {min_len} positions, got {seq}")
-            tokens = tokens.to(device=device, dtype=torch.long)
-            flags += [tokens.min() < 0, tokens.max() >= cfg.vocab_size]
-        bad = torch.stack(flags).tolist()
+    def _check_tokens(self, tokens: Tensor, batch: int, min_len: int, device: torch.device) -> Tensor:
+        cfg = self.cfg
+        if not isinstance(tokens, Tensor):
+            raise InputTypeError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
+        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+            raise InputTypeError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
+        if tokens.ndim != 2:
+            raise InputValueError(
+                f"tokens must have shape [batch, seq], got shape {tuple(tokens.shape)}"
+            )
+        if tokens.shape[0] != batch:
+            raise InputValueError(
+                f"tokens have batch {tokens.shape[0]} but z has batch {batch}; they must match"
+            )
+        seq = tokens.shape[1]
+        if seq > cfg.n_ctx:
+            raise InputValueError(
+                f"tokens have length {seq} but this decoder handles at most "
+                f"n_ctx={cfg.n_ctx} positions (BOS and EOS included)"
+            )
+        if seq < min_len:
+            raise InputValueError(f"tokens must have at least {min_len} positions, got {seq}")
+        return tokens.to(device=device, dtype=torch.long)
+
+    def _raise_bad_values(self, bad: list[bool], site: Tensor, tokens: Tensor | None) -> None:
+        cfg = self.cfg
         if bad[0] or bad[1]:
             wrong = sorted(set(site[(site < 0) | (site >= cfg.n_sites)].tolist()))
             raise InputValueError(
@@ -249,7 +267,6 @@ class Decoder(nn.Module):
                 f"token ids {wrong[:10]} are out of range; valid ids are "
                 f"0..{cfg.vocab_size - 1} (vocab_size={cfg.vocab_size})"
             )
-        return z, site, tokens
 
     # --------------------------------------------------------------- forward
 
@@ -260,7 +277,7 @@ class Decoder(nn.Module):
         return self.cond_ln(a)
 
     def condition(
-        self, z: Float[Tensor, "batch d_act"], site: Int[Tensor, "batch"] | int
+        self, z: Float[Tensor, "batch d_act"], site: Int[Tensor, " batch"] | int
     ) -> Float[Tensor, "batch d_cond"]:
         """Compute the conditioning vector ``a`` from an activation and its site.
 
@@ -300,7 +317,7 @@ class Decoder(nn.Module):
         self,
         tokens: Int[Tensor, "batch seq"],
         z: Float[Tensor, "batch d_act"],
-        site: Int[Tensor, "batch"] | int,
+        site: Int[Tensor, " batch"] | int,
     ) -> Float[Tensor, "batch seq vocab"]:
         """Teacher-forced logits of every next token.
 
@@ -334,7 +351,7 @@ class Decoder(nn.Module):
         self,
         tokens: Int[Tensor, "batch seq"],
         z: Float[Tensor, "batch d_act"],
-        site: Int[Tensor, "batch"] | int,
+        site: Int[Tensor, " batch"] | int,
     ) -> Float[Tensor, ""]:
         """Mean next-token cross-entropy (nats per target token), PAD targets ignored.
 
@@ -380,7 +397,7 @@ class Decoder(nn.Module):
         self,
         tokens: Int[Tensor, "batch seq"],
         z: Float[Tensor, "batch d_act"],
-        site: Int[Tensor, "batch"] | int,
+        site: Int[Tensor, " batch"] | int,
     ) -> Float[Tensor, "batch seq_minus_1"]:
         """Log-probability of each next token under teacher forcing.
 
@@ -433,32 +450,38 @@ class Decoder(nn.Module):
         pos = cache.pos
         if pos >= cache.capacity:
             raise InputValueError(f"KV cache is full ({cache.capacity} positions)")
-        x = self.tok_embed(token).unsqueeze(1) + self.pos_embed.weight[pos]
-        for layer, block in enumerate(self.blocks):
-            x = block.step(x, cache.k[layer], cache.v[layer], pos + 1)
+        logits = step_logits(self, token, cache.k, cache.v, pos)
         cache.pos = pos + 1
-        return self.unembed(self.ln_f(x[:, 0]))
+        return logits
 
     @torch.no_grad()
     def generate(
         self,
         z: Float[Tensor, "batch d_act"],
-        site: Int[Tensor, "batch"] | int,
-        temperature: float | Float[Tensor, "batch"] = 1.0,
+        site: Int[Tensor, " batch"] | int,
+        temperature: float | Float[Tensor, " batch"] = 1.0,
         max_len: int | None = None,
         generator: torch.Generator | None = None,
-    ) -> Int[Tensor, "batch n_ctx"]:
+        *,
+        return_logprobs: bool = False,
+        check_every: int | None = None,
+        compile: bool = False,
+    ) -> Int[Tensor, "batch n_ctx"] | tuple[Int[Tensor, "batch n_ctx"], Float[Tensor, "batch n_ctx_minus_1"]]:
         """Sample inputs ``[BOS] x [EOS] PAD..`` conditioned on activations (KV-cached).
 
         Starts every row from BOS and samples one token per step from
-        ``softmax(logits / temperature)`` with BOS and PAD masked out, feeding each new
-        token through a key/value cache (one forward step per position, the prefix is
-        never recomputed). A row is finished after it emits EOS; everything after its EOS
-        is ``pad_id``. Generation stops early once every row is finished. A row that
-        reaches ``max_len`` without EOS is returned truncated (no EOS): callers that need
-        well-formed inputs should check for EOS. Dropout is never applied, so results
-        depend only on the weights, the inputs and ``generator``
-        (InversionView, Huang et al. 2024, Sec. 3 / App.).
+        ``softmax(logits / temperature)`` with BOS and PAD masked out (drawn by Gumbel-max
+        from noise drawn up front, one uniform per step, row and id: a row's sample does not
+        depend on the other rows of the batch), feeding each new token through a
+        preallocated key/value cache (one forward step per position, the prefix is never
+        recomputed). A row is finished after it emits EOS; everything after its EOS is
+        ``pad_id``. Generation stops once every row is finished, checked every
+        ``check_every`` steps (finished rows are then dropped from the batch when a quarter
+        of them are done). A row that reaches ``max_len`` without EOS is returned truncated
+        (no EOS): callers that need well-formed inputs should check for EOS. Dropout is
+        never applied, so results depend only on the weights, the inputs and ``generator``
+        (InversionView, Huang et al. 2024, Sec. 3 / App.; loop in
+        :mod:`tl_inversion.decoding.generation`).
 
         Args:
             z: ``[batch, d_act]`` activations (zero-padded to ``d_act`` by the caller).
@@ -469,16 +492,26 @@ class Decoder(nn.Module):
             max_len: longest sequence to produce, BOS and EOS included, in
                 ``1 .. n_ctx``; ``None`` means ``n_ctx``. The output still has ``n_ctx``
                 columns (PAD beyond ``max_len``).
-            generator: random generator used by ``torch.multinomial``; must live on the
-                decoder's device. ``None`` uses the global RNG. Same seed, same output.
+            generator: random generator of the sampling noise; must live on the decoder's
+                device. ``None`` uses the global RNG. Same seed, same output.
+            return_logprobs: also return ``log p(token | prefix, z)`` (nats) of every
+                emitted token under the full softmax (no temperature, nothing masked; 0
+                where the token is PAD), as :meth:`token_logprobs` of the output would give
+                up to float rounding.
+            check_every: steps between "all rows finished?" checks (each one host
+                synchronisation); ``None``: every step on the CPU, every 8 on an accelerator.
+                Does not change the output.
+            compile: run the per-token step through ``torch.compile`` (dynamic shapes;
+                the first call compiles).
 
         Returns:
             ``[batch, n_ctx]`` int64 token ids on the decoder's device; column 0 is BOS.
+            With ``return_logprobs``: ``(tokens, logprobs [batch, n_ctx - 1] float32)``.
 
         Raises:
             ValueError: on invalid ``z``/``site`` (as :meth:`condition`), a negative,
-                non-finite or wrongly shaped ``temperature``, or ``max_len`` outside
-                ``1 .. n_ctx``.
+                non-finite or wrongly shaped ``temperature``, ``max_len`` outside
+                ``1 .. n_ctx``, or ``check_every < 1``.
         """
         cfg = self.cfg
         z, site, _ = self._check_inputs(z, site)
@@ -507,37 +540,16 @@ class Decoder(nn.Module):
                 "temperature must be finite and >= 0 (0 = greedy), got "
                 f"{temp[bad_temp][:5].tolist()}"
             )
-        greedy_rows = temp == 0
-        all_greedy = bool(greedy_rows.all().item())
-        any_greedy = bool(greedy_rows.any().item())
-        inv_temp = torch.where(greedy_rows, torch.ones_like(temp), temp).reciprocal()[:, None]
-
-        out = torch.full((batch, cfg.n_ctx), cfg.pad_id, dtype=torch.long, device=device)
-        out[:, 0] = cfg.bos_id
+        if check_every is not None and (isinstance(check_every, bool) or not isinstance(check_every, int)
+                                        or check_every < 1):
+            raise InputValueError(f"check_every must be a positive int or None, got {check_every!r}")
         if length == 1:
-            return out
-        banned = torch.zeros(cfg.vocab_size, dtype=torch.bool, device=device)
-        banned[[cfg.bos_id, cfg.pad_id]] = True
-
-        cache = self._init_cache(self._condition(z, site), length - 1)
-        finished = torch.zeros(batch, dtype=torch.bool, device=device)
-        token = out[:, 0]
-        for pos in range(1, length):
-            logits = self._step(token, cache).float().masked_fill(banned, float("-inf"))
-            if all_greedy:
-                nxt = logits.argmax(dim=-1)
-            else:
-                probs = torch.softmax(logits * inv_temp, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-                if any_greedy:
-                    nxt = torch.where(greedy_rows, logits.argmax(dim=-1), nxt)
-            nxt = nxt.masked_fill(finished, cfg.pad_id)
-            out[:, pos] = nxt
-            finished |= nxt == cfg.eos_id
-            if pos + 1 < length and bool(finished.all()):
-                break
-            token = nxt
-        return out
+            out = torch.full((batch, cfg.n_ctx), cfg.pad_id, dtype=torch.long, device=device)
+            out[:, 0] = cfg.bos_id
+            return (out, torch.zeros(batch, cfg.n_ctx - 1, device=device)) if return_logprobs else out
+        tokens, logprobs = sample_loop(self, self._condition(z, site), temp, length, generator,
+                                       check_every=check_every, logprobs=return_logprobs, compile_step=compile)
+        return (tokens, logprobs) if return_logprobs else tokens
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameters (all, or only those with ``requires_grad``).

@@ -7,7 +7,6 @@ assembles them (InversionView, Huang et al. 2024, Sec. 3 / App.).
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn

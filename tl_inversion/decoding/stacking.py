@@ -104,7 +104,8 @@ class StackedDecoders:
     @torch.no_grad()
     def clip_grad_norm_(self, max_norm: float) -> Tensor:
         """Clip each decoder's gradient to total L2 norm ``max_norm`` (as
-        ``torch.nn.utils.clip_grad_norm_`` does per decoder); returns the ``[n]`` norms."""
+        ``torch.nn.utils.clip_grad_norm_`` does per decoder); returns the ``[n]`` norms.
+        """
         grads = [p.grad for p in self.params.values() if p.grad is not None]
         if not grads:
             return torch.zeros(len(self))

@@ -21,8 +21,9 @@ after the site's layer (cheap); memory is ``[batch_size, n_ctx, d_site]`` per ba
 ``batch_size``, with a float64 copy of each batch's activations). Decoder scoring is the
 heavy part (one teacher-forced decoder pass per candidate and query), so
 ``max_candidates`` caps the number of candidates scored per query: all members (up to
-``max_candidates // 2``) plus a uniform random sample of non-members fill the cap. AUROC does not depend on the class proportions, so sampling
-within each class leaves it unbiased; recall always uses the full member set.
+``max_candidates // 2``) plus a uniform random sample of non-members fill the cap. AUROC
+does not depend on the class proportions, so sampling within each class leaves it unbiased;
+recall always uses the full member set.
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_inversion.model.activations import activations_at, harvest, model_device
-from tl_inversion.inversion.distance import best_position, check_metric, default_epsilon
-from tl_inversion.training.noise import kernel_log_posterior
-from tl_inversion.model.sites import SiteLike, validate_site
-from tl_inversion.inversion.verify import membership, special_mask_of
 from tl_inversion.errors import InputValueError
 from tl_inversion.inversion.decode import decode_to_task
+from tl_inversion.inversion.distance import best_position, check_metric, default_epsilon
+from tl_inversion.inversion.verify import membership, special_mask_of
+from tl_inversion.model.activations import activations_at, harvest, model_device
+from tl_inversion.model.sites import SiteLike, validate_site
+from tl_inversion.training.noise import kernel_log_posterior
 
 __all__ = [
     "auroc",
@@ -55,7 +56,9 @@ __all__ = [
 ]
 
 
-def auroc(scores: Sequence[float] | Tensor | np.ndarray, labels: Sequence[int] | Tensor | np.ndarray) -> float:
+def auroc(
+    scores: Sequence[float | int] | Tensor | np.ndarray, labels: Sequence[int | bool] | Tensor | np.ndarray
+) -> float:
     """Area under the ROC curve of ``scores`` for ``labels`` (1 = positive), ties counted half.
 
     Computed with the Mann-Whitney U statistic on average ranks:
@@ -72,7 +75,9 @@ def auroc(scores: Sequence[float] | Tensor | np.ndarray, labels: Sequence[int] |
     Raises:
         ValueError: shapes differ, labels other than 0/1, or NaN scores.
     """
-    s = np.asarray(torch.as_tensor(scores).double().cpu() if isinstance(scores, Tensor) else scores, dtype=np.float64).reshape(-1)
+    s = np.asarray(
+        torch.as_tensor(scores).double().cpu() if isinstance(scores, Tensor) else scores, dtype=np.float64
+    ).reshape(-1)
     y = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels).reshape(-1)
     if s.shape != y.shape:
         raise InputValueError(f"scores and labels must have the same length, got {s.shape[0]} and {y.shape[0]}")
@@ -129,8 +134,9 @@ def preimage_distances(
     Raises:
         SiteError: the site does not fit the model. ValueError: bad metric or widths.
     """
-    return preimage_distances_by_site(model, candidates, {site: z_q}, special_ids, metric=metric,
-                                      batch_size=batch_size, progress=progress)[site]
+    return preimage_distances_by_site(
+        model, candidates, {site: z_q}, special_ids, metric=metric, batch_size=batch_size, progress=progress
+    )[site]
 
 
 def preimage_distances_by_site(
@@ -146,8 +152,12 @@ def preimage_distances_by_site(
     """:func:`preimage_distances` for several sites from ONE probed forward per batch.
 
     Args:
-        model, candidates, special_ids, metric, batch_size, progress: as in
-            :func:`preimage_distances`.
+        model: the probed model (as in :func:`preimage_distances`).
+        candidates: ``[N, n_ctx]`` candidate inputs.
+        special_ids: token ids never matched (as in :func:`preimage_distances`).
+        metric: ``"l2"`` or ``"cosine"``.
+        batch_size: candidates per probed forward.
+        progress: tqdm bars.
         z_by_site: ``{site: [Q_s, d_site] query activations}`` (each ``[d_site]`` allowed);
             a site is a :class:`~tl_inversion.sites.Site` or its string.
 
@@ -164,8 +174,10 @@ def preimage_distances_by_site(
     valid = {key: validate_site(key, model) for key in z_by_site}
     zs = {key: (z[None] if z.ndim == 1 else z).detach().to(device) for key, z in z_by_site.items()}
     n = candidates.shape[0]
-    out = {key: (torch.empty(z.shape[0], n, dtype=torch.float32), torch.empty(z.shape[0], n, dtype=torch.long))
-           for key, z in zs.items()}
+    out = {
+        key: (torch.empty(z.shape[0], n, dtype=torch.float32), torch.empty(z.shape[0], n, dtype=torch.long))
+        for key, z in zs.items()
+    }
     for start in tqdm(range(0, n, batch_size), disable=not progress, desc="true preimage", unit="batch"):
         batch = candidates[start : start + batch_size]
         acts = harvest(model, batch, list(dict.fromkeys(valid.values())), validate=False)
@@ -268,7 +280,8 @@ def _blurred(bank: Any, blurred: bool | None) -> bool:
 
 def _auroc_by_match(logp: np.ndarray, member: np.ndarray, at_query: np.ndarray) -> dict[str, float]:
     """AUROC of the members matching at the query's position, and of those matching
-    elsewhere, each against all scored non-members (NaN where a group is empty)."""
+    elsewhere, each against all scored non-members (NaN where a group is empty).
+    """
     out = {}
     for name, group in (("auroc_at_query_position", member & at_query), ("auroc_elsewhere", member & ~at_query)):
         keep = group | ~member
@@ -282,7 +295,8 @@ def _training_kernel(bank: Any, site: Any, blurred: bool) -> tuple[str | None, f
     bank does not record how the site was trained, or the site was trained on exact
     activations only (``train_noise`` 0, as the paper: a point-mass kernel ranks only inputs
     with numerically identical activations, a number that says nothing about the decoder).
-    Without a noise flag every row had the run's ``train_noise``."""
+    Without a noise flag every row had the run's ``train_noise``.
+    """
     cfg = bank.training_config(site)
     if cfg is None or not cfg.get("train_noise"):
         return None
@@ -291,10 +305,12 @@ def _training_kernel(bank: Any, site: Any, blurred: bool) -> tuple[str | None, f
     return cfg.get("train_noise_shape", "gaussian"), float(cfg["train_noise"])
 
 
-def _ideal_logp(model: Any, task: Any, site: Any, z_q: Tensor, scored: Tensor, kernel: tuple[str | None, float],
-                batch_size: int) -> np.ndarray:
+def _ideal_logp(
+    model: Any, task: Any, site: Any, z_q: Tensor, scored: Tensor, kernel: tuple[str | None, float], batch_size: int
+) -> np.ndarray:
     """:func:`~tl_inversion.noise.kernel_log_posterior` of ``scored`` inputs, batch by batch,
-    over the positions training draws from (the task's training positions)."""
+    over the positions training draws from (the task's training positions).
+    """
     out = []
     for i in range(0, scored.shape[0], batch_size):
         x = scored[i : i + batch_size]
@@ -347,8 +363,9 @@ def completeness(
     members (and of their classes under ``class_fn``).
 
     Args:
-        model: the probed model; bank: the decoders (must cover ``site``); task: gives
-            ``special_ids``, named positions and ``decode``.
+        model: the probed model.
+        bank: the decoders (must cover ``site``).
+        task: gives ``special_ids``, named positions and ``decode``.
         site: the site.
         queries: ``[Q, n_ctx]`` query inputs.
         positions: per query ``[Q]`` absolute indices, or one index / task-named position.
@@ -364,7 +381,8 @@ def completeness(
         class_fn: ``fn(tokens [n, n_ctx]) -> n classes`` (a list or a ``[n]``/``[n, k]``
             tensor), e.g. counting's (query letter, count); enables ``class_recall``.
         seed: seed of the subsample and of the samples.
-        batch_size: candidates per probed forward; decoder_batch_size: per decoder pass.
+        batch_size: candidates per probed forward.
+        decoder_batch_size: candidates per decoder pass.
         progress: tqdm bars.
         blurred: the noise flag of the condition for scoring and sampling (banks trained
             with ``train_noise_flag``; :meth:`~tl_inversion.bank.DecoderBank.pad`);
@@ -401,13 +419,16 @@ def completeness(
     positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
     z_q = activations_at(model, queries, positions, [site], validate=False)[site]
     if distances is None:
-        dist, matched = preimage_distances(model, candidates, site, z_q, task.special_ids, metric=metric,
-                                           batch_size=batch_size, progress=progress)
+        dist, matched = preimage_distances(
+            model, candidates, site, z_q, task.special_ids, metric=metric, batch_size=batch_size, progress=progress
+        )
     else:
         dist, matched = distances
         if tuple(dist.shape) != (queries.shape[0], candidates.shape[0]) or dist.shape != matched.shape:
-            raise InputValueError(f"distances must be two [{queries.shape[0]}, {candidates.shape[0]}] tensors (queries x "
-                             f"candidates), got {list(dist.shape)} and {list(matched.shape)}")
+            raise InputValueError(
+                f"distances must be two [{queries.shape[0]}, {candidates.shape[0]}] tensors (queries x "
+                f"candidates), got {list(dist.shape)} and {list(matched.shape)}"
+            )
     kernel = _training_kernel(bank, site, blurred)
     rng = np.random.default_rng(seed)
     gen = torch.Generator(device=bank.device).manual_seed(seed)
@@ -420,27 +441,51 @@ def completeness(
         if max_candidates is None or max_candidates >= n:
             chosen = np.arange(n)
         else:
-            keep_m = members if len(members) <= max_candidates // 2 else rng.choice(members, max_candidates // 2, replace=False)
+            keep_m = (
+                members
+                if len(members) <= max_candidates // 2
+                else rng.choice(members, max_candidates // 2, replace=False)
+            )
             non = np.flatnonzero(~member)
             k = min(len(non), max_candidates - len(keep_m))
             chosen = np.sort(np.r_[keep_m, rng.choice(non, k, replace=False)]).astype(np.int64)
-        lp = decoder_logprobs(bank, site, z_q[qi], candidates[torch.from_numpy(chosen)], blurred=blurred,
-                              batch_size=decoder_batch_size, progress=progress and len(chosen) > 10 * decoder_batch_size)
+        lp = decoder_logprobs(
+            bank,
+            site,
+            z_q[qi],
+            candidates[torch.from_numpy(chosen)],
+            blurred=blurred,
+            batch_size=decoder_batch_size,
+            progress=progress and len(chosen) > 10 * decoder_batch_size,
+        )
         at = matched[qi].numpy()
         ideal = float("nan")
         if kernel is not None:
-            ideal = auroc(_ideal_logp(model, task, site, z_q[qi], candidates[torch.from_numpy(chosen)], kernel, batch_size),
-                          member[chosen])
-        score_frames.append(pd.DataFrame({"query": qi, "candidate": chosen, "distance": d[chosen],
-                                          "matched_position": at[chosen], "logp": lp.numpy(),
-                                          "member": member[chosen]}))
+            ideal = auroc(
+                _ideal_logp(model, task, site, z_q[qi], candidates[torch.from_numpy(chosen)], kernel, batch_size),
+                member[chosen],
+            )
+        score_frames.append(
+            pd.DataFrame(
+                {
+                    "query": qi,
+                    "candidate": chosen,
+                    "distance": d[chosen],
+                    "matched_position": at[chosen],
+                    "logp": lp.numpy(),
+                    "member": member[chosen],
+                }
+            )
+        )
         row: dict[str, Any] = {
             "query": qi,
             "text": task.decode(queries[qi]),
             "position": int(positions[qi]),
             "n_candidates": n,
             "n_members": int(len(members)),
-            "members_at_query_position": float((at[members] == int(positions[qi])).mean()) if len(members) else float("nan"),
+            "members_at_query_position": float((at[members] == int(positions[qi])).mean())
+            if len(members)
+            else float("nan"),
             "n_scored": int(len(chosen)),
             "auroc": auroc(lp.numpy(), member[chosen]),
             **_auroc_by_match(lp.numpy(), member[chosen], at[chosen] == int(positions[qi])),
@@ -448,24 +493,35 @@ def completeness(
             "blurred": blurred,
         }
         if n_samples:
-            samples = decode_to_task(bank, site, z_q[qi].reshape(1, -1).expand(n_samples, -1),
-                                     temperature=temperature, generator=gen, blurred=blurred)
+            samples = decode_to_task(
+                bank,
+                site,
+                z_q[qi].reshape(1, -1).expand(n_samples, -1),
+                temperature=temperature,
+                generator=gen,
+                blurred=blurred,
+            )
             s_dist, _ = membership(model, samples, site, z_q[qi], task.special_ids, metric, batch_size)
             keys = _row_keys(candidates[torch.from_numpy(members)]) if len(members) else []
             sample_keys = _row_keys(samples) if samples.shape[-1] == candidates.shape[-1] else []
             found = set(keys) & set(sample_keys)
-            row.update({
-                "n_samples": n_samples,
-                "n_distinct_samples": len(set(sample_keys)),
-                "sample_faithfulness": float((s_dist <= eps).float().mean()),
-                "recall": len(found) / len(keys) if keys else float("nan"),
-            })
+            row.update(
+                {
+                    "n_samples": n_samples,
+                    "n_distinct_samples": len(set(sample_keys)),
+                    "sample_faithfulness": float((s_dist <= eps).float().mean()),
+                    "recall": len(found) / len(keys) if keys else float("nan"),
+                }
+            )
             if class_fn is not None:
-                member_classes = set(_classes(class_fn, candidates[torch.from_numpy(members)])) if len(members) else set()
+                member_classes = (
+                    set(_classes(class_fn, candidates[torch.from_numpy(members)])) if len(members) else set()
+                )
                 inside = samples[s_dist <= eps]
                 sample_classes = set(_classes(class_fn, inside)) if inside.shape[0] else set()
                 row["n_member_classes"] = len(member_classes)
-                row["class_recall"] = (len(member_classes & sample_classes) / len(member_classes)
-                                       if member_classes else float("nan"))
+                row["class_recall"] = (
+                    len(member_classes & sample_classes) / len(member_classes) if member_classes else float("nan")
+                )
         summaries.append(row)
     return CompletenessResult(pd.DataFrame(summaries), pd.concat(score_frames, ignore_index=True), eps, metric)

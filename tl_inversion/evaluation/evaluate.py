@@ -47,11 +47,11 @@ from tl_inversion.inversion.decode import decode_to_task
 from tl_inversion.inversion.distance import default_epsilon
 from tl_inversion.inversion.queries import check_query_positions
 from tl_inversion.inversion.sampling import PAPER_SCHEDULE
+from tl_inversion.inversion.verify import measure_faithfulness
 from tl_inversion.model.activations import activations_at, harvest, model_device
 from tl_inversion.tasks import as_task
-from tl_inversion.tasks.plan import RANDOM, EvalPlan, Feature, PositionLike, default_plan
-from tl_inversion.inversion.verify import measure_faithfulness
 from tl_inversion.tasks.base import sample_positions
+from tl_inversion.tasks.plan import RANDOM, EvalPlan, Feature, PositionLike, default_plan
 
 if TYPE_CHECKING:  # pragma: no cover
     from tl_inversion.evaluation.inverter import Inverter
@@ -166,9 +166,10 @@ def evaluate(
         schedule: the pool's ``(temperature, noise)`` settings (default: the paper's).
         n_bos_samples: samples from the BOS activation per site (consistency baseline).
         n_random: random inputs for the chance baseline.
-        max_candidates, n_samples: completeness scoring cap and recall samples
-            (:func:`~tl_inversion.completeness.completeness`).
-        epsilon: membership threshold (``None``: 0.1 for l2, 0.25 for cosine); metric: l2 or cosine.
+        max_candidates: completeness scoring cap (:func:`~tl_inversion.completeness.completeness`).
+        n_samples: completeness recall samples.
+        epsilon: membership threshold (``None``: 0.1 for l2, 0.25 for cosine).
+        metric: ``"l2"`` or ``"cosine"``.
         seed: seed of every random choice.
         progress: one ``tqdm.auto`` bar over the stages (faithfulness per position, pools per
             site and position, completeness per site); it ends full.
@@ -214,15 +215,20 @@ def _check_arguments(bank: Any, task: Any, eval_data: Tensor, plan: EvalPlan, *,
     if blurred is not None:
         bank.check_blurred(blurred)
     if not eps > 0:
-        raise InputValueError(f"epsilon must be a positive distance (paper: 0.1 for l2, 0.25 for cosine), got {epsilon}")
+        raise InputValueError(
+            f"epsilon must be a positive distance (paper: 0.1 for l2, 0.25 for cosine), got {epsilon}"
+        )
     if not plan.positions:
         raise InputValueError("the plan has no positions: give at least one (a task-named position or an index)")
     if eval_data.ndim != 2 or eval_data.shape[-1] != task.n_ctx or eval_data.shape[0] == 0:
-        raise InputValueError(f"eval_data must be [n >= 1, {task.n_ctx}] token ids of task {task.name!r}, "
-                         f"got shape {tuple(eval_data.shape)}")
+        raise InputValueError(
+            f"eval_data must be [n >= 1, {task.n_ctx}] token ids of task {task.name!r}, "
+            f"got shape {tuple(eval_data.shape)}"
+        )
     if bool(plan.completeness_queries) != bool(plan.completeness_positions):
-        raise InputValueError("completeness needs both queries and positions (completeness_queries and "
-                         "completeness_positions)")
+        raise InputValueError(
+            "completeness needs both queries and positions (completeness_queries and completeness_positions)"
+        )
     if plan.completeness_queries and plan.candidates is None:
         raise InputValueError("completeness queries need an enumerated input space: the plan has no candidates")
     if plan.completeness_queries:  # bad queries or positions fail now, not after the other stages
@@ -255,7 +261,22 @@ def run_evaluation(
 
     Args:
         inverter: the checked (model, bank, task).
-        eval_data, plan, ...: as :func:`evaluate` (``plan`` is required).
+        eval_data: as :func:`evaluate`.
+        plan: as :func:`evaluate` (required here).
+        sites: as :func:`evaluate`.
+        n_faithfulness: as :func:`evaluate`.
+        n_queries: as :func:`evaluate`.
+        n_repeats: as :func:`evaluate`.
+        schedule: as :func:`evaluate`.
+        n_bos_samples: as :func:`evaluate`.
+        n_random: as :func:`evaluate`.
+        max_candidates: as :func:`evaluate`.
+        n_samples: as :func:`evaluate`.
+        epsilon: as :func:`evaluate`.
+        metric: as :func:`evaluate`.
+        seed: as :func:`evaluate`.
+        progress: as :func:`evaluate`.
+        blurred: as :func:`evaluate`.
 
     Returns:
         :class:`~tl_inversion.evaluation.report.EvaluationReport`.
@@ -264,10 +285,22 @@ def run_evaluation(
         As :func:`evaluate`, except ModelMismatchError.
     """
     model, bank, task = inverter.model, inverter.bank, inverter.task
-    eps = _check_arguments(bank, task, eval_data, plan, n_faithfulness=n_faithfulness, n_queries=n_queries,
-                           n_repeats=n_repeats, n_bos_samples=n_bos_samples, n_random=n_random,
-                           max_candidates=max_candidates, n_samples=n_samples, epsilon=epsilon, metric=metric,
-                           blurred=blurred)
+    eps = _check_arguments(
+        bank,
+        task,
+        eval_data,
+        plan,
+        n_faithfulness=n_faithfulness,
+        n_queries=n_queries,
+        n_repeats=n_repeats,
+        n_bos_samples=n_bos_samples,
+        n_random=n_random,
+        max_candidates=max_candidates,
+        n_samples=n_samples,
+        epsilon=epsilon,
+        metric=metric,
+        blurred=blurred,
+    )
     blurred = None if blurred is None else bank.check_blurred(blurred)
     use_sites = list(bank.sites) if sites is None else [bank.resolve_site(s) for s in sites]
     for s in use_sites:
@@ -280,12 +313,12 @@ def run_evaluation(
     stages = 1 + len(plan.positions) * (1 + len(use_sites)) + (len(use_sites) if completeness_on else 0)
     bar = tqdm(total=stages, disable=not progress, desc="evaluate", unit="stage")
     try:
-
         faith_rows = []
         # the paper's rate: a random trainable position per held-out input (App. C)
         held = shuffled[:n_faithfulness]
-        df = measure_faithfulness(bank, model, task, held, sample_positions(task, held, g, 0.0),
-                                  epsilon=eps, metric=metric, seed=seed)
+        df = measure_faithfulness(
+            bank, model, task, held, sample_positions(task, held, g, 0.0), epsilon=eps, metric=metric, seed=seed
+        )
         df = df.loc[[str(s) for s in use_sites]]
         df["position"] = RANDOM
         faith_rows.append(df.reset_index())
@@ -307,23 +340,48 @@ def run_evaluation(
                 q, qi = toks[n_f : n_f + n_queries], idx[n_f : n_f + n_queries]
                 if q.shape[0] == 0:  # a single row holds the position: it is also the query
                     q, qi = toks[:1], idx[:1]
-                results = inverter.sample_many(q, site, qi, schedule=schedule, n_repeats=n_repeats, epsilon=eps,
-                                               metric=metric, seed=seed, colour=False, warn_positions=False)
+                results = inverter.sample_many(
+                    q,
+                    site,
+                    qi,
+                    schedule=schedule,
+                    n_repeats=n_repeats,
+                    epsilon=eps,
+                    metric=metric,
+                    seed=seed,
+                    colour=False,
+                    warn_positions=False,
+                )
                 pool = pd.concat([r.df for r in results])
-                pool_rows.append({"site": str(site), "position": str(p), "pool_in_preimage": float(pool["in_preimage"].mean()),
-                                  "pool_valid": float(pool["valid"].mean()), "pool_size": int(len(pool))})
+                pool_rows.append(
+                    {
+                        "site": str(site),
+                        "position": str(p),
+                        "pool_in_preimage": float(pool["in_preimage"].mean()),
+                        "pool_valid": float(pool["valid"].mean()),
+                        "pool_size": int(len(pool)),
+                    }
+                )
                 for name, fn in plan.features.items():
                     fc = consistency_summary(feature_consistency(results, fn))
-                    cons_rows.append({
-                        "site": str(site), "position": str(p), "feature": name,
-                        "consistency": fc.per_query_mean, "consistency_pooled": fc.pooled,
-                        "bos_baseline": _agreement(fn, bos_samples, q),
-                        "random_baseline": baseline_consistency(random_inputs, q, fn),
-                        "n_samples": fc.n_samples, "n_queries": fc.n_queries,
-                        "n_queries_counted": fc.n_queries_counted,
-                    })
+                    cons_rows.append(
+                        {
+                            "site": str(site),
+                            "position": str(p),
+                            "feature": name,
+                            "consistency": fc.per_query_mean,
+                            "consistency_pooled": fc.pooled,
+                            "bos_baseline": _agreement(fn, bos_samples, q),
+                            "random_baseline": baseline_consistency(random_inputs, q, fn),
+                            "n_samples": fc.n_samples,
+                            "n_queries": fc.n_queries,
+                            "n_queries_counted": fc.n_queries_counted,
+                        }
+                    )
                 bar.update(1)
-        faith = faith.merge(pd.DataFrame(pool_rows), on=["site", "position"], how="left").set_index(["site", "position"])
+        faith = faith.merge(pd.DataFrame(pool_rows), on=["site", "position"], how="left").set_index(
+            ["site", "position"]
+        )
         consistency = pd.DataFrame(cons_rows)
         if not consistency.empty:
             consistency = consistency.set_index(["site", "position", "feature"])
@@ -336,12 +394,28 @@ def run_evaluation(
             queries, positions, names = plan.completeness_rows(task)
             # the true preimages of every site from one probed pass over the candidates
             z_by_site = activations_at(model, queries, positions, use_sites, validate=False)
-            distances = preimage_distances_by_site(model, candidates, z_by_site, task.special_ids, metric=metric,
-                                                   progress=False)
+            distances = preimage_distances_by_site(
+                model, candidates, z_by_site, task.special_ids, metric=metric, progress=False
+            )
             for site in use_sites:
-                res = completeness(model, bank, task, site, queries, positions, candidates, epsilon=eps, metric=metric,
-                                   max_candidates=max_candidates, n_samples=n_samples, class_fn=plan.class_fn,
-                                   seed=seed, progress=False, blurred=blurred, distances=distances.pop(site))
+                res = completeness(
+                    model,
+                    bank,
+                    task,
+                    site,
+                    queries,
+                    positions,
+                    candidates,
+                    epsilon=eps,
+                    metric=metric,
+                    max_candidates=max_candidates,
+                    n_samples=n_samples,
+                    class_fn=plan.class_fn,
+                    seed=seed,
+                    progress=False,
+                    blurred=blurred,
+                    distances=distances.pop(site),
+                )
                 s = res.summary.rename(columns={"position": "position_index"})
                 s.insert(0, "position", [names[i] for i in s["query"]])
                 s.insert(0, "site", str(site))
@@ -355,11 +429,21 @@ def run_evaluation(
     finally:
         bar.close()
     info = {
-        "task": task.name, "n_sites": len(use_sites), "positions": [str(p) for p in plan.positions], "epsilon": eps,
-        "metric": metric, "n_faithfulness": n_faithfulness, "n_queries": n_queries,
-        "pool_per_query": 64 * len(schedule) * n_repeats, "n_candidates": n_candidates, "min_members": plan.min_members,
-        "max_candidates": max_candidates, "seed": seed, "device": str(model_device(model)),
-        "training_noise": _training_noise(bank.training_runs(), [str(x) for x in use_sites]), "noise_flag": bank.noise_flag,
+        "task": task.name,
+        "n_sites": len(use_sites),
+        "positions": [str(p) for p in plan.positions],
+        "epsilon": eps,
+        "metric": metric,
+        "n_faithfulness": n_faithfulness,
+        "n_queries": n_queries,
+        "pool_per_query": 64 * len(schedule) * n_repeats,
+        "n_candidates": n_candidates,
+        "min_members": plan.min_members,
+        "max_candidates": max_candidates,
+        "seed": seed,
+        "device": str(model_device(model)),
+        "training_noise": _training_noise(bank.training_runs(), [str(x) for x in use_sites]),
+        "noise_flag": bank.noise_flag,
         "completeness_blurred": bank.noise_flag if blurred is None else blurred,
         "completeness_note": "" if completeness_on else _why_no_completeness(task, plan),
     }
@@ -404,17 +488,27 @@ def _bos_samples(bank: Any, model: Any, task: Any, site: Any, one_input: Tensor,
         return one_input[:0]
     z = harvest(model, one_input, [site], validate=False)[site][0, 0]
     gen = torch.Generator(device=bank.device).manual_seed(seed)
-    samples = decode_to_task(bank, site, z.reshape(1, -1).expand(n, -1), temperature=1.0, generator=gen,
-                             n_ctx=one_input.shape[-1], pad_id=task.pad_id)
+    samples = decode_to_task(
+        bank,
+        site,
+        z.reshape(1, -1).expand(n, -1),
+        temperature=1.0,
+        generator=gen,
+        n_ctx=one_input.shape[-1],
+        pad_id=task.pad_id,
+    )
     return samples[task.is_valid(samples)]
 
 
 def _why_no_completeness(task: Any, plan: EvalPlan) -> str:
     """The reason, in words, that a plan measures no completeness (evaluate refuses queries
-    without candidates, so a plan without completeness lacks the queries)."""
+    without candidates, so a plan without completeness lacks the queries).
+    """
     name = getattr(task, "name", "this task")
-    why = (f"the plan has no completeness queries (EvalPlan.completeness_queries and completeness_positions; "
-           f"the default plan of {name!r} gives none: pass some in the plan)")
+    why = (
+        f"the plan has no completeness queries (EvalPlan.completeness_queries and completeness_positions; "
+        f"the default plan of {name!r} gives none: pass some in the plan)"
+    )
     if plan.candidates is None:
         why += " and no enumerated input space (EvalPlan.candidates) to find true preimages in by brute force"
     return why

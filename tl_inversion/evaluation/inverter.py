@@ -72,7 +72,8 @@ class Inverter:
 
         Args:
             query: a text or token ids ``[n_ctx]`` / ``[1, n_ctx]``.
-            site: the queried site; position: an index or a task position name.
+            site: the queried site.
+            position: an index or a task position name.
             **kwargs: ``schedule``, ``n_repeats``, ``batch_size``, ``epsilon``, ``metric``,
                 ``seed``, ``colour``, ``max_batch`` as ``sample_preimage``.
 
@@ -86,19 +87,27 @@ class Inverter:
         if isinstance(query, Tensor) and query.ndim == 2 and query.shape[0] != 1:
             raise InputValueError(f"sample takes one query, got {query.shape[0]} rows; use sample_many")
         if not isinstance(query, (str, Tensor)):
-            raise InputTypeError(f"query must be a text or a token tensor [n_ctx] / [1, n_ctx], got {type(query).__name__}")
+            raise InputTypeError(
+                f"query must be a text or a token tensor [n_ctx] / [1, n_ctx], got {type(query).__name__}"
+            )
         if not isinstance(position, (int, str)) or isinstance(position, bool):
             raise InputTypeError(f"position must be an int or a task position name, got {type(position).__name__}")
         (result,) = self.sample_many(query, site, position, **kwargs)
         return result
 
-    def sample_many(self, queries: Int[Tensor, "Q n_ctx"] | Sequence[str] | str, site: SiteLike,
-                    positions: Int[Tensor, " Q"] | Sequence[int | str] | int | str, **kwargs: Any) -> list[PreimageResult]:
+    def sample_many(
+        self,
+        queries: Int[Tensor, "Q n_ctx"] | Sequence[str] | str,
+        site: SiteLike,
+        positions: Int[Tensor, " Q"] | Sequence[int | str] | int | str,
+        **kwargs: Any,
+    ) -> list[PreimageResult]:
         """Sample the preimages of many queries at one site, batched
         (:func:`~tl_inversion.inversion.sampling.sample_checked`).
 
         Args:
-            queries: texts or token ids ``[Q, n_ctx]``; positions: one for all or one per query.
+            queries: texts or token ids ``[Q, n_ctx]``.
+            positions: one for all or one per query.
             site: the queried site.
             **kwargs: as :func:`~tl_inversion.inversion.sampling.sample_many` (without
                 ``allow_mismatch``: the check was made when the Inverter was built).
@@ -108,8 +117,9 @@ class Inverter:
         """
         return sample_checked(self.bank, self.model, self.task, queries, site, positions, **kwargs)
 
-    def evaluate(self, eval_data: Int[Tensor, "n n_ctx"], plan: EvalPlan | None = None,
-                 **kwargs: Any) -> "EvaluationReport":
+    def evaluate(
+        self, eval_data: Int[Tensor, "n n_ctx"], plan: EvalPlan | None = None, **kwargs: Any
+    ) -> "EvaluationReport":
         """Faithfulness, feature consistency and completeness per site and position
         (:func:`~tl_inversion.evaluation.evaluate` without the model check).
 

@@ -131,12 +131,16 @@ def plot_completeness(
     eps = epsilon if epsilon is not None else getattr(result, "epsilon", None)
     df = scores if query is None else scores[scores["query"] == query]
     if df.empty:
-        raise InputValueError(f"no scored candidates for query {query!r}; queries present: {sorted(scores['query'].unique())}")
+        raise InputValueError(
+            f"no scored candidates for query {query!r}; queries present: {sorted(scores['query'].unique())}"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     m = df["member"].to_numpy(bool)
-    ax.scatter(df["distance"][~m], df["logp"][~m], s=3, alpha=0.4, c="tab:gray", label="outside preimage", rasterized=True)
+    ax.scatter(
+        df["distance"][~m], df["logp"][~m], s=3, alpha=0.4, c="tab:gray", label="outside preimage", rasterized=True
+    )
     ax.scatter(df["distance"][m], df["logp"][m], s=5, alpha=0.8, c="tab:red", label="in preimage", rasterized=True)
     if eps is not None:
         ax.axvline(eps, ls="--", c="k", lw=0.8, label=f"epsilon = {eps:g}")

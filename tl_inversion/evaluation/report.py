@@ -145,7 +145,7 @@ class EvaluationReport:
         e = c[c["eligible"] & c["auroc"].notna()]
         share = e["n_members"] / e["n_candidates"]
         groups = {}
-        for lo, hi in zip(SHARE_EDGES[:-1], SHARE_EDGES[1:]):
+        for lo, hi in zip(SHARE_EDGES[:-1], SHARE_EDGES[1:], strict=True):
             inside = (share >= lo) & (share < hi) if hi < 1 else (share >= lo)
             if inside.any():
                 groups[f"[{lo:g}, {hi:g}{']' if hi == 1 else ')'}"] = auroc_stats(e.loc[inside, "auroc"])
@@ -162,7 +162,8 @@ class EvaluationReport:
 
     def paper_faithfulness(self) -> pd.Series:
         """Per site: the paper's faithfulness rate (held-out activations at a random
-        trainable position, one temperature-1 sample each, fraction with D < epsilon)."""
+        trainable position, one temperature-1 sample each, fraction with D < epsilon).
+        """
         f = self.faithfulness.xs(RANDOM, level="position")
         return f["faithfulness"]
 
@@ -170,12 +171,15 @@ class EvaluationReport:
         """Headline numbers: mean faithfulness over sites (at the trained positions, pooled),
         the AUROC distribution (with ``auroc_ideal_median`` / ``auroc_ideal_frac_ge_0.95``:
         the same for a perfectly trained decoder of the bank's training noise, present only
-        where it applies: banks trained on blurred activations)."""
+        where it applies: banks trained on blurred activations).
+        """
         f = self.faithfulness
         out: dict[str, Any] = {
             # the paper's definition: random trainable position, mean over sites
             "mean_faithfulness": float(self.paper_faithfulness().mean()) if not f.empty else math.nan,
-            "mean_pool_in_preimage": float(f["pool_in_preimage"].mean(skipna=True)) if "pool_in_preimage" in f else math.nan,
+            "mean_pool_in_preimage": float(f["pool_in_preimage"].mean(skipna=True))
+            if "pool_in_preimage" in f
+            else math.nan,
         }
         cs = self._completeness_summary(warn=False)
         if not cs.empty and "min" in cs:
@@ -192,7 +196,8 @@ class EvaluationReport:
 
     def to_markdown(self, plots: dict[str, str] | None = None) -> str:
         """The report as Markdown (tables via ``DataFrame.to_markdown``; ``plots`` maps
-        captions to image paths relative to the report)."""
+        captions to image paths relative to the report).
+        """
         fmt = ".3f"
         parts = ["# tl_inversion evaluation report", ""]
         info = self.info
@@ -213,8 +218,12 @@ class EvaluationReport:
             parts += ["", line]
         parts += ["", "## Headline", ""]
         parts += [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in self.summary().items()]
-        parts += ["", "## Faithfulness rate per site (paper's definition: random trained position)", "",
-                  self.paper_faithfulness().to_frame("faithfulness").to_markdown(floatfmt=fmt)]
+        parts += [
+            "",
+            "## Faithfulness rate per site (paper's definition: random trained position)",
+            "",
+            self.paper_faithfulness().to_frame("faithfulness").to_markdown(floatfmt=fmt),
+        ]
         table = self._wide("faithfulness")
         parts += ["", "## Faithfulness rate per site and position", "", table.to_markdown(floatfmt=fmt)]
         pool = self._wide("pool_in_preimage").drop(columns=RANDOM)
@@ -222,29 +231,56 @@ class EvaluationReport:
         if not self.consistency.empty:
             c = self.consistency.reset_index()
             wide = c.pivot(index=["site", "position"], columns="feature", values="consistency")
-            wide = wide.reindex(index=list(dict.fromkeys(zip(c["site"], c["position"]))),
-                                columns=list(dict.fromkeys(c["feature"])))
-            parts += ["", "## Feature consistency (in-preimage samples sharing the query's feature)", "",
-                      "Mean over queries of the per-query fraction (each query weighs the same); the fraction "
-                      "pooled over all samples is `consistency_pooled` in consistency.csv.", "",
-                      wide.reset_index().to_markdown(index=False, floatfmt=fmt), "",
-                      "nan: no well-formed in-preimage sample to compare (see `n_samples` in consistency.csv)."]
+            rows = list(dict.fromkeys(zip(c["site"], c["position"], strict=True)))
+            wide = wide.reindex(index=rows, columns=list(dict.fromkeys(c["feature"])))
+            parts += [
+                "",
+                "## Feature consistency (in-preimage samples sharing the query's feature)",
+                "",
+                "Mean over queries of the per-query fraction (each query weighs the same); the fraction "
+                "pooled over all samples is `consistency_pooled` in consistency.csv.",
+                "",
+                wide.reset_index().to_markdown(index=False, floatfmt=fmt),
+                "",
+                "nan: no well-formed in-preimage sample to compare (see `n_samples` in consistency.csv).",
+            ]
             base = c.groupby("feature", sort=False)[["bos_baseline", "random_baseline"]].mean()
             parts += ["", "Baselines (mean over sites and positions):", "", base.to_markdown(floatfmt=fmt)]
         if self.completeness.empty:
             parts += ["", "## Completeness", "", f"Not measured: {self.completeness_note()}."]
         else:
-            parts += ["", f"## Completeness (true preimage by brute force over {info.get('n_candidates')} inputs)", "",
-                      f"AUROC of decoder log p(x | z_q), members vs non-members, rows with >= "
-                      f"{info.get('min_members')} members:", "",
-                      self._completeness_summary(warn=False).astype(object).to_markdown(floatfmt=fmt)]  # object: counts print as ints
+            parts += [
+                "",
+                f"## Completeness (true preimage by brute force over {info.get('n_candidates')} inputs)",
+                "",
+                f"AUROC of decoder log p(x | z_q), members vs non-members, rows with >= "
+                f"{info.get('min_members')} members:",
+                "",
+                self._completeness_summary(warn=False).astype(object).to_markdown(floatfmt=fmt),
+            ]  # object: counts print as ints
             by_share = self.completeness_by_preimage_size()
             if not by_share.empty:
-                parts += ["", "The same rows by the true preimage's share of all inputs (diffuse activations, with "
-                          "large preimages, separate least):", "", by_share.astype(object).to_markdown(floatfmt=fmt)]
-            cols = ["site", "position", "text", "n_members", "members_at_query_position", "auroc",
-                    "auroc_at_query_position", "auroc_elsewhere", "auroc_ideal", "recall",
-                    "class_recall", "sample_faithfulness"]
+                parts += [
+                    "",
+                    "The same rows by the true preimage's share of all inputs (diffuse activations, with "
+                    "large preimages, separate least):",
+                    "",
+                    by_share.astype(object).to_markdown(floatfmt=fmt),
+                ]
+            cols = [
+                "site",
+                "position",
+                "text",
+                "n_members",
+                "members_at_query_position",
+                "auroc",
+                "auroc_at_query_position",
+                "auroc_elsewhere",
+                "auroc_ideal",
+                "recall",
+                "class_recall",
+                "sample_faithfulness",
+            ]
             cols = [k for k in cols if k in self.completeness.columns and self.completeness[k].notna().any()]
             parts += ["", "All rows:", "", self.completeness[cols].to_markdown(index=False, floatfmt=fmt)]
         parts += ["", "## What the columns mean", ""]
@@ -258,7 +294,11 @@ class EvaluationReport:
     def legend(self) -> dict[str, str]:
         """:data:`COLUMN_LEGEND` restricted to the columns this report shows."""
         shown = set(self.faithfulness.columns) | set(self.consistency.columns) | set(self.completeness.columns)
-        if not self.completeness.empty and "auroc_ideal" in shown and not self.completeness["auroc_ideal"].notna().any():
+        if (
+            not self.completeness.empty
+            and "auroc_ideal" in shown
+            and not self.completeness["auroc_ideal"].notna().any()
+        ):
             shown.discard("auroc_ideal")
         return {k: v for k, v in COLUMN_LEGEND.items() if k in shown}
 
@@ -268,17 +308,24 @@ class EvaluationReport:
         (``faithfulness.png``, ``completeness_auroc.png``, completeness scatters) to
         ``out_dir``; returns the path of ``report.md``. A table that was not measured gets
         no file (an old one of that name in ``out_dir`` is removed, so the folder never
-        mixes two evaluations)."""
+        mixes two evaluations).
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.faithfulness.to_csv(out / "faithfulness.csv")
-        for name, table, index in (("consistency.csv", self.consistency, True),
-                                   ("completeness.csv", self.completeness, False)):
+        for name, table, index in (
+            ("consistency.csv", self.consistency, True),
+            ("completeness.csv", self.completeness, False),
+        ):
             if table.empty:
                 (out / name).unlink(missing_ok=True)
             else:
                 table.to_csv(out / name, index=index)
-        plots = {"Faithfulness rate per site and position": plot_faithfulness(self.faithfulness, out / "faithfulness.png").name}
+        plots = {
+            "Faithfulness rate per site and position": plot_faithfulness(
+                self.faithfulness, out / "faithfulness.png"
+            ).name
+        }
         for stale in ("completeness_auroc.png", "completeness_worst.png", "completeness_best.png"):
             (out / stale).unlink(missing_ok=True)
         if not self.completeness.empty:
@@ -286,11 +333,18 @@ class EvaluationReport:
             e = self.completeness[self.completeness["eligible"] & self.completeness["auroc"].notna()]
             if not e.empty:
                 for tag, row in (("worst", e.loc[e["auroc"].idxmin()]), ("best", e.loc[e["auroc"].idxmax()])):
-                    sub = self.scores[(self.scores["site"] == row["site"]) & (self.scores["position"] == row["position"])
-                                      & (self.scores["query"] == row["query"])]
-                    path = plot_completeness(sub, out / f"completeness_{tag}.png", query=None,
-                                             epsilon=self.info.get("epsilon"),
-                                             title=f"{row['site']} @ {row['position']}\n{row['text']} (AUROC {row['auroc']:.3f})")
+                    sub = self.scores[
+                        (self.scores["site"] == row["site"])
+                        & (self.scores["position"] == row["position"])
+                        & (self.scores["query"] == row["query"])
+                    ]
+                    path = plot_completeness(
+                        sub,
+                        out / f"completeness_{tag}.png",
+                        query=None,
+                        epsilon=self.info.get("epsilon"),
+                        title=f"{row['site']} @ {row['position']}\n{row['text']} (AUROC {row['auroc']:.3f})",
+                    )
                     plots[f"Completeness scatter, {tag} AUROC"] = path.name
         path = out / "report.md"
         path.write_text(self.to_markdown(plots))
@@ -300,13 +354,16 @@ class EvaluationReport:
 def _training_noise(runs: list[dict[str, Any]], sites: list[str] | None = None) -> str:
     """How decoders were conditioned in training, in words, from a bank's
     :meth:`~tl_inversion.bank.DecoderBank.training_runs`; when the sites (all, or those of
-    ``sites``) were trained differently, each setting with its sites."""
+    ``sites``) were trained differently, each setting with its sites.
+    """
 
     def say(c: dict[str, Any]) -> str:
         if not c.get("train_noise"):
             return "exact activations (train_noise 0, as the paper)"
         flag = " with the noise flag" if c.get("train_noise_flag") else ""
-        return f"activations blurred by train_noise {c['train_noise']:g} ({c.get('train_noise_shape', 'gaussian')}){flag}"
+        return (
+            f"activations blurred by train_noise {c['train_noise']:g} ({c.get('train_noise_shape', 'gaussian')}){flag}"
+        )
 
     by_setting: dict[str, list[str]] = {}
     for run in runs:
@@ -314,6 +371,7 @@ def _training_noise(runs: list[dict[str, Any]], sites: list[str] | None = None) 
         if kept:
             by_setting.setdefault(say(run.get("train_config") or {}), []).extend(kept)
     if len(by_setting) > 1:
-        return " and ".join(f"{p} ({len(v)} site{'' if len(v) == 1 else 's'}: {', '.join(v)})" for p, v in by_setting.items())
+        return " and ".join(
+            f"{p} ({len(v)} site{'' if len(v) == 1 else 's'}: {', '.join(v)})" for p, v in by_setting.items()
+        )
     return next(iter(by_setting)) if by_setting else say({})
-

@@ -71,6 +71,9 @@ class SampleConfig:
         allow_mismatch: warn instead of failing when the probed model is not the one the
             decoders were trained on.
         max_batch: most rows per decoder call and per probed forward (memory, not results).
+        min_in_preimage: stop early once a query has this many in-preimage samples, checked
+            after each repeat of the whole schedule; ``None``: draw all ``n_repeats``.
+        compile: ``torch.compile`` the decoder's generation step (the first call compiles).
     """
 
     schedule: list[tuple[float, float]] = field(
@@ -83,6 +86,8 @@ class SampleConfig:
     colour: bool = True
     allow_mismatch: bool = False
     max_batch: int = 1024
+    min_in_preimage: int | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         """Check every field.
@@ -96,6 +101,9 @@ class SampleConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be >= 1 (an int), got {value!r}", field=name)
+        m = self.min_in_preimage
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ConfigError(f"min_in_preimage must be an int >= 1 or None, got {m!r}", field="min_in_preimage")
         if self.epsilon is not None and not (isinstance(self.epsilon, (int, float)) and self.epsilon > 0
                                              and math.isfinite(self.epsilon)):
             raise ConfigError(f"epsilon must be a positive distance, or None for the metric's default "

@@ -38,7 +38,9 @@ def decode_to_task(
     task_ids: bool = True,
     n_ctx: int | None = None,
     pad_id: int | None = None,
-) -> Int[Tensor, "n n_ctx"]:
+    return_logprobs: bool = False,
+    compile_step: bool = False,
+) -> Int[Tensor, "n n_ctx"] | tuple[Int[Tensor, "n n_ctx"], Float[Tensor, "n n_ctx_minus_1"]]:
     """Generate one input per activation row with the site's decoder.
 
     Args:
@@ -52,12 +54,16 @@ def decode_to_task(
         max_batch: most rows per decoder call (``None``: all at once).
         task_ids: map the decoder's ids to the task's (``bank.to_task_tokens``); False
             keeps the decoder's own ids (needed to score the rows with the decoder again).
-        n_ctx, pad_id: right-pad rows shorter than ``n_ctx`` with ``pad_id`` (both or
-            neither).
+        n_ctx: right-pad rows shorter than ``n_ctx`` (give ``pad_id`` too, or neither).
+        pad_id: the id to pad with.
+        return_logprobs: also return each emitted token's ``log p(token | prefix, z)``
+            (nats, full softmax, 0 for PAD; see ``Decoder.generate``), ``[n, n_ctx_dec - 1]``
+            on the CPU, in the decoder's columns (not padded to ``n_ctx``).
+        compile_step: run the decoder's per-token step through ``torch.compile``.
 
     Returns:
         ``[n, n_ctx]`` int64 token ids on the CPU (the decoder's length when ``n_ctx`` is
-        not given).
+        not given); with ``return_logprobs``, ``(tokens, logprobs)``.
 
     Raises:
         SiteError: the bank has no decoder for ``site``.
@@ -77,15 +83,24 @@ def decode_to_task(
     decoder, site_idx = bank.lookup(site)
     dec_device = next(decoder.parameters()).device
     step = n if max_batch is None else max_batch
-    parts = []
+    parts, lps = [], []
+    extra = {"return_logprobs": True} if return_logprobs else {}
+    if compile_step:
+        extra["compile"] = True
     with eval_mode(decoder):
         cond = bank.pad(z, site, blurred=blurred).to(dec_device)
         for s in range(0, n, max(step, 1)):
             t = temperature[s : s + step].to(dec_device) if per_row else temperature
-            parts.append(decoder.generate(cond[s : s + step], site_idx, temperature=t, generator=generator).cpu())
+            got = decoder.generate(cond[s : s + step], site_idx, temperature=t, generator=generator, **extra)
+            if return_logprobs:
+                got, lp = got
+                lps.append(lp.cpu())
+            parts.append(got.cpu())
     tokens = torch.cat(parts) if parts else torch.zeros(0, decoder.cfg.n_ctx, dtype=torch.long)
     if task_ids:
         tokens = bank.to_task_tokens(tokens)
     if n_ctx is not None and tokens.shape[-1] < n_ctx:
         tokens = torch.nn.functional.pad(tokens, (0, n_ctx - tokens.shape[-1]), value=pad_id)
+    if return_logprobs:
+        return tokens, (torch.cat(lps) if lps else torch.zeros(0, decoder.cfg.n_ctx - 1))
     return tokens

@@ -36,6 +36,7 @@ import math
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+
 from tl_inversion.errors import InputTypeError, InputValueError
 
 __all__ = [
@@ -89,10 +90,10 @@ def _float(t: Tensor) -> Tensor:
 
 
 def distance(
-    z: Float[Tensor, "*batch d"],
-    z_q: Float[Tensor, "*batch d"],
+    z: Float[Tensor, "*#batch d"],
+    z_q: Float[Tensor, "*#batch d"],
     metric: str = "l2",
-) -> Float[Tensor, "*batch"]:
+) -> Float[Tensor, "*#batch"]:
     """Distance of activations ``z`` from a query activation ``z_q`` (InversionView Sec. 2).
 
     ``"l2"``: ``||z - z_q||_2 / ||z_q||_2`` (normalised by the query only, not symmetric);

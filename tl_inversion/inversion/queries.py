@@ -19,6 +19,7 @@ from torch import Tensor
 from tl_inversion.errors import InputTypeError, InputValueError, PositionError, TLInversionWarning
 
 __all__ = [
+    "real_end",
     "QueryFormatWarning",
     "UntrainedPositionWarning",
     "check_query_format",
@@ -40,7 +41,8 @@ def check_query_format(task: Any, qtok: Tensor) -> None:
     """Refuse token ids outside the vocabulary; warn on queries the task's grammar rejects."""
     d_vocab = getattr(task, "d_vocab", None)
     if d_vocab is not None and bool(((qtok < 0) | (qtok >= d_vocab)).any()):
-        raise InputValueError(f"query token ids must lie in 0..{d_vocab - 1} (the {getattr(task, 'name', 'task')} vocabulary)")
+        raise InputValueError(
+            f"query token ids must lie in 0..{d_vocab - 1} (the {getattr(task, 'name', 'task')} vocabulary)")
     is_valid = getattr(task, "is_valid", None)
     if is_valid is None:
         return
@@ -80,9 +82,52 @@ def query_tokens(task: Any, queries: Any) -> Int[Tensor, "Q n_ctx"]:
     )
 
 
+def real_end(tokens: Int[Tensor, "Q n_ctx"], pad_id: int) -> Int[Tensor, " Q"]:
+    """``[Q]`` index of each row's last non-PAD token (-1 for a row of PAD only).
+
+    Same rule as :func:`tl_inversion.patching.positions.real_end` (patching counts negative
+    positions from there too); written here because inversion may not import patching.
+    """
+    cols = torch.arange(tokens.shape[-1], device=tokens.device)
+    return torch.where(tokens != pad_id, cols, torch.full_like(cols, -1)).amax(dim=-1)
+
+
+def _negative_index(position: Any) -> int | None:
+    if isinstance(position, bool):
+        return None
+    if isinstance(position, str) and position.startswith("-") and position[1:].isdigit():
+        position = int(position)
+    return position if isinstance(position, int) and position < 0 else None
+
+
+def _resolve_one(task: Any, tokens: Tensor, position: Any) -> Tensor:
+    """``task.resolve_position``, except that a negative index counts from each row's last non-PAD token."""
+    neg = _negative_index(position)
+    pad_id = getattr(task, "pad_id", None)
+    if neg is None or pad_id is None:
+        return task.resolve_position(tokens, position)
+    n_ctx = tokens.shape[-1]
+    if neg < -n_ctx:
+        raise PositionError(
+            f"position {neg} out of range for inputs of length {n_ctx}: valid -{n_ctx}..{n_ctx - 1}")
+    idx = real_end(tokens, pad_id) + 1 + neg
+    short = torch.nonzero(idx < 0).flatten()
+    if short.numel():
+        raise PositionError(
+            f"position {neg} counts from each query's last non-PAD token, but {short.numel()} of {tokens.shape[0]} "
+            f"queries have fewer than {-neg} real tokens (first: query {int(short[0])})"
+        )
+    return idx.long()
+
+
 def resolve_query_positions(task: Any, tokens: Int[Tensor, "Q n_ctx"], positions: Any) -> Int[Tensor, " Q"]:
     """Absolute positions ``[Q]`` (int64, CPU): one position (index or task name) for all
     queries, or one per query (a sequence or ``[Q]`` tensor).
+
+    A negative index counts from each row's real end, its last non-PAD token (``-1`` is
+    that token: EOS in a well-formed query), as patching does, so it never lands on PAD;
+    an index reaching before the row's start is refused. Without a task PAD id it counts
+    from the last column, as in Python.
 
     Raises:
         InputValueError: a number of positions other than 1 or ``Q``.
@@ -90,14 +135,14 @@ def resolve_query_positions(task: Any, tokens: Int[Tensor, "Q n_ctx"], positions
     """
     q, n_ctx = tokens.shape
     if isinstance(positions, (int, str)) and not isinstance(positions, bool):
-        pos = task.resolve_position(tokens, positions)
+        pos = _resolve_one(task, tokens, positions)
     elif isinstance(positions, Tensor) and positions.ndim == 0:
-        pos = task.resolve_position(tokens, int(positions))
+        pos = _resolve_one(task, tokens, int(positions))
     else:
         items = positions.tolist() if isinstance(positions, Tensor) else list(positions)
         if len(items) != q:
             raise InputValueError(f"got {len(items)} positions for {q} queries; give one per query or one for all")
-        pos = torch.cat([task.resolve_position(tokens[i : i + 1], p) for i, p in enumerate(items)])
+        pos = torch.cat([_resolve_one(task, tokens[i : i + 1], p) for i, p in enumerate(items)])
     pos = torch.as_tensor(pos, dtype=torch.long).reshape(-1).cpu()
     if q and (int(pos.min()) < 0 or int(pos.max()) >= n_ctx):
         raise PositionError(f"resolved positions {pos.tolist()[:8]} fall outside the inputs (0..{n_ctx - 1})")
@@ -109,7 +154,8 @@ def check_query_positions(task: Any, tokens: Int[Tensor, "Q n_ctx"], pos: Int[Te
 
     Args:
         task: the task (``special_mask``; ``train_position_mask`` if it restricts positions).
-        tokens: query rows ``[Q, n_ctx]``; pos: one absolute position per query ``[Q]``.
+        tokens: query rows ``[Q, n_ctx]``.
+        pos: one absolute position per query ``[Q]``.
 
     Warns:
         UntrainedPositionWarning: at most three per kind: the position holds BOS/EOS/PAD

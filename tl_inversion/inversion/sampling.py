@@ -14,12 +14,19 @@ Each sampled token is also given the paper's colour value
 ``z_BOS`` is the same site's activation at position 0 (input-independent): positive where
 the activation, rather than the decoder's prior, decided the token.
 
-How the work is batched: all candidates of all settings (and, in :func:`sample_many`, of
-all queries) go through the decoder in calls of up to ``max_batch`` rows, with a per-row
-temperature; identical candidates are verified and coloured once (their rows share the
-result); the probed model runs once per ``max_batch`` distinct candidates, stopped after
-the site's layer. Everything runs under ``torch.inference_mode()``; the decoder and the
-probed model may live on different devices.
+How the work is batched (:mod:`tl_inversion.inversion.pool`): all candidates of all
+settings (and, in :func:`sample_many`, of all queries) go through the decoder in calls of up
+to ``max_batch`` rows, with a per-row temperature and noise; identical candidates are
+verified and coloured once (their rows share the result); the probed model and the colour's
+teacher-forced passes run on distinct candidates sorted by length, each chunk cut after its
+longest row (:mod:`tl_inversion.inversion.batching`; exact for causal models), the probed
+model stopped after the site's layer. The colour's ``p(tok | prefix, z_q)`` of candidates
+generated from the exact ``z_q`` (noise 0) comes from generation itself; only noisy ones
+and the ``z_BOS`` term need a teacher-forced pass. Everything runs under
+``torch.inference_mode()``; the decoder and the probed model may live on different devices.
+Generation draws by Gumbel-max from noise drawn up front (:mod:`tl_inversion.decoding.generation`):
+the candidates of a fixed seed differ from those of versions before this one (same
+distribution). ``min_in_preimage`` stops drawing repeats of the schedule early.
 
 The result is a :class:`~tl_inversion.inversion.result.PreimageResult`: a pandas DataFrame
 with one row per candidate plus the query, rendering itself as coloured HTML in a notebook
@@ -38,25 +45,25 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from tl_inversion.model.activations import eval_mode, harvest
-from tl_inversion.inversion.decode import decode_to_task
+from tl_inversion.errors import InputTypeError, InputValueError
 from tl_inversion.inversion.distance import check_metric, default_epsilon
+from tl_inversion.inversion.pool import Draw, colour_values, draw_round, frame
 from tl_inversion.inversion.queries import (
     check_query_format,
     check_query_positions,
     query_tokens,
     resolve_query_positions,
 )
-from tl_inversion.inversion.result import COLUMNS, PreimageResult
+from tl_inversion.inversion.result import PreimageResult
+from tl_inversion.inversion.verify import membership
+from tl_inversion.model.activations import eval_mode, harvest
+from tl_inversion.model.checks import check_padding
 from tl_inversion.model.sites import SiteLike, validate_site
 from tl_inversion.tasks import as_task
-from tl_inversion.inversion.verify import membership
-from tl_inversion.errors import InputTypeError, InputValueError
 
 __all__ = [
     "PAPER_SCHEDULE",
@@ -100,7 +107,8 @@ def _check_settings(metric: str, epsilon: float | None, schedule: Sequence[tuple
     metric = check_metric(metric)
     eps = default_epsilon(metric) if epsilon is None else float(epsilon)
     if not eps > 0:
-        raise InputValueError(f"epsilon must be a positive distance (paper: 0.1 for l2, 0.25 for cosine), got {epsilon}")
+        raise InputValueError(
+            f"epsilon must be a positive distance (paper: 0.1 for l2, 0.25 for cosine), got {epsilon}")
     settings = _check_schedule(schedule)
     for name, value in (("n_repeats", n_repeats), ("batch_size", batch_size), ("max_batch", max_batch)):
         _positive_int(name, value)
@@ -119,7 +127,7 @@ def sample_many(
     bank: Any,
     model: Any,
     task: Any,
-    queries: Int[Tensor, "Q n_ctx"] | Sequence[str] | str,
+    queries: Int[Tensor, "Q n_ctx"] | Int[Tensor, " n_ctx"] | Sequence[str] | str,
     site: SiteLike,
     positions: Int[Tensor, " Q"] | Sequence[int | str] | int | str,
     *,
@@ -133,6 +141,8 @@ def sample_many(
     allow_mismatch: bool = False,
     max_batch: int = 1024,
     warn_positions: bool = True,
+    min_in_preimage: int | None = None,
+    compile: bool = False,
 ) -> list[PreimageResult]:
     """Sample and verify the preimages of many queries at one site, batched across queries.
 
@@ -149,8 +159,17 @@ def sample_many(
         site: the queried site.
         positions: one position for all queries (int or task-named, e.g. ``":"``) or one per
             query (sequence or ``[Q]`` tensor).
-        schedule, n_repeats, batch_size, epsilon, metric, seed, colour, allow_mismatch,
-            max_batch: as :func:`sample_preimage`.
+        schedule: as :func:`sample_preimage`.
+        n_repeats: as :func:`sample_preimage`.
+        batch_size: as :func:`sample_preimage`.
+        epsilon: as :func:`sample_preimage`.
+        metric: as :func:`sample_preimage`.
+        seed: as :func:`sample_preimage`.
+        colour: as :func:`sample_preimage`.
+        allow_mismatch: as :func:`sample_preimage`.
+        max_batch: as :func:`sample_preimage`.
+        min_in_preimage: as :func:`sample_preimage`.
+        compile: as :func:`sample_preimage`.
         warn_positions: warn (:class:`UntrainedPositionWarning`) about special or untrained
             query positions (callers that warned once already pass ``False``).
 
@@ -162,20 +181,23 @@ def sample_many(
     """
     task = as_task(task)
     _check_settings(metric, epsilon, schedule, n_repeats, batch_size, max_batch)  # cheap errors first
+    if min_in_preimage is not None:
+        _positive_int("min_in_preimage", min_in_preimage)
     bank.lookup(site)  # SiteError listing the bank's sites, before the model check
     validate_site(site, model)
     bank.check_model(model, allow_mismatch=allow_mismatch)
     bank.check_task(task)
     return sample_checked(bank, model, task, queries, site, positions, schedule=schedule, n_repeats=n_repeats,
                           batch_size=batch_size, epsilon=epsilon, metric=metric, seed=seed, colour=colour,
-                          max_batch=max_batch, warn_positions=warn_positions)
+                          max_batch=max_batch, warn_positions=warn_positions, min_in_preimage=min_in_preimage,
+                          compile=compile)
 
 
 def sample_checked(
     bank: Any,
     model: Any,
     task: Any,
-    queries: Int[Tensor, "Q n_ctx"] | Sequence[str] | str,
+    queries: Int[Tensor, "Q n_ctx"] | Int[Tensor, " n_ctx"] | Sequence[str] | str,
     site: SiteLike,
     positions: Int[Tensor, " Q"] | Sequence[int | str] | int | str,
     *,
@@ -188,6 +210,8 @@ def sample_checked(
     colour: bool = True,
     max_batch: int = 1024,
     warn_positions: bool = True,
+    min_in_preimage: int | None = None,
+    compile: bool = False,
 ) -> list[PreimageResult]:
     """:func:`sample_many` for a (bank, model, task) the caller has already checked.
 
@@ -198,7 +222,23 @@ def sample_checked(
     :func:`~tl_inversion.evaluation.evaluate`.
 
     Args:
-        As :func:`sample_many` (without ``allow_mismatch``).
+        bank: as :func:`sample_many`.
+        model: as :func:`sample_many`.
+        task: as :func:`sample_many`.
+        queries: as :func:`sample_many`.
+        site: as :func:`sample_many`.
+        positions: as :func:`sample_many`.
+        schedule: as :func:`sample_many`.
+        n_repeats: as :func:`sample_many`.
+        batch_size: as :func:`sample_many`.
+        epsilon: as :func:`sample_many`.
+        metric: as :func:`sample_many`.
+        seed: as :func:`sample_many`.
+        colour: as :func:`sample_many`.
+        max_batch: as :func:`sample_many`.
+        warn_positions: as :func:`sample_many`.
+        min_in_preimage: as :func:`sample_many`.
+        compile: as :func:`sample_many`.
 
     Returns:
         One :class:`~tl_inversion.inversion.result.PreimageResult` per query, in order.
@@ -208,120 +248,70 @@ def sample_checked(
     """
     task = as_task(task)
     metric, eps, settings = _check_settings(metric, epsilon, schedule, n_repeats, batch_size, max_batch)
-    decoder, site_idx = bank.lookup(site)
+    if min_in_preimage is not None:
+        _positive_int("min_in_preimage", min_in_preimage)
+    decoder, _ = bank.lookup(site)
     site = validate_site(site, model)
     qtok = query_tokens(task, queries)
+    check_padding(qtok, getattr(task, "pad_id", None), bos_id=getattr(task, "bos_id", None), name="query tokens")
     check_query_format(task, qtok)
     pos = resolve_query_positions(task, qtok, positions)
     if warn_positions:
         check_query_positions(task, qtok, pos)
-    n_q, n_ctx = qtok.shape
+    n_q = qtok.shape[0]
     dec_device = next(decoder.parameters()).device
-    pad_id = decoder.cfg.pad_id
-    if seed is None:
-        gen = None
-    else:
-        gen = torch.Generator(device=dec_device).manual_seed(int(seed))
+    gen = None if seed is None else torch.Generator(device=dec_device).manual_seed(int(seed))
 
     with torch.inference_mode(), eval_mode(decoder):
-        # 1. query activations z_q and z_BOS (one probed forward per max_batch queries)
-        z_q_parts, z_bos_parts = [], []
-        for s in range(0, n_q, max_batch):
-            acts = harvest(model, qtok[s : s + max_batch], [site], validate=False)[site]
-            rows = torch.arange(acts.shape[0], device=acts.device)
-            z_q_parts.append(acts[rows, pos[s : s + max_batch].to(acts.device)].float())
-            z_bos_parts.append(acts[:, 0].float())
-        z_q = torch.cat(z_q_parts)  # [Q, d] on the model's device
-        z_bos = torch.cat(z_bos_parts)
-        norms = torch.linalg.vector_norm(z_q, dim=-1).cpu()
-        zero = torch.nonzero(norms == 0).flatten().tolist()
-        if zero:
-            raise InputValueError(
-                f"query {zero[0]}: the activation of {site} at position {int(pos[zero[0]])} is the zero vector; "
-                "the distance ||z - z_q|| / ||z_q|| is undefined, so its preimage cannot be sampled"
-            )
-
-        # 2. candidates: per query, n_repeats x schedule x batch_size rows
-        per_setting = [st for _ in range(n_repeats) for st in settings]
-        temps_np = np.array([t for t, _ in per_setting for _ in range(batch_size)], dtype=np.float64)
-        noise_np = np.array([s for _, s in per_setting for _ in range(batch_size)], dtype=np.float64)
-        per_q = temps_np.shape[0]
-        total = n_q * per_q
-        qidx = torch.arange(n_q).repeat_interleave(per_q)
-        temps = torch.from_numpy(temps_np).float().repeat(n_q)
-        noise = torch.from_numpy(noise_np).float().repeat(n_q)
-
-        zq_dec = z_q.to(dec_device)
-        std = torch.nan_to_num(zq_dec.std(dim=-1), nan=0.0)  # std over z_q's components
-        z_rows = zq_dec[qidx.to(dec_device)]
-        noisy = noise > 0
-        if bool(noisy.any()):
-            idx = torch.nonzero(noisy).flatten().to(dec_device)
-            eps_noise = torch.randn(idx.shape[0], z_rows.shape[1], generator=gen, device=dec_device)
-            scale = (std[qidx[noisy].to(dec_device)] * noise[noisy].to(dec_device))[:, None]
-            z_rows[idx] = z_rows[idx] + eps_noise * scale
-        # in the decoders' ids: colour scores them with the decoder again
-        tokens = decode_to_task(bank, site, z_rows, temperature=temps, generator=gen, max_batch=max_batch,
-                                task_ids=False)  # [total, n_ctx_dec]
-
-        # 3. distinct (query, candidate) pairs: verified and coloured once
+        z_q, z_bos, norms = _query_activations(model, qtok, pos, site, max_batch)
+        draws, dists, mpos = _draw_and_verify(bank, model, task, site, z_q, settings, n_repeats, batch_size, gen,
+                                              metric, eps, max_batch, colour, min_in_preimage, compile)
+        # distinct (query, candidate) pairs over the whole pool: counted and coloured once
+        qidx = torch.cat([d.qidx for d in draws])
+        tokens = torch.cat([d.tokens for d in draws])
+        noise_np = np.concatenate([d.noise for d in draws])
+        total = qidx.shape[0]
         keyed = torch.cat([qidx[:, None], tokens], dim=1)
         uniq, inverse, counts = torch.unique(keyed, dim=0, return_inverse=True, return_counts=True)
         u_q, u_tok = uniq[:, 0], uniq[:, 1:].contiguous()
-        first = torch.full((uniq.shape[0],), total, dtype=torch.long).scatter_reduce(
-            0, inverse, torch.arange(total), reduce="amin"
-        )
-        duplicate = torch.arange(total) != first[inverse]
-        # u_tok is in the decoders' ids (for colour); the probed model and the task read u_task
+        arange = torch.arange(total)
+        first = torch.full((uniq.shape[0],), total, dtype=torch.long).scatter_reduce(0, inverse, arange, reduce="amin")
+        duplicate = arange != first[inverse]
         u_task = bank.to_task_tokens(u_tok)
-        u_dist, u_pos = membership(model, u_task, site, z_q[u_q.to(z_q.device)], task.special_ids, metric, max_batch)
         u_valid = task.is_valid(u_task)
         u_text = task.decode(u_task)
         remap = bank.meta.get("decoder_ids") or {}
         back = {remap["eos"]: remap["task_eos"], remap["pad"]: remap["task_pad"]} if remap else {}
+        pad_id = decoder.cfg.pad_id
         u_tokens = [[back.get(t, t) for t in _trim(r, pad_id)] for r in u_tok.tolist()]
-
-        # 4. colour: p(tok | prefix, z_q) - p(tok | prefix, z_BOS), teacher-forced
         u_colour: list[list[float] | None] = [None] * uniq.shape[0]
         if colour:
-            zq_pad = bank.pad(z_q, site).to(dec_device)
-            zb_pad = bank.pad(z_bos, site).to(dec_device)
-            diffs = []
-            for s in range(0, uniq.shape[0], max_batch):
-                tok_b = u_tok[s : s + max_batch].to(dec_device)
-                qi = u_q[s : s + max_batch].to(dec_device)
-                lp_q = decoder.token_logprobs(tok_b, zq_pad[qi], site_idx)
-                lp_b = decoder.token_logprobs(tok_b, zb_pad[qi], site_idx)
-                diffs.append((lp_q.exp() - lp_b.exp()).cpu())
-            diff = torch.cat(diffs).tolist()
-            u_colour = [d[: len(t) - 1] for d, t in zip(diff, u_tokens)]
+            # a clean (noise 0) occurrence carries p(tok | prefix, z_q) from generation
+            noisy = torch.from_numpy(noise_np > 0)
+            rep = torch.full((uniq.shape[0],), 2 * total, dtype=torch.long).scatter_reduce(
+                0, inverse, arange + total * noisy.long(), reduce="amin")
+            from_gen = rep < total
+            gen_lp = torch.cat([d.gen_lp for d in draws])
+            gen_p = gen_lp[rep % total].exp()
+            diff = colour_values(bank, site, u_tok, u_q, z_q, z_bos, gen_p, from_gen, max_batch).tolist()
+            u_colour = [d[: len(t) - 1] for d, t in zip(diff, u_tokens, strict=True)]
 
+    columns = {
+        "dist": dists.numpy().astype(np.float64), "mpos": mpos.numpy(), "inverse": inverse.numpy(),
+        "valid": u_valid.numpy()[inverse.numpy()], "temps": np.concatenate([d.temps for d in draws]),
+        "noise": noise_np, "count": counts.numpy()[inverse.numpy()], "duplicate": duplicate.numpy(),
+        "sample": np.concatenate([d.sample for d in draws]),
+    }
     z_q_cpu = z_q.detach().cpu().clone()
-    inv = inverse.tolist()
-    dist = u_dist[inverse]
-    mpos = u_pos[inverse]
+    order = torch.argsort(qidx, stable=True).numpy()
+    bounds = np.searchsorted(qidx.numpy()[order], np.arange(n_q + 1))
     results = []
     for q in range(n_q):
-        sl = slice(q * per_q, (q + 1) * per_q)
-        rows = inv[sl]
-        df = pd.DataFrame(
-            {
-                "text": [u_text[i] for i in rows],
-                "tokens": [list(u_tokens[i]) for i in rows],
-                "distance": dist[sl].numpy().astype(np.float64),
-                "matched_pos": mpos[sl].numpy(),
-                "in_preimage": (dist[sl] <= eps).numpy(),
-                "valid": u_valid[inverse[sl]].numpy(),
-                "temperature": temps_np,
-                "noise": noise_np,
-                "count": counts[inverse[sl]].numpy(),
-                "duplicate": duplicate[sl].numpy(),
-                "sample": np.arange(per_q),
-                "colour": [None if u_colour[i] is None else list(u_colour[i]) for i in rows],
-            },
-            columns=list(COLUMNS),
-        )
-        df = df.sort_values("distance", kind="stable").reset_index(drop=True)
+        rows = order[bounds[q] : bounds[q + 1]]
+        df = frame(columns, rows, u_text, u_tokens, u_colour, eps)
+        shown = {"schedule": settings, "n_repeats": n_repeats, "batch_size": batch_size}
+        if min_in_preimage is not None:
+            shown.update(min_in_preimage=min_in_preimage, repeats_drawn=len(rows) // (len(settings) * batch_size))
         results.append(
             PreimageResult(
                 df=df,
@@ -336,17 +326,73 @@ def sample_checked(
                 special_ids=tuple(int(i) for i in task.special_ids),
                 z_q=z_q_cpu[q].clone(),
                 seed=seed,
-                settings={"schedule": settings, "n_repeats": n_repeats, "batch_size": batch_size},
+                settings=shown,
             )
         )
     return results
+
+
+def _query_activations(model: Any, qtok: Tensor, pos: Tensor, site: Any, max_batch: int
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(z_q [Q, d], z_BOS [Q, d])`` on the model's device and ``||z_q||`` ``[Q]`` (CPU)."""
+    z_q_parts, z_bos_parts = [], []
+    for s in range(0, qtok.shape[0], max_batch):
+        acts = harvest(model, qtok[s : s + max_batch], [site], validate=False)[site]
+        rows = torch.arange(acts.shape[0], device=acts.device)
+        z_q_parts.append(acts[rows, pos[s : s + max_batch].to(acts.device)].float())
+        z_bos_parts.append(acts[:, 0].float())
+    z_q = torch.cat(z_q_parts)
+    norms = torch.linalg.vector_norm(z_q, dim=-1).cpu()
+    zero = torch.nonzero(norms == 0).flatten().tolist()
+    if zero:
+        raise InputValueError(
+            f"query {zero[0]}: the activation of {site} at position {int(pos[zero[0]])} is the zero vector; "
+            "the distance ||z - z_q|| / ||z_q|| is undefined, so its preimage cannot be sampled"
+        )
+    return z_q, torch.cat(z_bos_parts), norms
+
+
+def _draw_and_verify(bank: Any, model: Any, task: Any, site: Any, z_q: Tensor, settings: list[tuple[float, float]],
+                     n_repeats: int, batch_size: int, gen: torch.Generator | None, metric: str, eps: float,
+                     max_batch: int, colour: bool, min_in_preimage: int | None, compile_step: bool
+                     ) -> tuple[list[Draw], Tensor, Tensor]:
+    """Draw every round and verify its distinct candidates; ``(draws, dist [n], matched_pos [n])``.
+
+    Without ``min_in_preimage`` there is one round (all repeats of all queries). With it,
+    one round per repeat of the schedule; after each, queries with at least
+    ``min_in_preimage`` in-preimage rows stop drawing.
+    """
+    n_q = z_q.shape[0]
+    rounds = [n_repeats] if min_in_preimage is None else [1] * n_repeats
+    active = torch.arange(n_q)
+    found = torch.zeros(n_q, dtype=torch.long)
+    draws, dists, mpos = [], [], []
+    drawn = 0
+    for reps in rounds:
+        d = draw_round(bank, site, z_q, active, settings, reps, batch_size, drawn * len(settings) * batch_size,
+                       gen, max_batch, colour, compile_step)
+        drawn += reps
+        keyed = torch.cat([d.qidx[:, None], d.tokens], dim=1)
+        uniq, inverse = torch.unique(keyed, dim=0, return_inverse=True)
+        u_task = bank.to_task_tokens(uniq[:, 1:].contiguous())
+        u_dist, u_pos = membership(model, u_task, site, z_q[uniq[:, 0].to(z_q.device)], task.special_ids, metric,
+                                   max_batch)
+        draws.append(d)
+        dists.append(u_dist[inverse])
+        mpos.append(u_pos[inverse])
+        if min_in_preimage is not None:
+            found += torch.bincount(d.qidx, weights=(dists[-1] <= eps).double(), minlength=n_q).long()
+            active = torch.nonzero(found < min_in_preimage).flatten()
+            if active.numel() == 0:
+                break
+    return draws, torch.cat(dists), torch.cat(mpos)
 
 
 def sample_preimage(
     bank: Any,
     model: Any,
     task: Any,
-    query: Int[Tensor, " n_ctx"] | Int[Tensor, "1 n_ctx"] | str,
+    query: Int[Tensor, " n_ctx"] | Int[Tensor, "rows n_ctx"] | str,
     site: SiteLike,
     position: int | str,
     *,
@@ -359,6 +405,8 @@ def sample_preimage(
     colour: bool = True,
     allow_mismatch: bool = False,
     max_batch: int = 1024,
+    min_in_preimage: int | None = None,
+    compile: bool = False,
 ) -> PreimageResult:
     """Sample, verify and colour the preimage of one query (InversionView Sec. 3).
 
@@ -393,6 +441,13 @@ def sample_preimage(
         allow_mismatch: warn instead of raising when the model is not the one the bank
             was trained on.
         max_batch: most rows per decoder call and per probed forward.
+        min_in_preimage: stop early: draw the schedule one repeat at a time (all settings
+            of a repeat, in schedule order, are drawn together) and stop once the query has
+            at least this many in-preimage rows (duplicates counted); ``None`` draws all
+            ``n_repeats``. The pool then has ``repeats_drawn x len(schedule) x batch_size``
+            rows (``result.settings["repeats_drawn"]``).
+        compile: run the decoder's per-token step through ``torch.compile`` (off by
+            default; the first call compiles).
 
     Returns:
         A :class:`PreimageResult` (DataFrame sorted by distance; renders as HTML).
@@ -433,5 +488,7 @@ def sample_preimage(
         colour=colour,
         allow_mismatch=allow_mismatch,
         max_batch=max_batch,
+        min_in_preimage=min_in_preimage,
+        compile=compile,
     )
     return result

@@ -23,11 +23,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tl_inversion.model.activations import activations_at, harvest, model_device
-from tl_inversion.inversion.distance import FAITHFULNESS_EPSILON, best_position, check_metric
-from tl_inversion.model.sites import Site, SiteLike, parse_site, validate_site, validate_sites
 from tl_inversion.errors import InputTypeError, InputValueError, SiteError
+from tl_inversion.inversion.batching import last_kept, length_chunks
 from tl_inversion.inversion.decode import decode_to_task
+from tl_inversion.inversion.distance import FAITHFULNESS_EPSILON, best_position, check_metric
+from tl_inversion.inversion.queries import resolve_query_positions
+from tl_inversion.model.activations import activations_at, harvest, model_device
+from tl_inversion.model.checks import check_padding
+from tl_inversion.model.sites import Site, SiteLike, parse_site, validate_site, validate_sites
 
 __all__ = ["membership", "measure_faithfulness", "FaithfulnessResult", "special_mask_of", "query_activations"]
 
@@ -73,8 +76,10 @@ def membership(
 ) -> tuple[Float[Tensor, " N"], Int[Tensor, " N"]]:
     """Membership distance of candidate inputs to query activations (InversionView Sec. 2).
 
-    Runs the probed model on ``tokens`` (one forward per batch of ``batch_size`` rows,
-    stopped after the site's layer, no hooks left behind), reads the site's activation at
+    Runs the probed model on ``tokens`` (one forward per chunk of at most ``batch_size``
+    rows, stopped after the site's layer, no hooks left behind; rows sorted by length and
+    each chunk cut after its last non-special column, which cannot change a causal model's
+    activations at the kept positions), reads the site's activation at
     every position and returns, per row, the minimum distance to that row's ``z_q`` over
     positions that do not hold a special token, and where it was reached.
 
@@ -126,19 +131,19 @@ def membership(
     device = model_device(model)
     z_q = z_q.detach().to(device)
     mask_all = special_mask_of(tokens, special_ids)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        batch = tokens[start:stop].to(device)
+    # length-sorted chunks, each cut after its last non-special column (causal model: exact)
+    for rows, width in length_chunks(last_kept(mask_all), batch_size):
+        batch = tokens[rows, :width].to(device)
         acts = harvest(model, batch, [site], validate=False)[site]
         if acts.shape[-1] != z_q.shape[-1]:
             raise InputValueError(
                 f"z_q has width {z_q.shape[-1]} but site {site} gives vectors of width {acts.shape[-1]}"
             )
-        q = z_q if z_q.ndim == 1 else z_q[start:stop]
+        q = z_q if z_q.ndim == 1 else z_q[rows.to(device)]
         with torch.inference_mode():
-            d, p = best_position(acts, q, mask_all[start:stop].to(device), metric)
-        dist[start:stop] = d.float().cpu()
-        pos[start:stop] = p.cpu()
+            d, p = best_position(acts, q, mask_all[rows, :width].to(device), metric)
+        dist[rows] = d.float().cpu()
+        pos[rows] = p.cpu()
     return dist, pos
 
 
@@ -213,8 +218,8 @@ class FaithfulnessResult(pd.DataFrame):
 
 
 def _positions_for(task: Any, tokens: Tensor, positions: Any) -> Tensor:
-    if isinstance(positions, (int, str)):
-        positions = task.resolve_position(tokens, positions)
+    if isinstance(positions, (int, str)) and not isinstance(positions, bool):
+        positions = resolve_query_positions(task, tokens, positions)  # negative: from each row's real end
     positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1).cpu()
     if positions.shape[0] != tokens.shape[0]:
         raise InputValueError(f"positions has {positions.shape[0]} entries for {tokens.shape[0]} inputs; "
@@ -257,7 +262,7 @@ def measure_faithfulness(
         task: the task (``special_ids``, ``is_valid``, named positions).
         tokens: held-out inputs ``[N, n_ctx]`` (token ids, any device).
         positions: absolute position per row ``[N]``, or one int / task-named position for
-            all rows (resolved by ``task.resolve_position``).
+            all rows (a negative int counts from each row's last non-PAD token).
         sites: the sites to measure (default: every site of the bank).
         epsilon: membership threshold (paper 0.1; unitless, see
             :mod:`tl_inversion.inversion.distance`).
@@ -275,7 +280,7 @@ def measure_faithfulness(
         SiteError: a site the bank or the model lacks.
         PositionError: a position name or index the task does not know.
         InputValueError: unknown metric, a negative or non-finite ``epsilon``, positions
-            that do not match ``tokens``, a non-positive ``batch_size``.
+            that do not match ``tokens``, a non-positive ``batch_size``, left-padded rows.
         InputTypeError: tokens that are not an integer tensor.
 
     Source: InversionView Sec. 3 and App. C ("faithfulness rate").
@@ -291,6 +296,7 @@ def measure_faithfulness(
         bank.lookup(s)  # SiteError listing the bank's sites
     use = validate_sites(use, model)
     tokens = _as_tokens(tokens)
+    check_padding(tokens, getattr(task, "pad_id", None), bos_id=getattr(task, "bos_id", None), name="tokens")
     positions = _positions_for(task, tokens, positions)
     n = tokens.shape[0]
     gens = {s: None if seed is None else torch.Generator(device=bank.device).manual_seed(int(seed)) for s in use}

@@ -52,7 +52,8 @@ def model_device(model: ProbedModel) -> torch.device:
 
 def _all_modules(model: ProbedModel) -> list[torch.nn.Module]:
     """Every module of ``model`` plus those of a bridge's wrapped Hugging Face model, which
-    the bridge keeps outside its registered submodules (``model.original_model``)."""
+    the bridge keeps outside its registered submodules (``model.original_model``).
+    """
     seen: dict[int, torch.nn.Module] = {}
     roots = [model]
     wrapped = getattr(model, "__dict__", {}).get("original_model", None)
@@ -113,7 +114,7 @@ def _not_fired(name: str) -> SiteError:
 
 def harvest(
     model: ProbedModel,
-    tokens: Int[Tensor, "batch pos"],
+    tokens: Tensor,  # [batch, pos] ints; anything else gets check_tokens's message (not jaxtyping's)
     sites: Sequence[SiteLike],
     *,
     validate: bool = True,
@@ -176,8 +177,8 @@ def harvest(
 
 def activations_at(
     model: ProbedModel,
-    tokens: Int[Tensor, "batch pos"],
-    positions: Int[Tensor, " batch"] | Sequence[int],
+    tokens: Tensor,  # [batch, pos] ints, checked by check_tokens
+    positions: Tensor | Sequence[int],  # [batch], checked against tokens with a clear message
     sites: Sequence[SiteLike],
     *,
     validate: bool = True,
@@ -219,14 +220,19 @@ def activations_at(
     if positions.dtype.is_floating_point or positions.dtype == torch.bool or positions.is_complex():
         raise InputValueError(f"positions must be integer indices, got {positions.dtype}")
     if positions.ndim != 1 or positions.shape[0] != tokens.shape[0]:
-        raise InputValueError(f"positions must give one index per row, shape [{tokens.shape[0]}], got {list(positions.shape)}")
+        raise InputValueError(
+            f"positions must give one index per row, shape [{tokens.shape[0]}], got {list(positions.shape)}"
+        )
     positions = positions.long()
     if positions.min() < 0 or positions.max() >= tokens.shape[-1]:
-        raise InputValueError(f"positions must lie in 0 .. {tokens.shape[-1] - 1}, got {positions.min()} .. {positions.max()}")
+        raise InputValueError(
+            f"positions must lie in 0 .. {tokens.shape[-1] - 1}, got {positions.min()} .. {positions.max()}"
+        )
     acts = harvest(model, tokens, sites, validate=validate, pad_id=pad_id)
     rows = torch.arange(tokens.shape[0])
-    return SiteDict(((site, a[rows.to(a.device), positions.to(a.device)]) for site, a in acts.items()),
-                    n_heads=acts.n_heads)
+    return SiteDict(
+        ((site, a[rows.to(a.device), positions.to(a.device)]) for site, a in acts.items()), n_heads=acts.n_heads
+    )
 
 
 def site_width(model: ProbedModel, site: SiteLike) -> int:

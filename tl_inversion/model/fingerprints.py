@@ -84,7 +84,9 @@ def fingerprint(model: ProbedModel) -> dict[str, Any]:
     }
 
 
-def probe_signature(model: ProbedModel, sites: Sequence[SiteLike], *, n_pos: int = 16, n_dirs: int = 16) -> dict[str, list[float]]:
+def probe_signature(
+    model: ProbedModel, sites: Sequence[SiteLike], *, n_pos: int = 16, n_dirs: int = 16
+) -> dict[str, list[float]]:
     """What the model computes at ``sites`` on a fixed probe input, in a few numbers.
 
     A fixed random input (seed 0, ``min(n_ctx, n_pos)`` tokens) is run once; each site's

@@ -78,7 +78,8 @@ def _read_hf_gpt2(path: str | Path) -> Any:
         raise LoadError(
             f"{path}: the checkpoint has {len(unexpected)} weights the model of its config.json has no place for "
             f"(config: {config.n_layer} layers, d_model {config.n_embd}; {loaded} of {len(state)} keys matched): "
-            f"{sorted(unexpected)[:10]}{' ...' if len(unexpected) > 10 else ''}. Does config.json belong to these weights?"
+            f"{sorted(unexpected)[:10]}{' ...' if len(unexpected) > 10 else ''}. "
+            "Does config.json belong to these weights?"
         )
     model.tie_weights()
     return model.eval()
@@ -256,9 +257,14 @@ def bridge_from_hf(hf: Any, processing: Processing = "none", *, tokenizer: Any =
         vocab = [f"<{i}>" for i in range(n)]
         special = lambda i: vocab[i] if isinstance(i, int) and 0 <= i < n else vocab[-1]  # noqa: E731
         tokenizer = char_tokenizer(
-            vocab, bos=special(hf.config.bos_token_id), eos=special(hf.config.eos_token_id), pad=special(hf.config.pad_token_id)
+            vocab,
+            bos=special(hf.config.bos_token_id),
+            eos=special(hf.config.eos_token_id),
+            pad=special(hf.config.pad_token_id),
         )
-    elif getattr(tokenizer, "bos_token", None) is not None and "name_or_path" not in getattr(tokenizer, "init_kwargs", {}):
+    elif getattr(tokenizer, "bos_token", None) is not None and "name_or_path" not in getattr(
+        tokenizer, "init_kwargs", {}
+    ):
         # TransformerLens re-creates a tokenizer by this name unless it already adds BOS
         raise LoadError(
             "the TransformerBridge needs a tokenizer that records where it came from "

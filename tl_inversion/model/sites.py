@@ -273,7 +273,8 @@ def validate_sites(sites: Iterable[SiteLike] | SiteLike, model: ProbedModel) -> 
 def paper_counting_sites(n_layers: int = 2, n_heads: int = 1) -> list[Site]:
     """The paper's counting sites: ``blocks.0.hook_resid_pre``, then per layer the head
     outputs, ``hook_resid_mid``, ``hook_mlp_out`` and ``hook_resid_post`` (9 for 2 layers,
-    1 head; InversionView Sec. 4.1)."""
+    1 head; InversionView Sec. 4.1).
+    """
     sites = [Site("blocks.0.hook_resid_pre")]
     for layer in range(n_layers):
         sites += [Site(f"blocks.{layer}.attn.hook_result", h) for h in range(n_heads)]
@@ -284,7 +285,8 @@ def paper_counting_sites(n_layers: int = 2, n_heads: int = 1) -> list[Site]:
 
 def paper_addition_sites(n_layers: int = 2, n_heads: int = 4) -> list[Site]:
     """The paper's 13 addition sites: ``blocks.0.hook_resid_pre``, then per layer the 4 head
-    outputs, ``hook_resid_mid`` and ``hook_resid_post`` (InversionView Sec. 4.2)."""
+    outputs, ``hook_resid_mid`` and ``hook_resid_post`` (InversionView Sec. 4.2).
+    """
     sites = [Site("blocks.0.hook_resid_pre")]
     for layer in range(n_layers):
         sites += [Site(f"blocks.{layer}.attn.hook_result", h) for h in range(n_heads)]
@@ -302,5 +304,6 @@ IOI_PAPER_HEADS: tuple[tuple[int, int], ...] = (
 def ioi_paper_sites() -> list[Site]:
     """The paper's IOI sites on GPT-2 small: the per-head outputs ``blocks.L.attn.hook_result[H]``
     of the 26 circuit heads of Wang et al. (2022), in the order of :data:`IOI_PAPER_HEADS`
-    (InversionView Sec. 4.3; queried at S1+1, S2 and END)."""
+    (InversionView Sec. 4.3; queried at S1+1, S2 and END).
+    """
     return [Site(f"blocks.{layer}.attn.hook_result", head) for layer, head in IOI_PAPER_HEADS]

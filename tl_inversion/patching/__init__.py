@@ -19,7 +19,12 @@ Contrast pairs come from the tasks (:mod:`tl_inversion.tasks.contrast_set`,
 the builders are re-exported here for convenience.
 """
 
-from tl_inversion.patching._warn import AnswerCheckWarning, DisconnectedCircuitWarning, NoEffectEdgeWarning, PatchingWarning
+from tl_inversion.patching._warn import (
+    AnswerCheckWarning,
+    DisconnectedCircuitWarning,
+    NoEffectEdgeWarning,
+    PatchingWarning,
+)
 from tl_inversion.patching.activation import cumulative_patching, patch_nodes, run_patching
 from tl_inversion.patching.circuit import CircuitFaithfulness, circuit_faithfulness
 from tl_inversion.patching.features import feature_pairs, verify_feature

@@ -20,10 +20,20 @@ from tqdm.auto import tqdm
 
 from tl_inversion.errors import InputValueError
 from tl_inversion.model.activations import model_device, run_with_hooks
+from tl_inversion.model.checks import check_padding, check_tokens, model_special_ids
 from tl_inversion.patching.metrics import LogitDiff, MetricContext, MetricLike, _eval_metric, _metric_arity
 from tl_inversion.patching.notation import Node, PositionLike, Resolver, resolve_position
 from tl_inversion.patching.positions import row_end_resolver
-from tl_inversion.patching.sources import Contrast, FromCache, MeanAblation, Resample, Source, SourceLike, ZeroAblation, as_source
+from tl_inversion.patching.sources import (
+    Contrast,
+    FromCache,
+    MeanAblation,
+    Resample,
+    Source,
+    SourceLike,
+    ZeroAblation,
+    as_source,
+)
 from tl_inversion.tasks.contrast_set import ContrastSet, as_generator
 
 
@@ -143,7 +153,9 @@ def _prepare(
         src_tokens = ref[draw]
         if src.answers is not None:
             if contrast_answers is not None:
-                raise InputValueError("Resample(answers=...) sets the contrast answers; do not pass contrast_answers= as well")
+                raise InputValueError(
+                    "Resample(answers=...) sets the contrast answers; do not pass contrast_answers= as well"
+                )
             contrast_answers = torch.as_tensor(src.answers)[draw]
         elif src.tokens is None and answers is not None and contrast_answers is None:
             contrast_answers = torch.as_tensor(answers)[draw]
@@ -152,7 +164,9 @@ def _prepare(
     if src_tokens is not None:
         src_tokens = src_tokens.long().cpu()
         if src_tokens.shape[0] != n:
-            raise InputValueError(f"the source has {src_tokens.shape[0]} rows, the clean input {n}: pair them row by row")
+            raise InputValueError(
+                f"the source has {src_tokens.shape[0]} rows, the clean input {n}: pair them row by row"
+            )
     for name, t in (("answers", answers), ("contrast_answers", contrast_answers)):
         if t is not None and torch.as_tensor(t).shape[0] != n:
             raise InputValueError(f"{name} has {torch.as_tensor(t).shape[0]} rows, clean_tokens has {n}")
@@ -177,11 +191,29 @@ class _Engine:
             raise InputValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.data = data
+        self._check_tokens()
         self.batch_size = batch_size
         self.progress = _progress_enabled(progress)
         self.desc = desc
         self.device = model_device(model)
         self.means: dict[tuple[str, int | None, PositionLike | None], Tensor] = {}
+
+    def _check_tokens(self) -> None:
+        """Refuse, before any forward, token ids the model cannot run and left-padded rows.
+
+        The PAD id is the call's (``pad_id=`` or the task's) where given, else the model's.
+        Cache sources' tokens only place positions, so only their padding is checked.
+        """
+        d = self.data
+        model_pad, bos = model_special_ids(self.model)
+        pad = d.pad_id if d.pad_id is not None else model_pad
+        runs = not isinstance(d.source, FromCache)
+        for name, tokens, run in (("clean_tokens", d.clean, True), ("source tokens", d.source_tokens, runs)):
+            if tokens is None:
+                continue
+            if run:
+                check_tokens(self.model, tokens, name)
+            check_padding(tokens, pad, bos_id=bos, name=name)
 
     # positions ------------------------------------------------------------------------
     def check_positions(self, specs: Iterable[PositionLike | None]) -> None:
@@ -202,10 +234,13 @@ class _Engine:
         chunks = list(torch.split(order, self.batch_size))
         return tqdm(chunks, desc=self.desc, leave=False, disable=not self.progress)
 
-    def crop(self, rows: Tensor, clean: Tensor, source: Tensor | None, common: bool = True) -> tuple[Tensor, Tensor | None]:
+    def crop(
+        self, rows: Tensor, clean: Tensor, source: Tensor | None, common: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
         """Clean and source tokens of these rows; when trimming, trailing PAD columns are
         cropped, to one common width if ``common`` (needed to patch every position), else
-        each to its own."""
+        each to its own.
+        """
         c = clean[rows]
         s = None if source is None else source[rows]
         if not self.data.trim:
@@ -265,10 +300,15 @@ class _Engine:
         self.means = {k: (sums[k] / counts[k]).float() for k in keys}
 
     def source_values(
-        self, rows: Tensor, clean: Tensor, src_tokens: Tensor | None, keys: Sequence[tuple[str, int | None, PositionLike | None]]
+        self,
+        rows: Tensor,
+        clean: Tensor,
+        src_tokens: Tensor | None,
+        keys: Sequence[tuple[str, int | None, PositionLike | None]],
     ) -> tuple[dict[Any, Tensor | None], Tensor | None]:
         """Patched values per (hook, head, position spec) for these rows; and the source
-        run's logits when the source is a forward pass."""
+        run's logits when the source is a forward pass.
+        """
         src = self.data.source
         out: dict[Any, Tensor | None] = {}
         logits = None
@@ -294,7 +334,9 @@ class _Engine:
                         f"({', '.join(hooks_needed)}), e.g. run_with_cache(tokens, names_filter={hooks_needed})"
                     ) from None
                 if full.shape[0] != self.data.clean.shape[0]:
-                    raise InputValueError(f"cache[{h!r}] has {full.shape[0]} rows, the clean input {self.data.clean.shape[0]}")
+                    raise InputValueError(
+                        f"cache[{h!r}] has {full.shape[0]} rows, the clean input {self.data.clean.shape[0]}"
+                    )
                 store[h] = full[rows.to(full.device)].to(self.device)
                 if self.data.trim and src_tokens is None:
                     store[h] = store[h][:, : clean.shape[1]]

@@ -16,12 +16,14 @@ class PatchingWarning(TLInversionWarning):
 
 class DisconnectedCircuitWarning(PatchingWarning):
     """A circuit has no path from the embeddings to the output (its score measures nothing
-    the input can change: it is what ablating every component gives)."""
+    the input can change: it is what ablating every component gives).
+    """
 
 
 class NoEffectEdgeWarning(PatchingWarning):
     """A path-patching edge whose sender positions never meet its receiver positions: the
-    patched effect is exactly 0 by construction."""
+    patched effect is exactly 0 by construction.
+    """
 
 
 class AnswerCheckWarning(PatchingWarning):

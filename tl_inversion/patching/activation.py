@@ -41,7 +41,8 @@ from tl_inversion.tasks.contrast_set import ContrastSet
 
 def _labelled_pairs(groups: Any) -> dict[str, Any] | None:
     """``{label: group}`` when ``groups`` is a list of ``(label, group)`` pairs whose labels
-    are not node notation (e.g. ``list(d.items())``); ``None`` for every other form."""
+    are not node notation (e.g. ``list(d.items())``); ``None`` for every other form.
+    """
     if isinstance(groups, (str, Mapping, NodeGroup, Node)) or not isinstance(groups, Sequence) or not groups:
         return None
     if not all(isinstance(g, (tuple, list)) and len(g) == 2 and isinstance(g[0], str) for g in groups):
@@ -81,9 +82,9 @@ def run_patching(
     clean_tokens: Int[Tensor, "n pos"] | ContrastSet,
     source: SourceLike = "contrast",
     *,
-    contrast_tokens: Int[Tensor, "n pos_c"] | None = None,
-    answers: Int[Tensor, " n"] | None = None,
-    contrast_answers: Int[Tensor, " n"] | None = None,
+    contrast_tokens: Tensor | None = None,  # [n, pos_c]; a row count != n gets _prepare's message
+    answers: Tensor | None = None,  # [n]
+    contrast_answers: Tensor | None = None,  # [n]
     metric: MetricLike = None,
     answer_position: PositionLike | None = None,
     positions: Resolver = None,
@@ -186,7 +187,10 @@ def run_patching(
             raise InputValueError("the metric returned a scalar for some batches and per-row values for others")
         clean_vals.append(m_clean)
         order.append(rows)
-        weights.append(torch.ones(rows.shape[0], dtype=torch.float64) if per_example else torch.tensor([float(rows.shape[0])]))
+        if per_example:
+            weights.append(torch.ones(rows.shape[0], dtype=torch.float64))
+        else:
+            weights.append(torch.tensor([float(rows.shape[0])]))
 
     def gather(chunks: list[Tensor]) -> np.ndarray:
         if not chunks:
@@ -247,6 +251,7 @@ def patch_nodes(
         n_boot: bootstrap resamples for the CI of the effect.
         ci: CI coverage.
         seed: bootstrap seed.
+        **kwargs: passed to :func:`run_patching` (``contrast_tokens``, ``metric``, ...).
 
     Returns:
         DataFrame indexed by group label with ``LD_clean``, ``LD_patched``, ``effect``,
@@ -291,7 +296,9 @@ def cumulative_patching(
         direction: ``"forward"``, ``"backward"`` or ``"both"``.
         singles: also report each group alone (``direction == "single"`` rows).
         extra: more groups to report alone (``"single"`` rows), measured in the same pass.
-        n_boot, ci, seed: bootstrap settings.
+        n_boot: bootstrap resamples for the confidence interval (0: none).
+        ci: confidence level of the interval.
+        seed: seed of the bootstrap.
         **kwargs: passed to :func:`run_patching`.
 
     Returns:
@@ -323,7 +330,11 @@ def cumulative_patching(
             plan.append((d, step, g.name, key))
     alone = list(groups) if singles else []
     if extra is not None:
-        alone += parse_groups(extra) if not isinstance(extra, Mapping) else [NodeGroup.parse(v, label=str(k)) for k, v in extra.items()]
+        alone += (
+            parse_groups(extra)
+            if not isinstance(extra, Mapping)
+            else [NodeGroup.parse(v, label=str(k)) for k, v in extra.items()]
+        )
     for i, g in enumerate(alone):
         key = f"single:{i}"
         sets[key] = g
@@ -342,11 +353,29 @@ def cumulative_patching(
             inc = r["effect"] - res.row(before, n_boot=0)["effect"]
             inc_vals = res.patched[before] - res.patched[key]
         lo, hi = bootstrap_ci(inc_vals, res.weights, n_boot=n_boot, ci=ci, seed=seed)
-        rows.append({"direction": d, "step": step, "added": added, **r, "increment": inc, "inc_ci_low": lo, "inc_ci_high": hi})
+        rows.append(
+            {"direction": d, "step": step, "added": added, **r, "increment": inc, "inc_ci_low": lo, "inc_ci_high": hi}
+        )
         prev[d] = key
     df = pd.DataFrame(rows)
-    cols = ["direction", "step", "added", "nodes", "n", "LD_clean", "LD_patched", "effect", "ci_low", "ci_high",
-            "increment", "inc_ci_low", "inc_ci_high", "normalised", "LD_contrast", "normalised_by"]
+    cols = [
+        "direction",
+        "step",
+        "added",
+        "nodes",
+        "n",
+        "LD_clean",
+        "LD_patched",
+        "effect",
+        "ci_low",
+        "ci_high",
+        "increment",
+        "inc_ci_low",
+        "inc_ci_high",
+        "normalised",
+        "LD_contrast",
+        "normalised_by",
+    ]
     df = df[cols]
     df.attrs.update(res.settings)
     return df

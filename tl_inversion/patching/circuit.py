@@ -79,11 +79,16 @@ class CircuitFaithfulness:
     def __str__(self) -> str:
         ablated = ", ".join(self.ablated) or "none"
         partly = f"; kept only at the circuit's positions: {', '.join(self.partly_kept)}" if self.partly_kept else ""
-        no_path = f"; NO PATH from the embeddings to the output in {self.rows_without_path} rows" if self.rows_without_path else ""
+        no_path = (
+            f"; NO PATH from the embeddings to the output in {self.rows_without_path} rows"
+            if self.rows_without_path
+            else ""
+        )
         return (
             f"faithfulness of {self.circuit.name!r}: normalised {self.normalised_score:.4f} "
             f"[{self.ci_low:.4f}, {self.ci_high:.4f}] (0 = all ablated, 1 = full model); "
-            f"metric full {self.metric_full:.4f}, circuit {self.metric_circuit:.4f}, all ablated {self.metric_ablated:.4f}; "
+            f"metric full {self.metric_full:.4f}, circuit {self.metric_circuit:.4f}, "
+            f"all ablated {self.metric_ablated:.4f}; "
             f"raw ratio circuit/full {self.score:.4f}; ablation={self.settings.get('source')}, n={self.n}; "
             f"ablated at every position: {ablated}{partly}{no_path}"
         )
@@ -93,14 +98,27 @@ class CircuitFaithfulness:
     def to_frame(self) -> pd.DataFrame:
         """One-row DataFrame with the scores, the metrics and the ablation settings."""
         row = {
-            "circuit": self.circuit.name, "normalised_score": self.normalised_score, "ci_low": self.ci_low,
-            "ci_high": self.ci_high, "score": self.score, "score_ci_low": self.score_ci_low,
-            "score_ci_high": self.score_ci_high, "metric_full": self.metric_full,
-            "metric_circuit": self.metric_circuit, "metric_ablated": self.metric_ablated, "n": self.n,
-            "ablated": ", ".join(self.ablated), "partly_kept": ", ".join(self.partly_kept),
+            "circuit": self.circuit.name,
+            "normalised_score": self.normalised_score,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "score": self.score,
+            "score_ci_low": self.score_ci_low,
+            "score_ci_high": self.score_ci_high,
+            "metric_full": self.metric_full,
+            "metric_circuit": self.metric_circuit,
+            "metric_ablated": self.metric_ablated,
+            "n": self.n,
+            "ablated": ", ".join(self.ablated),
+            "partly_kept": ", ".join(self.partly_kept),
             "rows_without_path": self.rows_without_path,
         }
-        row.update({f"ablation_{k}": (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in self.settings.items()})
+        row.update(
+            {
+                f"ablation_{k}": (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
+                for k, v in self.settings.items()
+            }
+        )
         return pd.DataFrame([row]).set_index("circuit")
 
 
@@ -181,6 +199,41 @@ def _component_of(node: Node, model: Any) -> list[tuple[str, int | None]]:
     )
 
 
+def _bootstrap_scores(
+    f: np.ndarray, c: np.ndarray, a: np.ndarray, n_boot: int, ci: float, seed: int
+) -> tuple[float, float, float, float]:
+    """Percentile CIs of the normalised score and of the raw ratio from row resamples.
+
+    Args:
+        f: ``[n]`` metric of the full model per row.
+        c: ``[n]`` metric with the circuit kept.
+        a: ``[n]`` metric with everything ablated.
+        n_boot: resamples (0: no interval).
+        ci: confidence level.
+        seed: seed of the resampling.
+
+    Returns:
+        ``(norm_low, norm_high, ratio_low, ratio_high)``; NaN where not computable.
+    """
+    n = f.shape[0]
+    lo = hi = s_lo = s_hi = float("nan")
+    if n_boot <= 0 or n <= 1:
+        return lo, hi, s_lo, s_hi
+    rng = np.random.default_rng(seed)
+    ratios, norms = [], []
+    for _ in range(n_boot):
+        i = rng.integers(0, n, n)
+        bf, bc, ba = f[i].mean(), c[i].mean(), a[i].mean()
+        ratios.append(bc / bf if bf else np.nan)
+        norms.append((bc - ba) / (bf - ba) if bf != ba else np.nan)
+    qs = [(1 - ci) / 2, 1 - (1 - ci) / 2]
+    if np.isfinite(ratios).any():
+        s_lo, s_hi = (float(q) for q in np.nanquantile(ratios, qs))
+    if np.isfinite(norms).any():
+        lo, hi = (float(q) for q in np.nanquantile(norms, qs))
+    return lo, hi, s_lo, s_hi
+
+
 def circuit_faithfulness(
     model: Any,
     circuit: Circuit | Sequence[GroupLike] | str,
@@ -223,9 +276,17 @@ def circuit_faithfulness(
             mL); its edges are not used here.
         clean_tokens: ``[n, pos]`` clean inputs or a ``ContrastSet``.
         method: the ablation (see above).
-        contrast_tokens, answers, contrast_answers, metric, answer_position, positions,
-        batch_size, progress: as in :func:`run_patching`.
-        n_boot, ci, seed: bootstrap of the scores' CIs.
+        contrast_tokens: ``[n, pos]`` contrast inputs (method ``"contrast"``).
+        answers: ``[n]`` clean answer ids (default logit-difference metric).
+        contrast_answers: ``[n]`` contrast answer ids.
+        metric: the metric (see :func:`tl_inversion.patching.run_patching`).
+        answer_position: where the metric reads the logits.
+        positions: named positions (a task, a ``ContrastSet``'s resolver or a mapping).
+        batch_size: rows per forward pass.
+        n_boot: bootstrap resamples for the scores' confidence intervals (0: none).
+        ci: confidence level of the interval.
+        seed: seed of the bootstrap.
+        progress: show a progress bar.
 
     Returns:
         A :class:`CircuitFaithfulness` (``str()``/``repr()`` lead with the normalised score
@@ -246,7 +307,18 @@ def circuit_faithfulness(
     elif not isinstance(circuit, Circuit):
         circuit = Circuit(tuple(circuit))
     circuit = circuit.validate(model)
-    data = _prepare(clean_tokens, method, contrast_tokens, answers, contrast_answers, metric, answer_position, positions, False, None)
+    data = _prepare(
+        clean_tokens,
+        method,
+        contrast_tokens,
+        answers,
+        contrast_answers,
+        metric,
+        answer_position,
+        positions,
+        False,
+        None,
+    )
     engine = _Engine(model, data, batch_size, progress, desc=f"faithfulness ({data.source.kind})")
     engine.check_positions([s for n in circuit.nodes for s in (n.positions or (None,))] + [data.answer_position])
     comps = _components(model)
@@ -284,10 +356,20 @@ def circuit_faithfulness(
             if bool(keep.all()):
                 continue
             circ_ops.setdefault(hook, []).append(_MaskedOp(head, keep.to(engine.device), val))
-        answer_idx = None if data.answer_position is None else resolve_position(clean, data.answer_position, data.positions).cpu()
+        answer_idx = (
+            None
+            if data.answer_position is None
+            else resolve_position(clean, data.answer_position, data.positions).cpu()
+        )
         no_path += int((~_reaches_output(comps, keeps, answer_idx)).sum())
-        circ = engine.metric(engine.run(clean, [(h, _patch_hook(o)) for h, o in circ_ops.items()]), engine.ctx(rows, clean, clean, "patched"))
-        abl = engine.metric(engine.run(clean, [(h, _patch_hook(o)) for h, o in all_ops.items()]), engine.ctx(rows, clean, clean, "patched"))
+        circ = engine.metric(
+            engine.run(clean, [(h, _patch_hook(o)) for h, o in circ_ops.items()]),
+            engine.ctx(rows, clean, clean, "patched"),
+        )
+        abl = engine.metric(
+            engine.run(clean, [(h, _patch_hook(o)) for h, o in all_ops.items()]),
+            engine.ctx(rows, clean, clean, "patched"),
+        )
         if full.dim() == 0:
             full, circ, abl = full.expand(b), circ.expand(b), abl.expand(b)
         full_v.append(full)
@@ -304,18 +386,7 @@ def circuit_faithfulness(
 
     f, c, a = arr(full_v), arr(circ_v), arr(abl_v)
     mf, mc, ma = float(f.mean()), float(c.mean()), float(a.mean())
-    lo = hi = s_lo = s_hi = float("nan")
-    if n_boot > 0 and n > 1:
-        rng = np.random.default_rng(seed)
-        ratios, norms = [], []
-        for _ in range(n_boot):
-            i = rng.integers(0, n, n)
-            bf, bc, ba = f[i].mean(), c[i].mean(), a[i].mean()
-            ratios.append(bc / bf if bf else np.nan)
-            norms.append((bc - ba) / (bf - ba) if bf != ba else np.nan)
-        qs = [(1 - ci) / 2, 1 - (1 - ci) / 2]
-        s_lo, s_hi = (float(q) for q in np.nanquantile(ratios, qs)) if np.isfinite(ratios).any() else (s_lo, s_hi)
-        lo, hi = (float(q) for q in np.nanquantile(norms, qs)) if np.isfinite(norms).any() else (lo, hi)
+    lo, hi, s_lo, s_hi = _bootstrap_scores(f, c, a, n_boot, ci, seed)
     ablated = tuple(_component_name(*comp) for comp in comps if not keep_spec[comp])
     partly = tuple(
         f"{_component_name(*comp)}@{','.join(str(p) for p in keep_spec[comp])}"
@@ -333,11 +404,17 @@ def circuit_faithfulness(
         )
     settings = {
         **data.source.describe(),
-        "alignment": "absolute position" if not isinstance(data.source, MeanAblation) else "mean at each absolute position",
+        "alignment": "absolute position"
+        if not isinstance(data.source, MeanAblation)
+        else "mean at each absolute position",
         "components": "embeddings, every head output (hook_z), every MLP output",
         "n_components_ablated": sum(1 for comp in comps if not keep_spec[comp]),
         "metric": _metric_name(data.metric),
-        "reference_rows": int((getattr(data.source, "tokens", None) if getattr(data.source, "tokens", None) is not None else data.clean).shape[0]),
+        "reference_rows": int(
+            (
+                getattr(data.source, "tokens", None) if getattr(data.source, "tokens", None) is not None else data.clean
+            ).shape[0]
+        ),
     }
     return CircuitFaithfulness(
         normalised_score=(mc - ma) / (mf - ma) if mf != ma else float("nan"),

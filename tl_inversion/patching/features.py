@@ -109,7 +109,7 @@ def verify_feature(
     tokens: Int[Tensor, "n pos"],
     feature: Callable[[Tensor], Tensor],
     *,
-    answers: Int[Tensor, " n"] | Callable[[Tensor], Tensor],
+    answers: Tensor | Callable[[Tensor], Tensor],  # [n] ids; non-integers get this module's message
     answer_position: PositionLike,
     positions: Resolver = None,
     pool: Int[Tensor, "m pos"] | None = None,
@@ -144,7 +144,9 @@ def verify_feature(
             answer, which "keeps g" pairs would not have).
         generator: seed of the pairing.
         feature_name: label of g in the table.
-        n_boot, ci, seed: bootstrap settings.
+        n_boot: bootstrap resamples for the confidence interval (0: none).
+        ci: confidence level of the interval.
+        seed: seed of the bootstrap.
         **kwargs: passed to :func:`run_patching` (``batch_size``, ``trim_padding``, ...).
 
     Returns:
@@ -172,11 +174,18 @@ def verify_feature(
     for label, idx in (("changes g", change), ("keeps g", keep)):
         ok = idx >= 0
         if not bool(ok.any()):
-            raise InputValueError(f"no contrast pair {label!r} could be formed: every row has {'a single' if label == 'changes g' else 'a unique'} feature value")
+            which = "a single" if label == "changes g" else "a unique"
+            raise InputValueError(f"no contrast pair {label!r} could be formed: every row has {which} feature value")
         res = run_patching(
-            model, {group.name: group}, tokens[ok], Contrast(pool_t[idx[ok]]),
-            answers=ans[ok], metric=metric if metric is not None else AnswerLogProb(),
-            answer_position=answer_position, positions=positions, **kwargs,
+            model,
+            {group.name: group},
+            tokens[ok],
+            Contrast(pool_t[idx[ok]]),
+            answers=ans[ok],
+            metric=metric if metric is not None else AnswerLogProb(),
+            answer_position=answer_position,
+            positions=positions,
+            **kwargs,
         )
         row = res.row(group.name, n_boot=n_boot, ci=ci, seed=seed)
         for k in ("group", "normalised", "LD_contrast", "normalised_by"):  # no contrast answer here

@@ -86,7 +86,8 @@ class LogitDiff:
         if ctx.answers is None or ctx.contrast_answers is None:
             raise InputValueError(
                 "the logit-difference metric needs answers= and contrast_answers= (token ids per row); "
-                "pass them, use a contrast builder from tl_inversion.tasks.counting_contrasts or addition_contrasts, or pass metric="
+                "pass them, use a contrast builder from tl_inversion.tasks.counting_contrasts or addition_contrasts, "
+                "or pass metric="
             )
         pos = ctx.position(self.position).to(logits.device)
         ar = torch.arange(logits.shape[0], device=logits.device)
@@ -154,7 +155,9 @@ def _eval_metric(metric: Callable[..., Any], arity: int, logits: Tensor, ctx: Me
         return value
     value = value.reshape(-1)
     if value.shape[0] != b:
-        raise InputValueError(f"metric returned {value.shape[0]} values for a batch of {b}: return a scalar or one value per row")
+        raise InputValueError(
+            f"metric returned {value.shape[0]} values for a batch of {b}: return a scalar or one value per row"
+        )
     return value
 
 

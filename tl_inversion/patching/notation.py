@@ -44,6 +44,10 @@ head 1.0's value input at ``:``; with the value input the positions are key posi
 Patching a head's output means patching ``blocks.L.attn.hook_z[:, pos, H]``: the head's
 output is ``z @ W_O[H]`` (``b_O`` is shared and input-independent), so this equals patching
 ``hook_result`` without needing ``set_use_attn_result`` (which some bridges refuse).
+
+Layout: the grammar's text-level parsing (components, position lists, input suffixes) is
+in :mod:`tl_inversion.patching._grammar`; this module builds the data classes from it and
+resolves positions per row (:func:`resolve_position`).
 """
 
 from __future__ import annotations
@@ -56,132 +60,27 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from tl_inversion.model.sites import Site, SiteError, parse_site, validate_site
-from tl_inversion.tasks.base import PositionError
 from tl_inversion.errors import NotationError
-
-PositionLike = Union[int, str]
-INPUTS = ("q", "k", "v", "resid")
-
-
-
-# Component notation ---------------------------------------------------------------------
-
-_HEAD_RES = (
-    re.compile(r"^a(?P<layer>\d+)\.(?P<head>\d+)$"),
-    re.compile(r"^(?P<layer>\d+)\.(?P<head>\d+)$"),
-    re.compile(r"^L(?P<layer>\d+)H(?P<head>\d+)$"),
+from tl_inversion.model.sites import Site, SiteError, parse_site, validate_site
+from tl_inversion.patching._grammar import (
+    _HOOK_RESULT_RE,
+    GRAMMAR_HINT,
+    INPUTS,
+    PositionLike,
+    _format_positions,
+    _normalise_positions,
+    _parse_positions,
+    _split_node,
+    format_component,
+    parse_component,
 )
-_ATTN_RE = re.compile(r"^a(?P<layer>\d+)$")
-_MLP_RE = re.compile(r"^(?:m|mlp)(?P<layer>\d+)$")
-_RESID_RE = re.compile(r"^resid_(?P<kind>pre|mid|post)\.?(?P<layer>\d+)$")
-_EMBED_NAMES = {"e_tok": "hook_embed", "embed": "hook_embed", "e_pos": "hook_pos_embed", "pos_embed": "hook_pos_embed"}
-_INPUT_SUFFIX_RE = re.compile(r"^(?P<comp>.+)\.(?P<input>[qkv])$")
-_HOOK_RESULT_RE = re.compile(r"^blocks\.(\d+)\.attn\.hook_(?:result|z)$")
+from tl_inversion.tasks.base import PositionError
 
-GRAMMAR_HINT = (
-    "write e_tok, e_pos, aL (all heads of layer L), aL.H / L.H / LxHy (one head), mL (MLP out), "
-    "resid_pre.L / resid_mid.L / resid_post.L, or a TransformerLens hook name with an optional [head]; "
-    "then optionally @positions, e.g. 'a1@:', '0.1@tc', 'e_pos@tc,:', 'blocks.0.attn.hook_z[1]@-1'"
-)
-
-
-def parse_component(text: str) -> Site:
-    """Parse the component part of a node (no positions, no input suffix) into a site.
-
-    Args:
-        text: e.g. ``"a1"``, ``"1.0"``, ``"L1H0"``, ``"m0"``, ``"e_pos"``, ``"resid_post.1"``
-            or a hook name such as ``"blocks.0.attn.hook_z[1]"``.
-
-    Returns:
-        The site the component names.
-
-    Raises:
-        NotationError: the text fits none of the forms of the grammar (see module docstring).
-    """
-    t = text.strip()
-    if not t:
-        raise NotationError(f"empty component; {GRAMMAR_HINT}")
-    if t in _EMBED_NAMES:
-        return Site(_EMBED_NAMES[t])
-    for rx in _HEAD_RES:
-        m = rx.match(t)
-        if m:
-            return Site(f"blocks.{int(m['layer'])}.attn.hook_result", int(m["head"]))
-    m = _ATTN_RE.match(t)
-    if m:
-        return Site(f"blocks.{int(m['layer'])}.attn.hook_result")
-    m = _MLP_RE.match(t)
-    if m:
-        return Site(f"blocks.{int(m['layer'])}.hook_mlp_out")
-    m = _RESID_RE.match(t)
-    if m:
-        return Site(f"blocks.{int(m['layer'])}.hook_resid_{m['kind']}")
-    if t.startswith(("hook_", "blocks.", "ln_final", "unembed", "embed.", "pos_embed.")):
-        try:
-            return parse_site(t)
-        except SiteError as e:
-            raise NotationError(f"cannot parse component {text!r}: {e}") from None
-    raise NotationError(f"unknown component {text!r}; {GRAMMAR_HINT}")
-
-
-def format_component(site: Site) -> str:
-    """The short form of a site (inverse of :func:`parse_component`)."""
-    for short, hook in (("e_tok", "hook_embed"), ("e_pos", "hook_pos_embed")):
-        if site.hook == hook and site.head is None:
-            return short
-    m = re.match(r"^blocks\.(\d+)\.attn\.hook_result$", site.hook)
-    if m:
-        return f"a{m.group(1)}" if site.head is None else f"a{m.group(1)}.{site.head}"
-    m = re.match(r"^blocks\.(\d+)\.hook_mlp_out$", site.hook)
-    if m and site.head is None:
-        return f"m{m.group(1)}"
-    m = re.match(r"^blocks\.(\d+)\.hook_resid_(pre|mid|post)$", site.hook)
-    if m and site.head is None:
-        return f"resid_{m.group(2)}.{m.group(1)}"
-    return str(site)
-
-
-def _parse_position(text: str) -> PositionLike:
-    t = text.strip()
-    if not t:
-        raise NotationError("empty position in a position list (write e.g. '@tc,:' or '@-1')")
-    if re.fullmatch(r"-?\d+", t):
-        return int(t)
-    return t
-
-
-def _parse_positions(text: str | None) -> tuple[PositionLike, ...] | None:
-    if text is None:
-        return None
-    t = text.strip()
-    if t == "*" or t == "":
-        return None
-    # A lone "," would be a position named ","; allow it only as the whole list.
-    parts = [t] if t == "," else t.split(",")
-    return tuple(_parse_position(p) for p in parts)
-
-
-def _format_positions(positions: tuple[PositionLike, ...] | None) -> str:
-    return "" if positions is None else "@" + ",".join(str(p) for p in positions)
-
-
-def _normalise_positions(positions: Any) -> tuple[PositionLike, ...] | None:
-    if positions is None:
-        return None
-    if isinstance(positions, (int, str)):
-        positions = (positions,)
-    out = []
-    for p in positions:
-        if isinstance(p, bool) or not isinstance(p, (int, str)):
-            raise NotationError(f"a position is an int or a name, got {p!r}")
-        if isinstance(p, str) and re.fullmatch(r"-?\d+", p.strip()):
-            p = int(p)
-        out.append(p)
-    if not out:
-        raise NotationError("an empty position list; use None (or '*') for every position")
-    return tuple(out)
-
+__all__ = [
+    "GRAMMAR_HINT", "INPUTS", "Circuit", "Edge", "EdgeLike", "GroupLike", "Node", "NodeGroup", "NodeLike",
+    "NotationError", "PositionError", "PositionLike", "Resolver", "SiteError", "format_component",
+    "parse_component", "parse_groups", "parse_node", "resolve_position",
+]
 
 # Nodes ----------------------------------------------------------------------------------
 
@@ -197,8 +96,8 @@ class Node:
         label: display name; defaults to the short notation. Not part of equality.
     """
 
-    site: Site
-    positions: tuple[PositionLike, ...] | None = None
+    site: Site | str  # normalised to a Site
+    positions: Any = None  # an int, a name or a sequence of them; normalised to tuple[PositionLike, ...] | None
     label: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -282,25 +181,6 @@ class Node:
 NodeLike = Union[Node, Site, str]
 
 
-def _split_node(spec: str) -> tuple[str, str | None, str | None]:
-    """Split ``comp[.input][@positions]`` into its three parts."""
-    text = spec.strip()
-    if "@" in text:
-        comp, positions = text.split("@", 1)
-        if "@" in positions:
-            raise NotationError(f"{spec!r} has two '@'; write one position list, e.g. 'a1@tc,:'")
-    else:
-        comp, positions = text, None
-    comp = comp.strip()
-    m = _INPUT_SUFFIX_RE.match(comp)
-    input_ = None
-    if m:  # no TransformerLens hook name ends in ".q"/".k"/".v", so this is an input suffix
-        comp, input_ = m["comp"], m["input"]
-    if not comp:
-        raise NotationError(f"{spec!r} has no component before '@'; {GRAMMAR_HINT}")
-    return comp, input_, positions
-
-
 def parse_node(spec: NodeLike) -> Node:
     """Parse one node (see :meth:`Node.parse`)."""
     return Node.parse(spec)
@@ -320,7 +200,7 @@ class NodeGroup:
         label: display name; defaults to the nodes' names joined by ``" + "``.
     """
 
-    nodes: tuple[Node, ...]
+    nodes: Any  # NodeLike items; normalised to tuple[Node, ...]
     label: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -347,7 +227,9 @@ class NodeGroup:
         if isinstance(spec, str):
             parts = [p for p in _GROUP_SPLIT.split(spec.strip())]
             if any("+" == p.strip() or not p.strip() for p in parts):
-                raise NotationError(f"cannot parse group {spec!r}: write nodes joined by ' + ', e.g. 'a0@tc + e_tok@tc'")
+                raise NotationError(
+                    f"cannot parse group {spec!r}: write nodes joined by ' + ', e.g. 'a0@tc + e_tok@tc'"
+                )
             # a group written as a string keeps what was written as its label
             return cls(tuple(Node.parse(p) for p in parts), label if label is not None else " ".join(spec.split()))
         if isinstance(spec, Iterable):
@@ -418,8 +300,8 @@ class Edge:
         NotationError: unknown input, or q/k/v on a receiver that is not attention-head output.
     """
 
-    sender: Node
-    receiver: Node
+    sender: Any  # NodeLike; normalised to a Node
+    receiver: Any  # NodeLike; normalised to a Node
     input: str = "resid"
 
     def __post_init__(self) -> None:
@@ -486,8 +368,8 @@ class Circuit:
         name: display name.
     """
 
-    nodes: tuple[Node, ...] = ()
-    edges: tuple[Edge, ...] = ()
+    nodes: Any = ()  # GroupLike items (or one); normalised to tuple[Node, ...]
+    edges: Any = ()  # EdgeLike items (or one); normalised to tuple[Edge, ...]
     name: str = "circuit"
 
     def __post_init__(self) -> None:
@@ -517,7 +399,9 @@ class Circuit:
 
     def __str__(self) -> str:
         lines = [f"{self.name}: {len(self.nodes)} nodes, {len(self.edges)} edges"]
-        lines += [f"  node  {n.name:<16} {n.site} at {'*' if n.positions is None else ','.join(map(str, n.positions))}" for n in self.nodes]
+        for n in self.nodes:
+            where = "*" if n.positions is None else ",".join(map(str, n.positions))
+            lines.append(f"  node  {n.name:<16} {n.site} at {where}")
         lines += [f"  edge  {e.name}" for e in self.edges]
         return "\n".join(lines)
 
@@ -569,7 +453,8 @@ def resolve_position(
     elif isinstance(positions, Mapping):
         if position not in positions:
             raise PositionError(
-                f"no position named {position!r}; named positions: {', '.join(map(repr, positions))}, or an integer index"
+                f"no position named {position!r}; named positions: {', '.join(map(repr, positions))}, "
+                "or an integer index"
             )
         idx = positions[position](tokens)
     else:
@@ -579,7 +464,9 @@ def resolve_position(
         )
     idx = torch.as_tensor(idx, dtype=torch.long).to(tokens.device)
     if idx.shape != (tokens.shape[0],):
-        raise PositionError(f"position {position!r} resolved to shape {tuple(idx.shape)}, expected ({tokens.shape[0]},)")
+        raise PositionError(
+            f"position {position!r} resolved to shape {tuple(idx.shape)}, expected ({tokens.shape[0]},)"
+        )
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
         raise PositionError(f"position {position!r} resolved outside 0..{n - 1} in some rows")
     return idx

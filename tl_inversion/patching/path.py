@@ -8,7 +8,13 @@ asks how much of that effect flows along particular paths: from a *sender* node 
 * ``"q"``, ``"k"``, ``"v"``: a head's query, key or value input (TransformerLens's per-head
   ``blocks.L.hook_{q,k,v}_input``, which needs ``set_use_split_qkv_input(True)``; the flag is
   set for the call and restored in ``finally``, on ``HookedTransformer`` and on
-  ``TransformerBridge`` alike);
+  ``TransformerBridge`` alike). Models that refuse the flag (a ``TransformerBridge`` built
+  with ``boot_native``: its attention has no hook before the q/k/v projections) patch the
+  head's projected ``blocks.L.attn.hook_{q,k,v}`` instead: step 1 records it, computed by
+  the model from the patched residual stream through the block's own LayerNorm, so it is
+  exactly what the split input would give after ``ln1`` and ``W_Q``/``W_K``/``W_V``; a model
+  whose keys/values are shared between heads (grouped-query attention) cannot do this per
+  head, and says so;
 * ``"resid"``: the receiver's own hook value (a residual-stream site such as
   ``resid_post.1``, or a component such as an MLP or a head taking all its inputs).
 
@@ -45,10 +51,11 @@ roles of clean and contrast swapped to compare; a test does so where TL 4 ships 
 
 from __future__ import annotations
 
+__all__ = ["path_patch", "receiver_hook", "run_path_patching", "split_qkv_inputs"]
+
 import contextlib
-import re
 import warnings
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,119 +64,22 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_inversion.errors import InputValueError
-from tl_inversion.patching._engine import _Engine, _node_keys, _Op, _patch_ops, _prepare, _recorder, _select_head
+from tl_inversion.patching._engine import _Engine, _node_keys, _prepare
+from tl_inversion.patching._path_steps import (
+    _check_edge,
+    _check_projected,
+    _freeze_hooks,
+    _PathRun,
+    _SplitRefusedError,
+    receiver_hook,
+    split_qkv_inputs,
+)
 from tl_inversion.patching._warn import NoEffectEdgeWarning
 from tl_inversion.patching.metrics import MetricLike, _metric_name
 from tl_inversion.patching.notation import Edge, EdgeLike, Node, NodeGroup, PositionLike, Resolver, resolve_position
 from tl_inversion.patching.results import PatchingResult
 from tl_inversion.patching.sources import MeanAblation, SourceLike
 from tl_inversion.tasks.contrast_set import ContrastSet
-
-_STAGES = (
-    ("hook_resid_pre", 0),
-    ("hook_q_input", 1),
-    ("hook_k_input", 1),
-    ("hook_v_input", 1),
-    ("hook_attn_in", 1),
-    ("ln1.", 1),
-    ("attn.", 2),
-    ("hook_attn_out", 3),
-    ("hook_resid_mid", 4),
-    ("hook_mlp_in", 5),
-    ("ln2.", 5),
-    ("mlp.", 6),
-    ("hook_mlp_out", 7),
-    ("hook_resid_post", 8),
-)
-
-
-def _hook_order(hook: str) -> tuple[float, int] | None:
-    """(layer, stage) of a hook in the forward pass, or ``None`` when unknown."""
-    if hook in ("hook_embed", "hook_pos_embed", "hook_tokens") or hook.startswith(("embed.", "pos_embed.")):
-        return (-1.0, 0)
-    if hook.startswith(("ln_final", "unembed")):
-        return (float("inf"), 0)
-    m = re.match(r"^blocks\.(\d+)\.(.*)$", hook)
-    if not m:
-        return None
-    rest = m.group(2)
-    for prefix, stage in _STAGES:
-        if rest.startswith(prefix):
-            return (float(m.group(1)), stage)
-    return None
-
-
-def receiver_hook(edge: Edge) -> tuple[str, int | None]:
-    """The hook (and head) that step 2 patches for an edge's receiver."""
-    if edge.input == "resid":
-        return edge.receiver.hook, edge.receiver.head
-    layer = edge.receiver.layer
-    return f"blocks.{layer}.hook_{edge.input}_input", edge.receiver.head
-
-
-def _check_edge(edge: Edge, model: Any) -> Edge:
-    edge = Edge(edge.sender.validate(model), edge.receiver.validate(model), edge.input)
-    s = _hook_order(edge.sender.hook)
-    r = _hook_order(receiver_hook(edge)[0])
-    if s is not None and r is not None and not s < r:
-        raise InputValueError(
-            f"edge {edge.name!r}: the receiver's input ({receiver_hook(edge)[0]}) is computed before or together "
-            f"with the sender ({edge.sender.hook}); a path runs from an earlier sender to a later receiver"
-        )
-    return edge
-
-
-@contextlib.contextmanager
-def split_qkv_inputs(model: Any) -> Iterator[None]:
-    """Turn on per-head q/k/v input hooks for the block; restore the model's flags after.
-
-    Raises:
-        ValueError: the model refuses the flag (the message suggests ``input="resid"``).
-    """
-    saved_split = bool(getattr(model.cfg, "use_split_qkv_input", False))
-    saved_attn_in = bool(getattr(model.cfg, "use_attn_in", False))
-    changed_attn_in = changed_split = False
-    try:
-        if saved_attn_in and hasattr(model, "set_use_attn_in"):
-            model.set_use_attn_in(False)  # the two forks are mutually exclusive
-            changed_attn_in = True
-        if not saved_split:
-            try:
-                model.set_use_split_qkv_input(True)
-            except Exception as e:
-                raise InputValueError(
-                    f"{type(model).__name__} refuses set_use_split_qkv_input ({e}); q/k/v receivers need it. "
-                    "Use receivers through the residual (input 'resid') instead"
-                ) from e
-            changed_split = True
-        yield
-    finally:
-        if changed_split:
-            model.set_use_split_qkv_input(False)
-        if changed_attn_in:
-            model.set_use_attn_in(True)
-
-
-def _freeze_hooks(model: Any, freeze_mlps: bool) -> list[str]:
-    names = set(model.hook_dict.keys())
-    hooks = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
-    if freeze_mlps and not getattr(model.cfg, "attn_only", False):
-        hooks += [f"blocks.{layer}.hook_mlp_out" for layer in range(model.cfg.n_layers) if f"blocks.{layer}.hook_mlp_out" in names]
-    return hooks
-
-
-def _step1_hook(store: dict[str, Tensor], record: str | None, ops: list[_Op]) -> Callable[[Tensor, Any], Tensor]:
-    def hook_fn(x: Tensor, hook: Any) -> Tensor:  # closes over its hook name: never reads hook.name
-        if record is not None:
-            store[record] = x.detach().clone()  # the incoming value, before any freezing
-        if not ops:
-            return x
-        x = x.clone()
-        for op in ops:
-            op.apply(x)
-        return x
-
-    return hook_fn
 
 
 def _parse_edge_sets(edges: Any) -> dict[str, tuple[Edge, ...]]:
@@ -259,9 +169,16 @@ def run_path_patching(
             :func:`tl_inversion.patching.run_patching`).
         freeze_mlps: freeze MLP outputs in step 1 (direct paths only); ``False`` lets paths
             through MLPs count (Wang et al. 2022's IOI setting).
-        contrast_tokens, answers, contrast_answers, metric, answer_position, positions,
-        batch_size, trim_padding, pad_id, progress: as in
-            :func:`tl_inversion.patching.run_patching`.
+        contrast_tokens: ``[n, pos]`` contrast inputs (source ``"contrast"``).
+        answers: ``[n]`` clean answer ids (for the default logit-difference metric).
+        contrast_answers: ``[n]`` contrast answer ids.
+        metric: the metric (see :func:`tl_inversion.patching.run_patching`).
+        answer_position: where the metric reads the logits.
+        positions: named positions (a task, a ``ContrastSet``'s resolver or a mapping).
+        batch_size: rows per forward pass.
+        trim_padding: crop trailing PAD columns per batch (needs ``pad_id``).
+        pad_id: the PAD id (also checked: left-padded rows are refused).
+        progress: show a progress bar.
 
     Returns:
         A :class:`~tl_inversion.patching.results.PatchingResult` (labels are the edge sets).
@@ -290,10 +207,7 @@ def run_path_patching(
     sender_keys = _node_keys(senders)
     if isinstance(data.source, MeanAblation):
         engine.compute_means(sender_keys)
-    # receivers: (hook, head) per edge; the hooks each sender's step-1 run must record
-    recv_hooks = sorted({receiver_hook(e)[0] for e in all_edges})
     freeze = _freeze_hooks(model, freeze_mlps)
-    needs_split = any(e.input != "resid" for e in all_edges)
 
     n = data.clean.shape[0]
     order: list[Tensor] = []
@@ -301,54 +215,21 @@ def run_path_patching(
     contrast_vals: list[Tensor] = []
     patched_vals: dict[str, list[Tensor]] = {k: [] for k in sets}
     per_example = None
-    ctx_mgr = split_qkv_inputs(model) if needs_split else contextlib.nullcontext()
-    with ctx_mgr:
+    with contextlib.ExitStack() as stack:
+        projected = False
+        if any(e.input != "resid" for e in all_edges):
+            try:
+                stack.enter_context(split_qkv_inputs(model))
+            except _SplitRefusedError as refusal:
+                _check_projected(model, all_edges, refusal)
+                projected = True
+        run = _PathRun(engine, sets, senders, sender_keys, freeze, projected)
         for rows in engine.batches():
-            clean, src_toks = engine.crop(rows, data.clean, data.source_tokens, any(k[2] is None for k in sender_keys))
-            base: dict[str, Tensor] = {}
-            base_hooks = sorted(set(freeze) | set(recv_hooks))
-            clean_logits = engine.run(clean, [(h, _recorder(base, h)) for h in base_hooks])
-            m_clean = engine.metric(clean_logits, engine.ctx(rows, clean, clean, "clean"))
-            values, src_logits = engine.source_values(rows, clean, src_toks, sender_keys)
-            if src_logits is not None:
-                contrast_vals.append(engine.metric(src_logits, engine.ctx(rows, src_toks, clean, "contrast")))
-            idx_cache: dict[PositionLike, Tensor] = {}
-            # step 1: one run per sender, everything else frozen; record the receivers' hooks
-            recorded: dict[Node, dict[str, Tensor]] = {}
-            for sender in senders:
-                my_hooks = sorted({receiver_hook(e)[0] for e in all_edges if e.sender == sender})
-                sender_ops = _patch_ops([sender], clean, values, data.positions, engine.device, idx_cache)
-                store: dict[str, Tensor] = {}
-                hook_names = sorted(set(freeze) | set(sender_ops) | set(my_hooks))
-                fwd = []
-                for h in hook_names:
-                    ops = ([_Op(None, None, base[h])] if h in freeze else []) + sender_ops.get(h, [])
-                    fwd.append((h, _step1_hook(store, h if h in my_hooks else None, ops)))
-                engine.run(clean, fwd)
-                recorded[sender] = store
-            # step 2: per edge set, patch only the receivers' inputs
-            for label, es in sets.items():
-                targets: dict[tuple[str, int | None, PositionLike | None], Tensor] = {}
-                for e in es:
-                    hook, head = receiver_hook(e)
-                    for spec in e.receiver.positions if e.receiver.positions is not None else (None,):
-                        key = (hook, head, spec)
-                        b_full = _select_head(base[hook], head)
-                        r_full = _select_head(recorded[e.sender][hook], head)
-                        if spec is None:
-                            b_val, r_val = b_full, r_full
-                        else:
-                            if spec not in idx_cache:
-                                idx_cache[spec] = resolve_position(clean, spec, data.positions).to(engine.device)
-                            ar = torch.arange(b_full.shape[0], device=b_full.device)
-                            b_val, r_val = b_full[ar, idx_cache[spec]], r_full[ar, idx_cache[spec]]
-                        targets[key] = targets.get(key, b_val) + (r_val - b_val)
-                ops: dict[str, list[_Op]] = {}
-                for (hook, head, spec), val in targets.items():
-                    ops.setdefault(hook, []).append(_Op(head, None if spec is None else idx_cache[spec], val))
-                fwd = [(h, _step1_hook({}, None, o)) for h, o in ops.items()]
-                logits = engine.run(clean, fwd)
-                patched_vals[label].append(engine.metric(logits, engine.ctx(rows, clean, clean, "patched")))
+            m_clean, m_contrast, m_patched = run.batch(rows)
+            if m_contrast is not None:
+                contrast_vals.append(m_contrast)
+            for label, val in m_patched.items():
+                patched_vals[label].append(val)
             is_scalar = m_clean.dim() == 0
             per_example = (not is_scalar) if per_example is None else per_example
             clean_vals.append(m_clean)
@@ -367,6 +248,7 @@ def run_path_patching(
         **data.source.describe(),
         "method": "path patching (2-step; Wang et al. 2022)",
         "freeze": "heads" + (" and MLPs" if freeze_mlps else " (MLPs recomputed)"),
+        "qkv_receivers": "projected q/k/v" if projected else "split q/k/v inputs",
         "metric": _metric_name(data.metric),
         "answer_position": data.answer_position,
         "n": n,
@@ -400,10 +282,12 @@ def path_patch(
     Args:
         model: a ``HookedTransformer`` or ``TransformerBridge``.
         edges: edges or edge sets (see :func:`run_path_patching`), e.g.
-            ``["a0@tc -> a1.v@:", "a0@tc -> a1.q@:", "a0@tc -> a1.k@:"]``.
+            ``["a0@tc -> a1.v@tc", "a0@: -> a1.q@:", "a0@tc -> a1.k@tc"]``.
         clean_tokens: clean inputs or a ``ContrastSet``.
         source: the sender's new value (``"contrast"`` by default).
-        n_boot, ci, seed: bootstrap settings.
+        n_boot: bootstrap resamples for the confidence interval (0: none).
+        ci: confidence level of the interval.
+        seed: seed of the bootstrap.
         **kwargs: see :func:`run_path_patching` (``freeze_mlps``, ``metric``, ...).
 
     Returns:
@@ -416,6 +300,13 @@ def path_patch(
 
     Warns:
         NoEffectEdgeWarning: an edge that cannot carry any effect by construction.
+
+    Example:
+        On counting pairs (``m`` the probed model, ``pairs`` a ``ContrastSet``)::
+
+            path_patch(m, ["a0@tc -> a1.v@tc"], pairs)  # layer 0's write at tc, read as values there
+            path_patch(m, ["a0@tc -> a1.v@:"], pairs)   # warns NoEffectEdgeWarning: the sender
+            # writes at tc only, the value input is read at ':'; the effect is 0 by construction
     """
     res = run_path_patching(model, edges, clean_tokens, source, **kwargs)
     df = res.table(n_boot=n_boot, ci=ci, seed=seed).rename(columns={"nodes": "edges"})

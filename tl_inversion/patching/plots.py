@@ -35,7 +35,7 @@ def plot_cumulative(df: pd.DataFrame, *, title: str | None = None, figsize: tupl
     dirs = [d for d in ("forward", "backward") if d in set(df["direction"])] or list(dict.fromkeys(df["direction"]))
     fig = Figure(figsize=figsize or (5.0 * len(dirs), 4.0), layout="constrained")
     axes = fig.subplots(1, len(dirs), squeeze=False)[0]
-    for ax, d in zip(axes, dirs):
+    for ax, d in zip(axes, dirs, strict=True):
         sub = df[df["direction"] == d].sort_values("step")
         x = np.arange(len(sub))
         tops = sub["effect"].to_numpy(dtype=float)
@@ -47,10 +47,19 @@ def plot_cumulative(df: pd.DataFrame, *, title: str | None = None, figsize: tupl
             hi = sub["ci_high"].to_numpy(dtype=float)
             ok = np.isfinite(lo) & np.isfinite(hi)
             if ok.any():
-                ax.errorbar(x[ok], tops[ok], yerr=[tops[ok] - lo[ok], hi[ok] - tops[ok]], fmt="none", ecolor="black", capsize=3)
-        for xi, top, inc in zip(x, tops, sub["increment"]):
-            ax.annotate(f"{top:.2f}\n(+{inc:.2f})" if inc >= 0 else f"{top:.2f}\n({inc:.2f})", (xi, top),
-                        ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+                ax.errorbar(
+                    x[ok], tops[ok], yerr=[tops[ok] - lo[ok], hi[ok] - tops[ok]], fmt="none", ecolor="black", capsize=3
+                )
+        for xi, top, inc in zip(x, tops, sub["increment"], strict=True):
+            ax.annotate(
+                f"{top:.2f}\n(+{inc:.2f})" if inc >= 0 else f"{top:.2f}\n({inc:.2f})",
+                (xi, top),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
         ax.axhline(tops[-1], ls="--", color="gray", lw=0.8)
         ax.axhline(0, color="black", lw=0.6)
         lo_y, hi_y = min(0.0, float(np.nanmin(bottoms)), float(np.nanmin(tops))), max(0.0, float(np.nanmax(tops)))

@@ -48,10 +48,17 @@ def check_resolver(positions: Any) -> Resolver:
     if isinstance(positions, Mapping):
         bad = [k for k, v in positions.items() if not callable(v)]
         if bad:
-            raise InputTypeError(f"positions= maps names to functions fn(tokens) -> [n]; {bad[0]!r} maps to no function")
+            raise InputTypeError(
+                f"positions= maps names to functions fn(tokens) -> [n]; {bad[0]!r} maps to no function"
+            )
         return positions
-    if isinstance(positions, Sequence) and not isinstance(positions, str) and positions and all(
-        isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) and callable(p[1]) for p in positions
+    if (
+        isinstance(positions, Sequence)
+        and not isinstance(positions, str)
+        and positions
+        and all(
+            isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) and callable(p[1]) for p in positions
+        )
     ):
         return dict(positions)
     raise InputTypeError(

@@ -1,16 +1,17 @@
 """Tasks: input grammar, vocabulary, data, named positions (see :mod:`.base`), what the rest
-of the package needs of a task (:class:`~.protocol.Task`) and evaluation plans (:mod:`.plan`)."""
+of the package needs of a task (:class:`~.protocol.Task`) and evaluation plans (:mod:`.plan`).
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from torch import Tensor
 
+from tl_inversion.errors import InputTypeError, InputValueError
 from tl_inversion.tasks.base import CharTask, PositionError
 from tl_inversion.tasks.plan import EvalPlan, default_plan
 from tl_inversion.tasks.protocol import Task
-from tl_inversion.errors import InputTypeError, InputValueError
 
 _TASKS: dict[str, tuple[Callable[[], CharTask], Callable[[str], Tensor]]] = {}
 _BUILTINS_LOADED = False
@@ -52,7 +53,7 @@ def get_task(name: str) -> CharTask:
     return _TASKS[name][0]()
 
 
-def as_task(task: str | CharTask) -> CharTask:
+def as_task(task: Any) -> CharTask:
     """``task`` itself, or the registered task of that name.
 
     Raises:
@@ -73,4 +74,5 @@ def task_data(name: str, split: str) -> Tensor:
     return _TASKS[name][1](split)
 
 
-__all__ = ["CharTask", "EvalPlan", "PositionError", "Task", "as_task", "default_plan", "get_task", "register", "task_data", "task_names"]
+__all__ = ["CharTask", "EvalPlan", "PositionError", "Task", "as_task", "default_plan", "get_task", "register",
+           "task_data", "task_names"]

@@ -30,9 +30,10 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from tl_inversion.tasks.base import CharTask, PositionError, first_token
-from tl_inversion.tasks.plan import EvalPlan, Feature
 from tl_inversion.errors import InputValueError
+from tl_inversion.tasks.base import CharTask, PositionError, first_token
+from tl_inversion.tasks.datacache import cached_splits
+from tl_inversion.tasks.plan import EvalPlan, Feature
 
 CHARS = "0123456789B+=EP"
 N_CTX = 14
@@ -164,7 +165,8 @@ def encode_pairs(a: Int[np.ndarray, " n"], b: Int[np.ndarray, " n"]) -> Int[Tens
     """Token ids of ``B a+b=(a+b) E P...`` for arrays of operands, vectorised.
 
     Args:
-        a, b: integer arrays (or sequences) of equal length with values in 100..999.
+        a: first operands, an integer array (or sequence) with values in 100..999.
+        b: second operands, of the same length and range.
 
     Returns:
         ``[n, 14]`` int64 token ids.
@@ -229,18 +231,29 @@ def paper_pairs(split: str = "test") -> Int[np.ndarray, "n 2"]:
     return np.stack([100 + idx // 900, 100 + idx % 900], axis=1)
 
 
-@functools.lru_cache(maxsize=3)
+#: Version of the addition data generator (:func:`paper_pairs`, :func:`encode_pairs`); bump it when
+#: their output changes.
+GENERATOR_VERSION = 1
+
+
+def _build_splits() -> dict[str, Tensor]:
+    pairs = {split: paper_pairs(split) for split in ("train", "test", "all")}
+    return {split: encode_pairs(p[:, 0], p[:, 1]) for split, p in pairs.items()}
+
+
 def paper_split(split: str = "test") -> Int[Tensor, "n 14"]:
     """Token ids of the paper's ``"train"`` ``[607500, 14]`` or ``"test"`` ``[202500, 14]`` split.
 
     ``"all"`` gives all 810,000 inputs in a-major order (for completeness, where the whole
-    input space is enumerated).
+    input space is enumerated). Built once per process (and, with ``$TL_INVERSION_DATA_CACHE``
+    set, once per machine: :mod:`tl_inversion.tasks.datacache`); every call returns a fresh
+    copy, so writing into it changes no later call's result.
 
     Raises:
         ValueError: unknown split name.
     """
-    pairs = paper_pairs(split)
-    return encode_pairs(pairs[:, 0], pairs[:, 1])
+    return cached_splits("addition", GENERATOR_VERSION, split, _build_splits, splits=("train", "test", "all"),
+                         rows={"train": N_TRAIN, "test": N_PAIRS - N_TRAIN, "all": N_PAIRS})
 
 
 def operands(tokens: Int[Tensor, "batch 14"]) -> tuple[Int[Tensor, " batch"], Int[Tensor, " batch"]]:

@@ -22,8 +22,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from tl_inversion.tasks.contrast_set import ContrastDropWarning, ContrastSet, as_generator
 from tl_inversion.errors import InputValueError
+from tl_inversion.tasks.contrast_set import ContrastDropWarning, ContrastSet, as_generator
 
 ADDITION_BOS, ADDITION_PLUS, ADDITION_EQ, ADDITION_EOS, ADDITION_PAD = 10, 11, 12, 13, 14
 ADDITION_N_CTX = 14
@@ -111,10 +111,12 @@ def addition_operands(tokens: Int[Tensor, "n 14"]) -> tuple[Tensor, Tensor]:
     """
     if tokens.dim() != 2 or tokens.shape[1] != ADDITION_N_CTX:
         raise InputValueError(f"addition tokens must be [n, {ADDITION_N_CTX}], got {tuple(tokens.shape)}")
-    fixed_ok = (tokens[:, 0] == ADDITION_BOS) & (tokens[:, 4] == ADDITION_PLUS) & (tokens[:, ADDITION_EQ_POS] == ADDITION_EQ)
+    fixed_ok = ((tokens[:, 0] == ADDITION_BOS) & (tokens[:, 4] == ADDITION_PLUS)
+                & (tokens[:, ADDITION_EQ_POS] == ADDITION_EQ))
     digits = tokens[:, [1, 2, 3, 5, 6, 7]]
     if not bool(fixed_ok.all()) or bool((digits > 9).any()):
-        raise InputValueError("addition rows must read 'B ddd + ddd = sum E' (ids: digits 0-9, B 10, + 11, = 12, E 13, P 14)")
+        raise InputValueError("addition rows must read 'B ddd + ddd = sum E' "
+                              "(ids: digits 0-9, B 10, + 11, = 12, E 13, P 14)")
     a = tokens[:, 1] * 100 + tokens[:, 2] * 10 + tokens[:, 3]
     b = tokens[:, 5] * 100 + tokens[:, 6] * 10 + tokens[:, 7]
     return a, b
@@ -183,7 +185,8 @@ def addition_resample_digits(
     """
     bad = [d for d in digits if d not in _DIGIT_SLOTS]
     if bad or not digits:
-        raise InputValueError(f"unknown digits {bad or digits!r}; valid: {', '.join(_DIGIT_SLOTS)} (index 0 = hundreds)")
+        raise InputValueError(f"unknown digits {bad or digits!r}; valid: {', '.join(_DIGIT_SLOTS)} "
+                              "(index 0 = hundreds)")
     if not 0 <= answer_digit <= 3:
         raise InputValueError(f"answer_digit must be in 0..3 (a sum has at most 4 digits), got {answer_digit}")
     g = as_generator(generator)
@@ -259,5 +262,6 @@ def addition_resample_digits(
 
 __all__ = [
     "ADDITION_BOS", "ADDITION_EOS", "ADDITION_EQ", "ADDITION_EQ_POS", "ADDITION_N_CTX", "ADDITION_PAD", "ADDITION_PLUS",
-    "addition_contrast_tokens", "addition_operands", "addition_resample_digits", "addition_sum_lengths", "addition_tokens",
+    "addition_contrast_tokens", "addition_operands", "addition_resample_digits", "addition_sum_lengths",
+    "addition_tokens",
 ]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
+
 from tl_inversion.errors import InputValueError, PositionError
 
 __all__ = [
@@ -85,18 +86,22 @@ class CharTask:
 
     @property
     def d_vocab(self) -> int:
+        """Vocabulary size: the number of characters."""
         return len(self.chars)
 
     @property
     def bos_id(self) -> int:
+        """Token id of the BOS character."""
         return self.chars.index(self.bos)
 
     @property
     def eos_id(self) -> int:
+        """Token id of the EOS character."""
         return self.chars.index(self.eos)
 
     @property
     def pad_id(self) -> int:
+        """Token id of the PAD character."""
         return self.chars.index(self.pad)
 
     @property
@@ -222,7 +227,8 @@ class CharTask:
 
     def default_plan(self) -> Any:
         """The task's default evaluation plan (:class:`~tl_inversion.tasks.plan.EvalPlan`), or
-        ``None`` when it has none (a plain ``CharTask``; the paper's tasks override this)."""
+        ``None`` when it has none (a plain ``CharTask``; the paper's tasks override this).
+        """
         return None
 
 
@@ -365,10 +371,10 @@ def sample_positions(
 
     Source: InversionView Sec. 3 and App. C (random position per input; BOS with p = 0.01).
     """
-    mask = task.train_position_mask(tokens).float()
+    mask = task.train_position_mask(tokens)
     if check:
         check_trainable(mask)
-    pos = torch.multinomial(mask, 1, generator=generator).squeeze(-1)
+    pos = torch.multinomial(mask.float(), 1, generator=generator).squeeze(-1)
     if bos_prob > 0:
         to_bos = torch.rand(tokens.shape[0], generator=generator, device=tokens.device) < bos_prob
         pos = torch.where(to_bos, torch.zeros_like(pos), pos)

@@ -44,7 +44,7 @@ class ContrastSet:
     """
 
     clean_tokens: Int[Tensor, "n pos"]
-    contrast_tokens: Int[Tensor, "n pos_c"]
+    contrast_tokens: Tensor  # [n, pos'] (checked in __post_init__ with a clear message)
     clean_answers: Int[Tensor, " n"]
     contrast_answers: Int[Tensor, " n"]
     info: dict[str, Any] = field(default_factory=dict)
@@ -71,7 +71,8 @@ class ContrastSet:
         if isinstance(index, slice):
             index = torch.arange(self.n)[index]
         index = torch.as_tensor(index, dtype=torch.long)
-        info = {k: (v[index] if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == self.n else v) for k, v in self.info.items()}
+        info = {k: (v[index] if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == self.n else v)
+                for k, v in self.info.items()}
         return ContrastSet(
             self.clean_tokens[index],
             self.contrast_tokens[index],
@@ -91,7 +92,8 @@ class ContrastSet:
 
     def __repr__(self) -> str:
         return (
-            f"ContrastSet(n={self.n}, clean {tuple(self.clean_tokens.shape)}, contrast {tuple(self.contrast_tokens.shape)}, "
+            f"ContrastSet(n={self.n}, clean {tuple(self.clean_tokens.shape)}, "
+            f"contrast {tuple(self.contrast_tokens.shape)}, "
             f"answer_position={self.answer_position!r}, info keys={sorted(self.info)})"
         )
 

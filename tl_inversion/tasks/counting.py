@@ -12,7 +12,6 @@ letter, also ``"tc"``), ``":"`` (where n is predicted), ``"|"`` and ``"n"`` (the
 
 from __future__ import annotations
 
-import functools
 import random
 import string
 from itertools import combinations
@@ -22,8 +21,8 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_inversion.tasks.base import CharTask, eos_offset
+from tl_inversion.tasks.datacache import cached_splits
 from tl_inversion.tasks.plan import EvalPlan
-from tl_inversion.errors import InputValueError
 
 CHARS = string.ascii_lowercase + "123456789|:BEP"
 N_CTX = 33
@@ -112,7 +111,6 @@ def _draw_counts(rng: random.Random, used: set[tuple[int, int, int]]) -> tuple[i
             return counts
 
 
-@functools.lru_cache(maxsize=1)
 def paper_texts() -> tuple[list[str], list[str]]:
     """The paper's 1,560,000 counting texts ``S|c:n``, split 75/25 as (train, test).
 
@@ -128,8 +126,8 @@ def paper_texts() -> tuple[list[str], list[str]]:
         for _ in range(200):
             counts = _draw_counts(rng, used)
             used.add(counts)
-            chars = [letter for letter, k in zip(letters, counts) for _ in range(k)]
-            for letter, k in zip(letters, counts):
+            chars = [letter for letter, k in zip(letters, counts, strict=True) for _ in range(k)]
+            for letter, k in zip(letters, counts, strict=True):
                 rng.shuffle(chars)
                 texts.append(f"{''.join(chars)}|{letter}:{k}")
     rng.shuffle(texts)
@@ -137,23 +135,36 @@ def paper_texts() -> tuple[list[str], list[str]]:
     return texts[:n_train], texts[n_train:]
 
 
-@functools.lru_cache(maxsize=2)
+#: Version of the counting data generator (:func:`paper_texts`); bump it when its output changes.
+GENERATOR_VERSION = 1
+N_TRAIN, N_TEST = 1_170_000, 390_000
+
+
+def _build_splits() -> dict[str, Tensor]:
+    """Both splits' token ids from one run of :func:`paper_texts`."""
+    task = make_task()
+    out = {}
+    for split, texts in zip(("train", "test"), paper_texts(), strict=True):
+        out[split] = task.encode_padded(["B" + t + "E" + "P" * (N_CTX - 2 - len(t)) for t in texts])
+    return out
+
+
 def paper_split(split: str = "test") -> Int[Tensor, "n 33"]:
     """Token ids of the paper's train or test split (``[1170000, 33]`` / ``[390000, 33]``).
+
+    Built once per process (both splits from one generator run, ~17 s) and, with
+    ``$TL_INVERSION_DATA_CACHE`` set, once per machine (see :mod:`tl_inversion.tasks.datacache`);
+    every call returns a fresh copy, so writing into it changes no later call's result.
 
     Raises:
         ValueError: ``split`` is not ``"train"`` or ``"test"``.
     """
-    if split not in ("train", "test"):
-        raise InputValueError(f"split must be 'train' or 'test', got {split!r}")
-    texts = paper_texts()[0 if split == "train" else 1]
-    task = make_task()
-    rows = ["B" + t + "E" + "P" * (N_CTX - 2 - len(t)) for t in texts]
-    return task.encode_padded(rows)
+    return cached_splits("counting", GENERATOR_VERSION, split, _build_splits, splits=("train", "test"),
+                         rows={"train": N_TRAIN, "test": N_TEST})
 
 
 def query_counts(tokens: Int[Tensor, "batch 33"]) -> Int[Tensor, " batch"]:
-    """n of each row: how often the query letter occurs in S (from the tokens, not the label)."""
+    """N of each row: how often the query letter occurs in S (from the tokens, not the label)."""
     task = make_task()
     c_idx = task.resolve_position(tokens, "c")
     bar_idx = task.resolve_position(tokens, "|")

@@ -24,9 +24,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from tl_inversion.errors import InputValueError
 from tl_inversion.tasks import counting as _counting
 from tl_inversion.tasks.contrast_set import ContrastSet, as_generator
-from tl_inversion.errors import InputValueError
 
 PAPER_EXCLUDED_LENGTHS = (3, 27)
 """|S| values the paper left out of its counting patching experiments."""
@@ -57,7 +57,8 @@ def _check_counting(tokens: Tensor) -> None:
         raise InputValueError("every counting row needs an EOS token ('E'); some rows have none")
 
 
-def counting_length_mask(tokens: Int[Tensor, "n 33"], exclude_lengths: Sequence[int] = PAPER_EXCLUDED_LENGTHS) -> Tensor:
+def counting_length_mask(tokens: Int[Tensor, "n 33"],
+                         exclude_lengths: Sequence[int] = PAPER_EXCLUDED_LENGTHS) -> Tensor:
     """``[n]`` bool: rows whose |S| is not in ``exclude_lengths``."""
     lengths = _counting.string_lengths(tokens)
     if not exclude_lengths:
@@ -138,7 +139,7 @@ def counting_random_contrasts(
 
 
 def counting_flip_contrasts(
-    tokens: Int[Tensor, "n 33"],
+    tokens: Tensor,  # [n, 33] counting rows; checked here with a clear message
     *,
     generator: torch.Generator | int | None = None,
     exclude_lengths: Sequence[int] = PAPER_EXCLUDED_LENGTHS,
@@ -183,7 +184,8 @@ def counting_flip_contrasts(
         pos = torch.arange(length)
         in_s = (pos[None] >= 1) & (pos[None] < bar[:, None])  # [b, L]
         letters = torch.where(in_s, rows, torch.full_like(rows, n_letters))  # n_letters = "not in S"
-        counts = torch.zeros(b, n_letters + 1, dtype=torch.long).scatter_add_(1, letters, torch.ones_like(letters))[:, :n_letters]
+        counts = torch.zeros(b, n_letters + 1, dtype=torch.long).scatter_add_(1, letters, torch.ones_like(letters))
+        counts = counts[:, :n_letters]
         present = counts > 0  # [b, 26]
         cur = letters.clamp(max=n_letters - 1)  # char at each position (garbage outside S, masked)
         cur_count = counts.gather(1, cur)  # [b, L]

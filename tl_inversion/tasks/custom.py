@@ -32,8 +32,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from tl_inversion.tasks.base import PositionError, PositionLike, TokenizerVocab, index_position
 from tl_inversion.errors import InputTypeError, InputValueError
+from tl_inversion.tasks.base import PositionError, PositionLike, TokenizerVocab, index_position
 
 __all__ = ["TextTask"]
 
@@ -46,7 +46,8 @@ def _ids_of(tokenizer: Any, attr: str) -> int | None:
 def _tokenize(tokenizer: Any, texts: Sequence[str], specials: set[int]) -> list[list[int]]:
     """Token ids of each text (no special tokens added); warns when the tokenizer replaced
     words outside its vocabulary by its unknown token (a word-level tokenizer does this
-    silently; byte-level ones such as GPT-2's never need to)."""
+    silently; byte-level ones such as GPT-2's never need to).
+    """
     bodies = [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     unk = _ids_of(tokenizer, "unk_token_id")
     if unk is not None and unk not in specials:
@@ -135,10 +136,12 @@ class TextTask(TokenizerVocab):
             tokenizer: a Hugging Face tokenizer (called with ``add_special_tokens=False``).
             n_ctx: row length (BOS + text + EOS + padding); ``None``: the longest row.
             name: task name.
-            add_bos, add_eos: prepend BOS / append EOS (the decoder's ``[BOS] x [EOS]``).
-            bos_id, eos_id, pad_id: override the tokenizer's ids. Defaults: its
-                ``bos_token_id`` (else ``eos_token_id``), ``eos_token_id`` (else
-                ``bos_token_id``), ``pad_token_id`` (else the EOS id).
+            add_bos: prepend BOS (the decoder's ``[BOS] x [EOS]``).
+            add_eos: append EOS.
+            bos_id: override the tokenizer's BOS id; default its ``bos_token_id`` (else
+                ``eos_token_id``).
+            eos_id: override the EOS id; default ``eos_token_id`` (else ``bos_token_id``).
+            pad_id: override the PAD id; default ``pad_token_id`` (else the EOS id).
             truncate: cut texts that do not fit ``n_ctx`` instead of raising.
 
         Returns:
@@ -175,8 +178,9 @@ class TextTask(TokenizerVocab):
         hit = next((i for i, b in enumerate(bodies) if special.intersection(b)), None)
         if hit is not None:
             warnings.warn(
-                f"input {hit} contains a special id ({sorted(special.intersection(bodies[hit]))}); such positions are "
-                "masked out of membership and the text is cut there on decoding; choose ids that never occur in the texts",
+                f"input {hit} contains a special id ({sorted(special.intersection(bodies[hit]))}); such positions "
+                "are masked out of membership and the text is cut there on decoding; choose ids that never occur "
+                "in the texts",
                 UserWarning,
                 stacklevel=2,
             )
@@ -251,6 +255,7 @@ class TextTask(TokenizerVocab):
     # facts ----------------------------------------------------------------------------
     @property
     def n_ctx(self) -> int:
+        """Row length: the width of the stored token table."""
         return int(self.tokens.shape[1])
 
     @property

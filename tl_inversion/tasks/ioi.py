@@ -37,8 +37,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from tl_inversion.tasks.base import PositionError, PositionLike, TokenizerVocab, index_position
 from tl_inversion.errors import InputValueError
+from tl_inversion.tasks.base import PositionError, PositionLike, TokenizerVocab, index_position
 
 __all__ = ["IOITask", "IOIPrompt", "IOIBatch", "TEMPLATES", "NAMES", "PLACES", "OBJECTS", "POSITION_NAMES"]
 
@@ -150,7 +150,8 @@ class IOITask(TokenizerVocab):
         self.templates = tuple(templates)
         self.names = tuple(n for n in names if len(self._ids(" " + n)) == 1)
         if len(self.names) < 2:
-            raise InputValueError(f"need at least two names that are single tokens for this tokenizer, got {self.names}")
+            raise InputValueError(f"need at least two names that are single tokens for this tokenizer, "
+                                  f"got {self.names}")
         self.name_ids = {n: self._ids(" " + n)[0] for n in self.names}
         self._name_id_set = torch.tensor(sorted(set(self.name_ids.values())))
         self.places, self.objects = tuple(places), tuple(objects)
@@ -173,6 +174,13 @@ class IOITask(TokenizerVocab):
     # tokenisation -----------------------------------------------------------------------
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _piece_ids(self, piece: str) -> list[int]:
+        """Token ids of one template piece, memoised (a prompt repeats a few dozen pieces)."""
+        cache = self.__dict__.setdefault("_pieces", {})
+        if piece not in cache:
+            cache[piece] = self._ids(piece)
+        return list(cache[piece])
 
     def _encode_prompt(self, t: int, order: str, io: str, s: str, place: str, obj: str):
         """Token ids of one prompt (answer removed) and the index of each name slot."""
@@ -199,11 +207,12 @@ class IOITask(TokenizerVocab):
                 piece = lead + value
             elif slot in fill:
                 piece = lead + fill[slot]
-            ids += self._ids(piece)
+            ids += self._piece_ids(piece)
             text += piece
         return ids, where, text
 
-    def prompt(self, t: int, order: str, io: str, s: str, place: str, obj: str) -> tuple[IOIPrompt, list[int], dict[str, int]]:
+    def prompt(self, t: int, order: str, io: str, s: str, place: str,
+               obj: str) -> tuple[IOIPrompt, list[int], dict[str, int]]:
         """One prompt: its record, token ids ``[BOS] prompt [EOS] PAD...`` and named positions.
 
         Raises:
@@ -214,9 +223,22 @@ class IOITask(TokenizerVocab):
             raise InputValueError(f"order must be 'ABBA' or 'BABA', got {order!r}")
         if io == s or io not in self.name_ids or s not in self.name_ids:
             raise InputValueError(f"io and s must be two different names of this task ({', '.join(self.names)})")
+        rec, row, pos = self._assemble(t, order, io, s, place, obj)
+        self._check_whole([rec], [row])
+        return rec, row, pos
+
+    def _check_whole(self, prompts: Sequence[IOIPrompt], rows: Sequence[list[int]]) -> None:
+        """Refuse prompts whose whole-text tokenisation differs from the piecewise one (one batched call)."""
+        whole = self.tokenizer([p.text for p in prompts], add_special_tokens=False)["input_ids"]
+        for p, row, ids in zip(prompts, rows, whole, strict=True):
+            if row[1: len(ids) + 2] != [*ids, self.eos_id]:
+                raise InputValueError(f"template {p.template} tokenises differently piecewise and as a whole: "
+                                      f"{p.text!r}")
+
+    def _assemble(self, t: int, order: str, io: str, s: str, place: str,
+                  obj: str) -> tuple[IOIPrompt, list[int], dict[str, int]]:
+        """:meth:`prompt` without the whole-text check."""
         ids, where, text = self._encode_prompt(t, order, io, s, place, obj)
-        if self._ids(text) != ids:
-            raise InputValueError(f"template {t} tokenises differently piecewise and as a whole: {text!r}")
         if len(ids) + 2 > self.n_ctx:
             raise InputValueError(f"prompt {text!r} needs {len(ids) + 2} tokens, n_ctx is {self.n_ctx}")
         row = [self.bos_id] + ids + [self.eos_id]
@@ -241,12 +263,16 @@ class IOITask(TokenizerVocab):
         prompts, rows, positions = [], [], {k: [] for k in POSITION_NAMES}
         for _ in range(n):
             io, s = rng.sample(self.names, 2)
-            rec, row, pos = self.prompt(rng.randrange(len(self.templates)), rng.choice(list(orders)), io, s,
-                                        rng.choice(self.places), rng.choice(self.objects))
+            order = rng.choice(list(orders))
+            if order not in ("ABBA", "BABA"):
+                raise InputValueError(f"order must be 'ABBA' or 'BABA', got {order!r}")
+            rec, row, pos = self._assemble(rng.randrange(len(self.templates)), order, io, s,
+                                           rng.choice(self.places), rng.choice(self.objects))
             prompts.append(rec)
             rows.append(row)
             for k in POSITION_NAMES:
                 positions[k].append(pos[k])
+        self._check_whole(prompts, rows)
         return IOIBatch(
             torch.tensor(rows, dtype=torch.long),
             {k: torch.tensor(v, dtype=torch.long) for k, v in positions.items()},
@@ -256,9 +282,29 @@ class IOITask(TokenizerVocab):
         )
 
     # task surface (chars, special_ids, vocab: TokenizerVocab) ---------------------------
+    @property
+    def vocab(self) -> list[str]:
+        """Token strings by id (see :class:`~tl_inversion.tasks.base.TokenizerVocab`).
+
+        Memoised per tokenizer size: GPT-2's 50,257 look-ups take ~0.3 s, and sampling,
+        verification and bank checks ask for the vocabulary on every call. A copy is returned.
+        """
+        key = len(self.tokenizer)
+        cached = self.__dict__.get("_vocab_memo")
+        if cached is None or cached[0] != key:
+            cached = (key, TokenizerVocab.vocab.fget(self))
+            self.__dict__["_vocab_memo"] = cached
+        return list(cached[1])
+
     def vocab_hash(self) -> str:
-        payload = json.dumps([self.vocab, self.bos_id, self.eos_id, self.pad_id, self.n_ctx])
-        return hashlib.sha256(payload.encode()).hexdigest()
+        """SHA-256 (hex) of the vocabulary, the special ids and ``n_ctx``: what a bank records to match tasks."""
+        key = (len(self.tokenizer), self.bos_id, self.eos_id, self.pad_id, self.n_ctx)
+        cached = self.__dict__.get("_hash_memo")
+        if cached is None or cached[0] != key:
+            payload = json.dumps([self.vocab, self.bos_id, self.eos_id, self.pad_id, self.n_ctx])
+            cached = (key, hashlib.sha256(payload.encode()).hexdigest())
+            self.__dict__["_hash_memo"] = cached
+        return cached[1]
 
     def encode(self, texts: str | Sequence[str]) -> Int[Tensor, "batch n_ctx"]:
         """Rows ``[BOS] text [EOS] PAD...`` of free texts (tokenised as a whole).
@@ -291,6 +337,7 @@ class IOITask(TokenizerVocab):
         return self.tokenizer.decode(row if keep_special else self._body(row))
 
     def special_mask(self, tokens: Int[Tensor, "batch n_ctx"]) -> Bool[Tensor, "batch n_ctx"]:
+        """True where a token is BOS, EOS or PAD."""
         return torch.isin(tokens, torch.tensor(self.special_ids, device=tokens.device))
 
     def train_position_mask(self, tokens: Int[Tensor, "batch n_ctx"]) -> Bool[Tensor, "batch n_ctx"]:
@@ -311,8 +358,8 @@ class IOITask(TokenizerVocab):
         s_id = next((i for i in ids if ids.count(i) == 2), None)
         if s_id is None or len(set(ids)) != 2:
             return None
-        s_pos = [p for p, i in zip(idx, ids) if i == s_id]
-        io_pos = next(p for p, i in zip(idx, ids) if i != s_id)
+        s_pos = [p for p, i in zip(idx, ids, strict=True) if i == s_id]
+        io_pos = next(p for p, i in zip(idx, ids, strict=True) if i != s_id)
         return {"S1": s_pos[0], "S1+1": s_pos[0] + 1, "S2": s_pos[1], "IO": io_pos, "END": int(body[-1])}
 
     def resolve_position(self, tokens: Int[Tensor, "batch n_ctx"], position: PositionLike) -> Int[Tensor, " batch"]:
@@ -339,7 +386,8 @@ class IOITask(TokenizerVocab):
         for i, row in enumerate(tokens):
             st = self._structure(row)
             if st is None:
-                raise PositionError(f"row {i} is not an IOI prompt (needs S twice and IO once); cannot find {position!r}")
+                raise PositionError(f"row {i} is not an IOI prompt (needs S twice and IO once); "
+                                    f"cannot find {position!r}")
             out.append(st[position])
         return torch.tensor(out, dtype=torch.long)
 

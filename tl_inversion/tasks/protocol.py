@@ -58,7 +58,8 @@ class Task(Protocol):
 
     def vocab_hash(self) -> str:
         """SHA-256 hex digest of the vocabulary, special tokens and ``n_ctx``; a bank refuses a
-        task whose hash differs from the one it recorded."""
+        task whose hash differs from the one it recorded.
+        """
         ...
 
     def encode(self, texts: str | Sequence[str]) -> Int[Tensor, "batch n_ctx"]:
@@ -71,12 +72,14 @@ class Task(Protocol):
 
     def decode(self, tokens: Int[Tensor, "... n_ctx"], *, keep_special: bool = False) -> str | list[str]:
         """Text of one row ``[n_ctx]`` (a str) or of rows ``[batch, n_ctx]`` (a list); by
-        default without BOS and cut at the first EOS."""
+        default without BOS and cut at the first EOS.
+        """
         ...
 
     def is_valid(self, tokens: Int[Tensor, "batch n_ctx"]) -> Bool[Tensor, " batch"]:
         """Whether each row obeys the task's grammar (``BOS input EOS PAD...`` with an input
-        the task accepts): the ``valid`` column of samples and reports."""
+        the task accepts): the ``valid`` column of samples and reports.
+        """
         ...
 
     def special_mask(self, tokens: Int[Tensor, "batch n_ctx"]) -> Bool[Tensor, "batch n_ctx"]:
@@ -94,12 +97,14 @@ class Task(Protocol):
 
     def train_position_mask(self, tokens: Int[Tensor, "batch n_ctx"]) -> Bool[Tensor, "batch n_ctx"]:
         """True at the positions decoders are trained on (training draws a random one per
-        row; InversionView Sec. 3)."""
+        row; InversionView Sec. 3).
+        """
         ...
 
     def default_plan(self) -> "EvalPlan | None":
         """The task's default :class:`~tl_inversion.tasks.plan.EvalPlan`, or ``None`` when it
-        has none (then :func:`~tl_inversion.tasks.plan.default_plan` asks for one)."""
+        has none (then :func:`~tl_inversion.tasks.plan.default_plan` asks for one).
+        """
         ...
 
 

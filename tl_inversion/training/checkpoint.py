@@ -229,8 +229,9 @@ def check_same_task_and_model(ckpt: Path, bank: DecoderBank) -> None:
     """Refuse a checkpoint trained on another task or another probed model than ``bank``'s.
 
     Args:
-        ckpt: the checkpoint folder; bank: this call's new bank (its ``meta`` records the
-            task and the probe signature of the model).
+        ckpt: the checkpoint folder.
+        bank: this call's new bank (its ``meta`` records the task and the probe signature
+            of the model).
 
     Raises:
         InputValueError: the task (name, vocabulary, length) or the probed activations differ.
@@ -257,8 +258,11 @@ def warm_start(bank: DecoderBank, paths: Sequence[str], model: Any, task: Any, o
     """Load ``init_banks`` (merged) into the new bank's decoders.
 
     Args:
-        bank: the new bank; paths: the source bank folders; model, task: this run's (the
-            sources must match them); out: the run's output folder (its ``bank/`` is refused).
+        bank: the new bank.
+        paths: the source bank folders.
+        model: this run's probed model (the sources must match it).
+        task: this run's task (the sources must match it).
+        out: the run's output folder (its ``bank/`` is refused).
 
     Raises:
         ConfigError: a source is this run's own output bank (``field="init_banks"``).

@@ -28,6 +28,7 @@ class Interrupt:
         self.signum: int | None = None
 
     def __call__(self, signum: int, frame: Any) -> None:
+        """Remember the first signal; a second one raises KeyboardInterrupt at once."""
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum

@@ -39,6 +39,7 @@ from functools import lru_cache
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
+
 from tl_inversion.errors import InputTypeError, InputValueError
 
 __all__ = ["NOISE_SHAPES", "perturb", "preimage_kernel_sample", "kernel_log_posterior"]
@@ -85,7 +86,8 @@ def perturb(
     if z.ndim != 2 or z.shape[1] == 0:
         raise InputValueError(f"z must be [batch, d >= 1] activations, got shape {list(z.shape)}")
     if not isinstance(generator, torch.Generator):
-        raise InputTypeError(f"generator must be a torch.Generator (its device is the result's), got {type(generator).__name__}")
+        raise InputTypeError("generator must be a torch.Generator (its device is the result's), "
+                             f"got {type(generator).__name__}")
     z = z.to(generator.device)
     if level == 0:
         return z
@@ -119,7 +121,8 @@ def _log_angle_density(theta: Tensor, level: float, d: int) -> Tensor:
 def _angle_grid(level: float, d: int) -> tuple[Tensor, Tensor]:
     """``(theta [G], cdf [G])`` (float64, CPU): the angle's CDF on a grid over ``[0, arcsin(level)]``,
     narrowed to where the density is above ``e^-40`` of its peak (wide sites concentrate the
-    angle near ``arcsin(level)``; the grid follows it)."""
+    angle near ``arcsin(level)``; the grid follows it).
+    """
     top = math.asin(level)
     coarse = torch.linspace(0.0, top, _GRID, dtype=torch.float64)
     log_dens = _log_angle_density(coarse, level, d)
@@ -221,7 +224,8 @@ def kernel_log_posterior(
         ignore: ``[N, T]`` bool, True where training never draws the position: special
             tokens (BOS, EOS, PAD) and positions outside the task's training positions
             (``~task.train_position_mask``).
-        shape: ``"gaussian"``, ``"ball"``, ``"preimage"`` or ``None``; level: ``train_noise``.
+        shape: ``"gaussian"``, ``"ball"``, ``"preimage"`` or ``None``.
+        level: ``train_noise``.
 
     Returns:
         ``[N]`` float64 on CPU; ``-inf`` where no position can have produced ``z_q``.
@@ -239,9 +243,11 @@ def kernel_log_posterior(
     if not (level >= 0 and math.isfinite(level)) or (shape == "preimage" and level >= 1):
         raise InputValueError(f"noise level must be finite and >= 0 (< 1 for 'preimage'), got {level}")
     if z_q.ndim != 1 or acts.ndim != 3 or acts.shape[-1] != z_q.shape[0]:
-        raise InputValueError(f"z_q must be [d] and acts [N, T, d] of the same d, got {list(z_q.shape)} and {list(acts.shape)}")
+        raise InputValueError(f"z_q must be [d] and acts [N, T, d] of the same d, got {list(z_q.shape)} "
+                              f"and {list(acts.shape)}")
     if ignore.dtype != torch.bool or tuple(ignore.shape) != tuple(acts.shape[:2]):
-        raise InputValueError(f"ignore must be a bool [N, T] = {list(acts.shape[:2])} mask, got {ignore.dtype} {list(ignore.shape)}")
+        raise InputValueError(f"ignore must be a bool [N, T] = {list(acts.shape[:2])} mask, "
+                              f"got {ignore.dtype} {list(ignore.shape)}")
     f = acts.double()  # computed where the activations are (a GPU when evaluate runs there)
     zq = z_q.double().to(f.device)
     d = f.shape[-1]
@@ -266,7 +272,8 @@ def kernel_log_posterior(
 def _log_width_mixture(delta: Tensor, a: Tensor, d: int) -> Tensor:
     """``log int_0^1 (u a)^-d exp(-delta^2 / (2 u^2 a^2)) du`` elementwise (float64): the
     Gaussian kernel without ``(2 pi)^(-d/2)``; closed form in :func:`kernel_log_posterior`
-    (``d`` = 1: ``Gamma(0, x) = E1(x)``, the exponential integral)."""
+    (``d`` = 1: ``Gamma(0, x) = E1(x)``, the exponential integral).
+    """
     s = (d - 1) / 2
     x = delta**2 / (2 * a**2)  # +inf where a underflows (a dead head): the kernel is 0 there
     # xlogy: the delta term is absent for d = 1 (also at delta = 0), +inf at delta = 0 otherwise
@@ -279,7 +286,8 @@ def _log_upper_gamma(s: float, x: Tensor) -> Tensor:
     ``x = +inf``). ``s > 0``: ``lgamma(s) + log Q(s, x)`` with ``torch.special.gammaincc``;
     where ``Q`` underflows (``x`` far above ``s``), the asymptotic series
     ``x^(s-1) e^-x sum_k (s-1)...(s-k) / x^k`` (Abramowitz & Stegun 6.5.32), summed while its
-    terms shrink. ``s = 0``: :func:`_log_exp_integral`."""
+    terms shrink. ``s = 0``: :func:`_log_exp_integral`.
+    """
     if s == 0:
         out = _log_exp_integral(x)
     else:
@@ -304,7 +312,8 @@ def _log_exp_integral(x: Tensor) -> Tensor:
     """``log E1(x)`` (float64, ``x >= 0``; ``+inf`` at 0): the power series
     ``-gamma - ln x - sum_k (-x)^k / (k k!)`` below 1, and above it ``E1(x) = e^-x / (x + 1 -
     1^2 / (x + 3 - 2^2 / (x + 5 - ...)))`` (Abramowitz & Stegun 5.1.11 and 5.1.22), the
-    continued fraction evaluated from the front (modified Lentz), 80 terms."""
+    continued fraction evaluated from the front (modified Lentz), 80 terms.
+    """
     small = x < 1
     xs = torch.where(small, x, torch.zeros_like(x))
     series, power = torch.zeros_like(x), torch.ones_like(x)

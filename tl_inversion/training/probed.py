@@ -20,10 +20,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_inversion.devices import resolve_device
+from tl_inversion.errors import InputValueError
 from tl_inversion.io import atomic_write_dir, atomic_write_json, plain_number
 from tl_inversion.tasks.base import CharTask
 from tl_inversion.training.schedule import lr_factor
-from tl_inversion.errors import InputValueError
 
 
 @dataclass
@@ -77,7 +77,10 @@ class ProbedConfig:
 
 
 def answer_accuracy(
-    logits_fn: Callable[[Tensor], Tensor], tokens: Int[Tensor, "n n_ctx"], answer_mask: Bool[Tensor, "n n_ctx"], batch: int = 8192
+    logits_fn: Callable[[Tensor], Tensor],
+    tokens: Int[Tensor, "n n_ctx"],
+    answer_mask: Bool[Tensor, "n n_ctx"],
+    batch: int = 8192,
 ) -> float:
     """Exact-match accuracy: every answer token predicted by argmax (teacher forcing)."""
     correct = 0
@@ -103,11 +106,13 @@ def train_probed_model(
 
     Args:
         task: vocabulary and special tokens.
-        train_data, test_data: token ids ``[n, n_ctx]``.
+        train_data: training token ids ``[n, n_ctx]``.
+        test_data: held-out token ids ``[m, n_ctx]`` (the reported accuracy).
         answer_mask: ``fn(tokens) -> bool [n, n_ctx]``, True at the answer tokens (targets).
         cfg: the recipe.
         out_dir: folder that receives ``config.json``, ``model.safetensors`` and
             ``recipe.json`` (config, accuracy, time), written atomically.
+        progress: show a progress bar.
 
     Returns:
         ``{"test_accuracy": exact match on test_data, "seconds": ..., ...}``.

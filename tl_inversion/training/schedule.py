@@ -1,5 +1,6 @@
 """The learning-rate schedule of decoder (and probed-model) training: linear warm-up, then
-constant (the paper) or cosine decay to 10% of the peak."""
+constant (the paper) or cosine decay to 10% of the peak.
+"""
 
 from __future__ import annotations
 

@@ -17,7 +17,10 @@ is measured every ``eval_every`` steps on fixed held-out activations. Runs with 
 last checkpoint to the same result as an uninterrupted one, and Ctrl-C (SIGINT) or SIGTERM
 writes a checkpoint of the current step before the run stops.
 
-The configuration lives in :mod:`.config`, the learning-rate schedule in :mod:`.schedule`.
+Under ``torchrun`` the same call trains data-parallel (:mod:`.distributed`): ``batch_size``
+stays the global batch, each rank computes on its slice, gradients are averaged, and rank 0
+alone logs, evaluates, checkpoints and saves. The configuration lives in :mod:`.config`,
+the learning-rate schedule in :mod:`.schedule`, the run's set-up in :mod:`.setup`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import contextlib
 import json
 import signal
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Sequence
@@ -40,26 +42,27 @@ from tqdm.auto import tqdm
 
 from tl_inversion.decoding.bank import DecoderBank
 from tl_inversion.devices import resolve_device
-from tl_inversion.errors import ConfigError, InputTypeError, InputValueError, OutputExistsError
+from tl_inversion.errors import ConfigError, InputTypeError
 from tl_inversion.inversion.verify import measure_faithfulness
-from tl_inversion.io import atomic_write_json
-from tl_inversion.model import fingerprints
-from tl_inversion.model.activations import check_tokens, harvest
+from tl_inversion.model.activations import harvest
 from tl_inversion.model.checks import check_model
 from tl_inversion.model.sites import Site, validate_sites
 from tl_inversion.tasks import as_task
 from tl_inversion.tasks.base import CharTask, check_trainable, sample_positions
-from tl_inversion.training.checkpoint import (
-    RunState,
-    check_resumable,
-    check_same_task_and_model,
-    latest_checkpoint,
-    warm_start,
-)
+from tl_inversion.training.checkpoint import RunState, check_resumable, check_same_task_and_model, warm_start
 from tl_inversion.training.config import TrainConfig
+from tl_inversion.training.distributed import Distributed
 from tl_inversion.training.interrupt import signals_caught
 from tl_inversion.training.noise import perturb
 from tl_inversion.training.schedule import lr_lambda
+from tl_inversion.training.setup import (
+    _as_token_ids,
+    _check_data,
+    _checkpoint_to_resume,
+    _held_out,
+    _new_bank,
+    _open_log,
+)
 
 __all__ = ["train", "TrainResult", "condition"]
 
@@ -101,7 +104,8 @@ def condition(
     learns p(x | z) (flag 0) and the blurred posterior (flag 1) in one network.
 
     Args:
-        bank: the bank being trained; site: the site of ``z``.
+        bank: the bank being trained.
+        site: the site of ``z``.
         z: ``[batch, d_site]`` exact activations.
         cfg: the training config (``train_noise``, ``train_noise_shape``, ``train_noise_flag``).
         generator: the run's data generator (the draws are part of its checkpointed state).
@@ -142,158 +146,101 @@ def _explain_compile_errors(enabled: bool, device: torch.device) -> Iterator[Non
         raise
 
 
-# ---------------------------------------------------------------------------- set-up
-def _as_token_ids(task: CharTask, data: Any, name: str) -> Tensor:
-    """``data`` as ``[n, n_ctx]`` token ids: a tensor as is, a list of texts encoded by the task."""
-    if isinstance(data, Tensor):
-        return data
-    if isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data):
-        return task.encode(list(data))
-    raise InputTypeError(
-        f"{name} must be an integer tensor [n, n_ctx] of token ids or a list of texts (encoded with the task), "
-        f"got {type(data).__name__}"
-    )
-
-
-def _check_data(model: Any, task: CharTask, train_data: Tensor, eval_data: Tensor) -> None:
-    for name, data in (("train_data", train_data), ("eval_data", eval_data)):
-        check_tokens(model, data, name)
-        if data.shape[-1] != task.n_ctx:
-            raise InputValueError(f"{name} must be [n, {task.n_ctx}] token ids of task {task.name!r}, "
-                                  f"got {tuple(data.shape)}")
-        if data.shape[0] == 0:
-            raise InputValueError("train_data and eval_data need at least one input each")
-    if task.n_ctx > int(model.cfg.n_ctx):
-        raise InputValueError(f"task inputs have {task.n_ctx} positions but the model's context is {model.cfg.n_ctx}")
-    if task.d_vocab != int(model.cfg.d_vocab):
-        warnings.warn(
-            f"task {task.name!r} has {task.d_vocab} tokens but the model's vocabulary has {int(model.cfg.d_vocab)}: "
-            "is this the model that was trained on this task? (Tokenizer tasks on models with a padded "
-            "vocabulary differ legitimately.)",
-            stacklevel=3,
-        )
-
-
-def _new_bank(model: Any, task: CharTask, sites: list[Site], cfg: TrainConfig, probe: Tensor) -> DecoderBank:
-    """A freshly initialised bank for ``sites`` with the run's record in ``meta`` and each
-    site embedding initialised from the activations of ``probe`` at trainable positions."""
-    first_acts = harvest(model, probe, sites, validate=False)
-    widths = {str(s): int(a.shape[-1]) for s, a in first_acts.items()}
-    meta = {
-        "fingerprint": fingerprints.fingerprint(model),
-        "probe": fingerprints.probe_signature(model, sites),
-        "task": {"name": task.name, "vocab": getattr(task, "chars", None) or list(task.vocab),
-                 "vocab_sha256": task.vocab_hash(), "n_ctx": task.n_ctx},
-        "special_ids": {"bos": task.bos_id, "eos": task.eos_id, "pad": task.pad_id},
-        "prepend_bos": True,
-        "padding_side": "right",
-        "position_policy": list(task.train_position_names) if task.train_position_names else "all non-special",
-        "train_config": cfg.to_dict(),
-    }
-    bank = DecoderBank.create(sites, widths, topology=cfg.topology, vocab_size=task.d_vocab, n_ctx=task.n_ctx,
-                              bos_id=task.bos_id, eos_id=task.eos_id, pad_id=task.pad_id, meta=meta,
-                              noise_flag=cfg.train_noise_flag, **cfg.decoder)
-    mask = task.train_position_mask(probe)
-    stats = {}
-    for site, a in first_acts.items():
-        a = a[mask.to(a.device)].float()
-        dec, idx = bank.lookup(site)
-        mean, std = float(a.mean()), float(a.std())
-        dec.init_site_embedding(idx, mean, std)
-        stats[str(site)] = {"mean": mean, "std": std}
-    bank.meta["site_stats"] = stats
-    return bank
-
-
-def _checkpoint_to_resume(out: Path | None, resume: bool) -> Path | None:
-    """The checkpoint this call continues, if any.
-
-    Raises:
-        OutputExistsError: (a ``FileExistsError``) ``out`` holds checkpoints and ``resume`` is False.
-    """
-    ckpt = latest_checkpoint(out) if out is not None else None
-    if ckpt is not None and not resume:
-        raise OutputExistsError(
-            f"{out} already holds checkpoints (newest {ckpt.name}); resume from it, or choose another out_dir"
-        )
-    return ckpt
-
-
-def _open_log(out: Path, run: RunState) -> IO[str]:
-    """Write ``config.json`` and restart ``log.jsonl`` from the run's history (a resumed run
-    has no duplicate steps); the log is returned open for appending."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", run.bank.meta["train_config"])
-    with (out / "log.jsonl").open("w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in run.history)
-    return (out / "log.jsonl").open("a")
-
-
-def _held_out(task: CharTask, eval_data: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
-    """``n`` held-out inputs (a seeded random subset) and one trainable position each."""
-    g = torch.Generator().manual_seed(seed + 1)
-    idx = torch.randperm(eval_data.shape[0], generator=g)[:n]
-    tokens = eval_data[idx]
-    return tokens, sample_positions(task, tokens, g, 0.0)
-
-
 # ---------------------------------------------------------------------------- the loop
 class _Loop:
-    """One call's training loop over a :class:`RunState` (one method per part of a step)."""
+    """One call's training loop over a :class:`RunState` (one method per part of a step).
+
+    Under ``torchrun`` (``ddp.world > 1``) every rank draws the whole global batch (indices,
+    positions, noise, sites) from the shared generator and computes on its own rows
+    ``ddp.rows(batch_size)`` only; see :mod:`.distributed`.
+    """
 
     def __init__(self, model: Any, task: CharTask, sites: list[Site], run: RunState, data: Tensor,
-                 held: tuple[Tensor, Tensor], log: IO[str] | None) -> None:
+                 held: tuple[Tensor, Tensor], log: IO[str] | None, ddp: Distributed | None = None) -> None:
         self.model, self.task, self.sites, self.run, self.data, self.held, self.log = \
             model, task, sites, run, data, held, log
         self.bank, self.cfg, self.device = run.bank, run.cfg, run.device
+        self.ddp = ddp or Distributed()
+        self.mine = self.ddp.rows(self.cfg.batch_size)
+        local = self.mine.stop - self.mine.start
         self.amp = self.cfg.amp and self.device.type == "cuda"
-        self.rows = torch.arange(self.cfg.batch_size, device=self.device)
-        self.site_zero = torch.zeros(self.cfg.batch_size, dtype=torch.long, device=self.device)
+        self.rows = torch.arange(local, device=self.device)
+        self.site_zero = torch.zeros(local, dtype=torch.long, device=self.device)
         self.site_idx_all = torch.arange(len(sites), device=self.device)
+        self.pad_id = self.bank.decoders[0].cfg.pad_id
+
+    def _share(self, dec_tokens: Tensor) -> Tensor | None:
+        """``world * n_mine / n_all`` (n: non-PAD targets of the global batch and of this rank's
+        rows): weighting each rank's mean loss by it makes the rank-averaged gradient the
+        gradient of the one-process mean loss. ``None`` in a one-process run.
+        """
+        if not self.ddp.enabled:
+            return None
+        counted = (dec_tokens[:, 1:] != self.pad_id).float().sum(dim=1)
+        return counted[self.mine].sum() * self.ddp.world / counted.sum()
+
+    def _z_at(self, acts: dict[Site, Tensor], site: Site, pos: Tensor) -> Tensor:
+        """The condition of ``site`` for this rank's rows (noise drawn for the global batch)."""
+        cfg, run, bank = self.cfg, self.run, self.bank
+        a = acts[site]
+        z = a[self.rows.to(a.device), pos.to(a.device)]
+        if not self.ddp.enabled or cfg.train_noise == 0:  # no noise: condition() draws nothing
+            return condition(bank, site, z, cfg, run.data_gen)
+        full = z.new_ones((cfg.batch_size, z.shape[-1]))  # other ranks' rows: placeholders, never used
+        full[self.mine] = z
+        return condition(bank, site, full, cfg, run.data_gen)[self.mine]
 
     def losses(self, record: dict[str, Any]) -> list[Tensor]:
         """Draw a batch, read every site in one probed forward and compute each decoder's loss
-        (0-dim tensors, also put in ``record`` as ``loss/<site>`` for ``per_hook``)."""
-        cfg, run, bank = self.cfg, self.run, self.bank
+        (0-dim tensors, also put in ``record`` as ``loss/<site>`` for ``per_hook``).
+        """
+        cfg, run, bank, mine = self.cfg, self.run, self.bank, self.mine
         idx = torch.randint(self.data.shape[0], (cfg.batch_size,), generator=run.data_gen, device=self.device)
         tokens = self.data[idx]
-        pos = sample_positions(self.task, tokens, run.data_gen, cfg.bos_prob, check=False)
-        acts = harvest(self.model, tokens, self.sites, validate=False)
+        pos = sample_positions(self.task, tokens, run.data_gen, cfg.bos_prob, check=False)[mine]
         dec_tokens = bank.to_decoder_tokens(tokens)  # the decoders' ids (differ only for GPT-2-like vocabularies)
+        share = self._share(dec_tokens)
+        tokens, dec_tokens = tokens[mine], dec_tokens[mine]
+        acts = harvest(self.model, tokens, self.sites, validate=False)
+        per_rank = float(self.ddp.world)
 
-        def z_at(site: Site) -> Tensor:
-            a = acts[site]
-            return condition(bank, site, a[self.rows.to(a.device), pos.to(a.device)], cfg, run.data_gen)
+        def keep(loss: Tensor, name: str | None) -> None:
+            if share is not None:
+                loss = loss * share
+            losses.append(loss)
+            if name is not None:  # summed over ranks when logged: the global batch's mean
+                record[f"loss/{name}"] = loss.detach() / per_rank if share is not None else loss.detach()
 
-        losses = []
+        losses: list[Tensor] = []
         with _explain_compile_errors(cfg.compile, self.device), \
                 torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             if cfg.topology == "per_hook":
-                z_of = {dec: z_at(g[0]) for dec, g in zip(bank.decoders, bank.groups)}
-                site_of = {dec: g[0] for dec, g in zip(bank.decoders, bank.groups)}
+                z_of = {dec: self._z_at(acts, g[0], pos) for dec, g in zip(bank.decoders, bank.groups, strict=True)}
+                site_of = {dec: g[0] for dec, g in zip(bank.decoders, bank.groups, strict=True)}
                 for stack in run.stacks:
                     stacked = stack.loss(dec_tokens, torch.stack([z_of[d] for d in stack.decoders]))
-                    for dec, loss in zip(stack.decoders, stacked):
-                        losses.append(loss)
-                        record[f"loss/{site_of[dec]}"] = loss.detach()
+                    for dec, loss in zip(stack.decoders, stacked, strict=True):
+                        keep(loss, site_of[dec])
                 for dec in run.singles:
-                    loss = run.loss_of[dec](dec_tokens, z_of[dec], self.site_zero)
-                    losses.append(loss)
-                    record[f"loss/{site_of[dec]}"] = loss.detach()
+                    keep(run.loss_of[dec](dec_tokens, z_of[dec], self.site_zero), site_of[dec])
             else:
                 probs = _site_probs(self.sites, run.rates, cfg).to(self.device)
-                choice = torch.multinomial(probs, cfg.batch_size, replacement=True, generator=run.data_gen)
-                z = torch.zeros(cfg.batch_size, bank.decoders[0].cfg.d_act, device=self.device)
+                choice = torch.multinomial(probs, cfg.batch_size, replacement=True, generator=run.data_gen)[mine]
+                z = torch.zeros(choice.shape[0], bank.decoders[0].cfg.d_act, device=self.device)
                 for j, site in enumerate(self.sites):
                     # every row reads site j; only rows assigned to it keep the value (no host sync)
-                    z = torch.where((choice == j)[:, None], z_at(site), z)
-                losses.append(run.loss_of[bank.decoders[0]](dec_tokens, z, self.site_idx_all[choice]))
+                    z = torch.where((choice == j)[:, None], self._z_at(acts, site, pos), z)
+                keep(run.loss_of[bank.decoders[0]](dec_tokens, z, self.site_idx_all[choice]), None)
         return losses
+
+    def clock(self) -> float:
+        """Training seconds over all calls; under torchrun the slowest rank's (all ranks agree)."""
+        return self.ddp.max(self.run.trained_s())
 
     def follow_time_budget(self) -> None:
         """With a time budget the schedule runs on whichever ends first: steps or time."""
         cfg, run = self.cfg, self.run
-        done_frac = max(run.step / cfg.steps, run.trained_s() / cfg.time_limit_s)
+        done_frac = max(run.step / cfg.steps, self.clock() / cfg.time_limit_s)
         factor = lr_lambda(cfg)(max(run.step, int(done_frac * cfg.steps)))
         for group in run.opt.param_groups:
             group["lr"] = cfg.lr * factor
@@ -305,28 +252,39 @@ class _Loop:
         run.opt.zero_grad(set_to_none=True)
         with _explain_compile_errors(self.cfg.compile, self.device):
             total.backward()
+        self.ddp.average_gradients(p for g in run.opt.param_groups for p in g["params"])
         run.clip(self.cfg.grad_clip)
         record["lr"] = run.opt.param_groups[0]["lr"]
         run.opt.step()
         run.sched.step()
         run.step += 1
-        record["loss"] = total.detach() / len(losses)
+        record["loss"] = total.detach() / (len(losses) * self.ddp.world)
 
     def evaluate(self, record: dict[str, Any]) -> None:
-        """Measure each site's faithfulness rate on the held-out activations (seeded by step)."""
+        """Measure each site's faithfulness rate on the held-out activations (seeded by step);
+        under torchrun rank 0 measures and sends the rates to the others (rebalancing uses them).
+        """
         run, cfg = self.run, self.cfg
         run.push()
-        faith = measure_faithfulness(self.bank, self.model, self.task, *self.held, epsilon=cfg.epsilon,
-                                     metric=cfg.metric, seed=cfg.seed + run.step)
-        run.rates = {s: float(r) for s, r in faith["faithfulness"].items()}
+        rates = None
+        if self.ddp.is_main:
+            faith = measure_faithfulness(self.bank, self.model, self.task, *self.held, epsilon=cfg.epsilon,
+                                         metric=cfg.metric, seed=cfg.seed + run.step)
+            rates = {s: float(r) for s, r in faith["faithfulness"].items()}
+        run.rates = self.ddp.broadcast_object(rates)
         record.update({f"faithfulness/{s}": r for s, r in run.rates.items()})
         record["faithfulness"] = float(np.mean(list(run.rates.values())))
 
     def write(self, record: dict[str, Any], bar: tqdm) -> dict[str, Any]:
         """Append a logged record to the history and ``log.jsonl`` (tensors become floats
-        only here: other steps never wait for the GPU)."""
+        only here: other steps never wait for the GPU).
+        """
         run = self.run
-        record["elapsed_s"] = run.trained_s()
+        if self.ddp.enabled:  # each rank holds its share of the global mean losses
+            keys = [k for k in record if k == "loss" or k.startswith("loss/")]
+            summed = self.ddp.all_reduce_sum(torch.stack([record[k].float() for k in keys]))
+            record.update(zip(keys, summed, strict=True))
+        record["elapsed_s"] = self.clock()
         record["inputs_seen"] = run.step * self.cfg.batch_size
         record = {k: float(v) if torch.is_tensor(v) else v for k, v in record.items()}
         run.history.append(record)
@@ -346,7 +304,7 @@ def _train_steps(loop: _Loop, out: Path | None, progress: bool,
         KeyboardInterrupt: after a SIGINT / SIGTERM (with ``out``: once the current step's
             checkpoint is written).
     """
-    cfg, run = loop.cfg, loop.run
+    cfg, run, main = loop.cfg, loop.run, loop.ddp.is_main
     bar = tqdm(total=cfg.steps, initial=run.step, disable=not progress, desc="train decoders", unit="step")
     try:
         with signals_caught(out is not None) as interrupt:
@@ -358,7 +316,7 @@ def _train_steps(loop: _Loop, out: Path | None, progress: bool,
                 if cfg.time_limit_s:
                     loop.follow_time_budget()
                 loop.optimise(losses, record)
-                out_of_time = bool(cfg.time_limit_s) and run.trained_s() > cfg.time_limit_s
+                out_of_time = bool(cfg.time_limit_s) and loop.clock() > cfg.time_limit_s
                 last = run.step == cfg.steps or out_of_time
                 evaluate_now = bool(cfg.eval_every and run.step % cfg.eval_every == 0) or last
                 if evaluate_now:
@@ -367,15 +325,18 @@ def _train_steps(loop: _Loop, out: Path | None, progress: bool,
                     record = loop.write(record, bar)
                 bar.update(1)
                 saved = out is not None and ((cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0) or last)
-                if saved:
+                if saved and main:
                     run.save(out / "checkpoints")
                 if callback is not None:
                     callback(run.step, record)
-                if interrupt.signum is not None:
-                    if out is not None and not saved:
+                # under torchrun every rank stops at the step where any rank got the signal
+                if loop.ddp.any(interrupt.signum is not None) if out is not None else interrupt.signum is not None:
+                    if out is not None and not saved and main:
                         run.save(out / "checkpoints")
-                    tqdm.write(f"{signal.Signals(interrupt.signum).name}: stopped at step {run.step} of {cfg.steps}"
-                               + (f"; checkpoint written to {out / 'checkpoints'}" if out is not None else ""))
+                    name = signal.Signals(interrupt.signum).name if interrupt.signum is not None else "a signal"
+                    if main:
+                        tqdm.write(f"{name}: stopped at step {run.step} of {cfg.steps}"
+                                   + (f"; checkpoint written to {out / 'checkpoints'}" if out is not None else ""))
                     raise KeyboardInterrupt
                 if out_of_time:
                     if progress:
@@ -434,8 +395,16 @@ def train(
         KeyboardInterrupt: SIGINT or SIGTERM arrived (with ``out_dir`` the current step's
             checkpoint is written first, and a later call resumes from it).
 
+    Data-parallel: started by ``torchrun --nproc_per_node=N`` (``WORLD_SIZE``, ``RANK``,
+    ``LOCAL_RANK`` set), the call joins (or starts: gloo on CPU, NCCL on CUDA) the process
+    group, trains on ``cuda:LOCAL_RANK`` when ``cfg.device`` is auto/cuda (moving ``model``
+    there), draws the same global batch as a one-process run and computes on its
+    ``batch_size / N`` rows; the result equals the one-process run's up to summation order.
+    A checkpoint resumes under any world size. ``batch_size`` not divisible by N raises
+    ConfigError (``field="batch_size"``). Every rank returns the trained bank.
+
     Source: InversionView Sec. 3 and App. C (objective, BOS baseline, faithfulness rate,
-    rebalancing).
+    rebalancing); data parallelism is this project's (issue 16.4).
     """
     check_model(model)
     if not isinstance(cfg, TrainConfig):
@@ -443,12 +412,39 @@ def train(
     task = as_task(task)
     train_data = _as_token_ids(task, train_data, "train_data")
     eval_data = _as_token_ids(task, eval_data, "eval_data")
-    device = resolve_device(cfg.device)
+    ddp = Distributed.from_env(resolve_device(cfg.device))
+    try:
+        out = Path(out_dir) if out_dir is not None else None
+        result = _train(model, task, train_data, eval_data, cfg, ddp, out=out,
+                        resume=resume, progress=progress, callback=callback, save_dtype=save_dtype)
+    except BaseException:
+        ddp.close(wait=False)
+        raise
+    ddp.close()  # every rank returns once rank 0 has saved the bank
+    return result
+
+
+def _on_device(model: Any, device: torch.device, ddp: Distributed) -> None:
+    """Under torchrun on GPUs, move a probed model that sits on another GPU to this rank's."""
+    if not ddp.enabled or device.type != "cuda":
+        return
+    param = next(iter(model.parameters()), None)
+    if param is not None and param.device != device:
+        model.to(device)
+
+
+def _train(model: Any, task: CharTask, train_data: Tensor, eval_data: Tensor, cfg: TrainConfig, ddp: Distributed, *,
+           out: Path | None, resume: bool, progress: bool, callback: Callable[[int, dict[str, Any]], None] | None,
+           save_dtype: torch.dtype | None) -> TrainResult:
+    """:func:`train` after its argument checks, as rank ``ddp.rank`` of ``ddp.world``."""
+    device = ddp.device(resolve_device(cfg.device))
+    ddp.rows(cfg.batch_size)  # refuse a global batch the ranks cannot split evenly, before any work
+    progress = progress and ddp.is_main
+    _on_device(model, device, ddp)
     sites = validate_sites(cfg.sites, model)
     _check_data(model, task, train_data, eval_data)
     torch.manual_seed(cfg.seed)
     bank = _new_bank(model, task, sites, cfg, train_data[:_PROBE_ROWS])
-    out = Path(out_dir) if out_dir is not None else None
     ckpt = _checkpoint_to_resume(out, resume)
     if cfg.init_banks and ckpt is None:  # a resumed run continues from its checkpoint instead
         warm_start(bank, cfg.init_banks, model, task, out)
@@ -459,23 +455,24 @@ def train(
     if ckpt is not None:
         check_resumable(ckpt, cfg)
         check_same_task_and_model(ckpt, bank)
-        run.load(ckpt)
+        run.load(ckpt)  # any world size: the data drawn does not depend on it (see .distributed)
         if progress:
             tqdm.write(f"resuming from {ckpt} (step {run.step} of {cfg.steps})")
-    log = _open_log(out, run) if out is not None else None
+    ddp.broadcast_params(p for g in run.opt.param_groups for p in g["params"])  # same start on every rank
+    log = _open_log(out, run) if out is not None and ddp.is_main else None
     held = _held_out(task, eval_data, cfg.eval_n, cfg.seed)
     data = train_data.to(device)
     for start in range(0, data.shape[0], _CHECK_CHUNK):
         check_trainable(task.train_position_mask(data[start : start + _CHECK_CHUNK]))
     t0, start_step = time.perf_counter(), run.step
     run.call_start = t0
-    _train_steps(_Loop(model, task, sites, run, data, held, log), out, progress, callback)
+    _train_steps(_Loop(model, task, sites, run, data, held, log, ddp), out, progress, callback)
     seconds = time.perf_counter() - t0
     run.push()
     bank.meta["faithfulness"] = run.rates
     bank.meta["steps"] = run.step
     bank.eval()
-    if out is not None:
+    if out is not None and ddp.is_main:
         bank.save(out / "bank", dtype=save_dtype)
     done = run.step - start_step
     return TrainResult(bank, pd.DataFrame(run.history), pd.DataFrame({"faithfulness": run.rates}).rename_axis("site"),

@@ -35,7 +35,7 @@ _CSS = """
 """
 
 
-def colour_css(value: float | None) -> str:
+def colour_css(value: float | int | None) -> str:
     """CSS background for a colour value in ``[-1, 1]``: red if positive, blue if negative.
 
     Args:
@@ -175,7 +175,8 @@ def render_preimage(result: Any, *, note: str = "") -> str:
             f"<td class=\"tli-num\">{float(row.noise):g}</td><td class=\"tli-num\">{int(row.count)}</td></tr>"
         )
     out.append("</tbody></table>")
-    scale = " ".join(f'<span class="tli-tok" style="{colour_css(v)}">{v:+g}</span>' for v in (-1, -0.5, -0.1, 0.1, 0.5, 1))
+    ticks = (-1, -0.5, -0.1, 0.1, 0.5, 1)
+    scale = " ".join(f'<span class="tli-tok" style="{colour_css(v)}">{v:+g}</span>' for v in ticks)
     out.append(
         '<div class="tli-note">Token background: p(token | prefix, z_q) &minus; p(token | prefix, z_BOS), '
         f"scale {scale} (the activation, rather than the decoder's prior, chose red tokens). "

@@ -34,7 +34,8 @@ def preimage_fragment(result: Any, max_rows: int | None = 100) -> str:
         shown = result.display_sample(k=max_rows)
         note = (
             f"Showing {len(shown.df)} of {len(df)} candidates, drawn as in the paper so that about "
-            f"60-80% lie inside epsilon; in the whole pool {float(df['in_preimage'].mean()):.0%} lie inside epsilon and "
+            f"60-80% lie inside epsilon; in the whole pool "
+            f"{float(df['in_preimage'].mean()):.0%} lie inside epsilon and "
             f"{float(df['valid'].mean()):.0%} are well-formed (the full pool is in .df)"
         )
     return render_preimage(shown, note=note)
