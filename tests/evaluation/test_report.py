@@ -59,11 +59,12 @@ class IdentityOracle(Decoder):
         self.table, self.acts = table, acts.float()
         self.keys = {tuple(r.tolist()): i for i, r in enumerate(table)}
 
-    def generate(self, z, site, temperature=1.0, max_len=None, generator=None):
-        z = z[:, : self.acts.shape[-1]].float()
+    def generate(self, z, site, temperature=1.0, max_len=None, generator=None, return_logprobs=False, **kwargs):
+        zz = z[:, : self.acts.shape[-1]].float()
         flat = self.acts.reshape(-1, self.acts.shape[-1])
-        nearest = torch.cdist(z, flat).argmin(-1) // self.acts.shape[1]
-        return self.table[nearest].clone()
+        nearest = torch.cdist(zz, flat).argmin(-1) // self.acts.shape[1]
+        tokens = self.table[nearest].clone()
+        return (tokens, self.token_logprobs(tokens, z, site)) if return_logprobs else tokens
 
     def token_logprobs(self, tokens, z, site):
         out = torch.zeros(tokens.shape[0], tokens.shape[1] - 1)
@@ -80,8 +81,9 @@ class ConstantOracle(Decoder):
         super().__init__(cfg)
         self.x = x
 
-    def generate(self, z, site, temperature=1.0, max_len=None, generator=None):
-        return self.x.expand(z.shape[0], -1).clone()
+    def generate(self, z, site, temperature=1.0, max_len=None, generator=None, return_logprobs=False, **kwargs):
+        tokens = self.x.expand(z.shape[0], -1).clone()
+        return (tokens, torch.zeros(tokens.shape[0], tokens.shape[1] - 1)) if return_logprobs else tokens
 
 
 @pytest.fixture(scope="module", params=[c for c, ok in (("hooked", HAS_HOOKED), ("bridge", HAS_BRIDGE)) if ok])
