@@ -203,7 +203,7 @@ def decoder_logprobs(
     *,
     batch_size: int = 1024,
     progress: bool = False,
-    blurred: bool | None = None,
+    blurred: Any = None,  # True, False or None; checked here with a clear message
 ) -> Float[Tensor, " N"]:
     """Sequence log-probability ``log p(x | z_q)`` (nats) of each candidate under the site's decoder.
 
@@ -350,7 +350,7 @@ def completeness(
     batch_size: int = 4096,
     decoder_batch_size: int = 1024,
     progress: bool = True,
-    blurred: bool | None = None,
+    blurred: Any = None,  # True, False or None; checked here with a clear message
     distances: tuple[Tensor, Tensor] | None = None,
 ) -> CompletenessResult:
     """Completeness of a decoder against the brute-force true preimage (numbers, not a picture).

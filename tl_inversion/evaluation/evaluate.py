@@ -147,7 +147,7 @@ def evaluate(
     metric: str = "l2",
     seed: int = 0,
     progress: bool = True,
-    blurred: bool | None = None,
+    blurred: Any = None,  # True, False or None; checked here with a clear message
 ) -> EvaluationReport:
     """Measure a decoder bank per site and position (faithfulness, consistency, completeness).
 
@@ -254,7 +254,7 @@ def run_evaluation(
     metric: str = "l2",
     seed: int = 0,
     progress: bool = True,
-    blurred: bool | None = None,
+    blurred: Any = None,  # True, False or None; checked here with a clear message
 ) -> EvaluationReport:
     """:func:`evaluate` for an :class:`~tl_inversion.evaluation.inverter.Inverter` whose model
     and bank are already checked (no fingerprint is taken here).

@@ -204,7 +204,7 @@ class _Loop:
         acts = harvest(self.model, tokens, self.sites, validate=False)
         per_rank = float(self.ddp.world)
 
-        def keep(loss: Tensor, name: str | None) -> None:
+        def keep(loss: Tensor, name: Any) -> None:
             if share is not None:
                 loss = loss * share
             losses.append(loss)
