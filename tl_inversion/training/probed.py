@@ -92,6 +92,49 @@ def answer_accuracy(
     return correct / tokens.shape[0]
 
 
+def greedy_accuracy(
+    logits_fn: Callable[[Tensor], Tensor],
+    tokens: Int[Tensor, "n n_ctx"],
+    answer_start: int,
+    eos_id: int,
+    pad_id: int,
+    batch: int = 8192,
+) -> float:
+    """Exact-match accuracy by greedy generation through EOS (the paper's test of its addition
+    model, InversionView App. D): from the prompt ``tokens[:, :answer_start]``, append the
+    argmax token until EOS (or the row's end), PAD after EOS; a row counts when everything
+    generated from ``answer_start`` on equals the row itself (answer digits, EOS, padding).
+
+    Args:
+        logits_fn: ``[b, t]`` token ids -> ``[b, t, d_vocab]`` logits (e.g. the probed model).
+        tokens: ``[n, n_ctx]`` rows ``[BOS] prompt answer [EOS] PAD...``.
+        answer_start: index of the first answer token (addition: the index after ``=``).
+        eos_id: the task's EOS id.
+        pad_id: the task's PAD id.
+        batch: rows per forward.
+
+    Returns:
+        The fraction of rows generated exactly (0..1).
+
+    Raises:
+        InputValueError: ``answer_start`` outside ``1 .. n_ctx - 1`` or no rows.
+    """
+    n, n_ctx = tokens.shape
+    if n == 0 or not 1 <= answer_start < n_ctx:
+        raise InputValueError(f"need rows and 1 <= answer_start < n_ctx ({n_ctx}), got {n} rows, {answer_start}")
+    correct = 0
+    for i in range(0, n, batch):
+        rows = tokens[i : i + batch]
+        x = rows.clone()
+        done = torch.zeros(x.shape[0], dtype=torch.bool)
+        for pos in range(answer_start, n_ctx):
+            pred = logits_fn(x[:, :pos])[:, -1].argmax(-1).cpu()
+            x[:, pos] = torch.where(done, torch.full_like(pred, pad_id), pred)
+            done |= pred == eos_id
+        correct += int((x[:, answer_start:] == rows[:, answer_start:]).all(-1).sum())
+    return correct / n
+
+
 def train_probed_model(
     task: CharTask,
     train_data: Int[Tensor, "n n_ctx"],
