@@ -273,7 +273,7 @@ class CompletenessResult:
     metric: str
 
 
-def _blurred(bank: Any, blurred: bool | None) -> bool:
+def _blurred(bank: Any, blurred: Any) -> bool:
     """The condition asked for: ``None`` means blurred exactly when the bank has a noise flag."""
     return bank.noise_flag if blurred is None else bank.check_blurred(blurred)
 
