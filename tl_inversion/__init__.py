@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from tl_inversion import errors as _errors
 from tl_inversion.errors import (
     BridgeUnavailableError,
     ConfigError,
@@ -86,21 +87,7 @@ _LAZY: dict[str, str] = {
     "serve_demo": "tl_inversion.viewer.server",
 }
 
-_ERRORS = [
-    "BridgeUnavailableError",
-    "ConfigError",
-    "InputTypeError",
-    "InputValueError",
-    "LoadError",
-    "MissingPathError",
-    "ModelMismatchError",
-    "NotationError",
-    "OutputExistsError",
-    "PositionError",
-    "SiteError",
-    "TLInversionError",
-    "TLInversionWarning",
-]
+_ERRORS = list(_errors.__all__)  # every error class, exported at the top level
 
 __all__ = sorted([*_LAZY, *_ERRORS])
 
