@@ -77,3 +77,25 @@ def test_check_every_must_be_a_positive_int(bad):
     model = _model()
     with pytest.raises(InputValueError, match="check_every"):
         model.generate(torch.randn(2, 6), 0, check_every=bad)
+
+
+def test_inference_autocast_runs_generation_and_scoring_in_bf16(monkeypatch):
+    """With an autocast policy for the CPU (CUDA's in production), generation and teacher
+    forcing run in bf16 and still agree with each other; the float32 results differ."""
+    from tl_inversion.decoding import precision
+
+    model = _model()
+    z = torch.randn(32, 6)
+    kw = dict(temperature=1.0, generator=None, return_logprobs=True)
+    monkeypatch.setitem(precision.INFERENCE_AUTOCAST, "cpu", torch.bfloat16)
+    seen = []
+    monkeypatch.setattr(model, "_init_cache", lambda a, n, f=model._init_cache: seen.append(f(a, n)) or seen[-1])
+    tok16, lp16 = model.generate(z, 0, **{**kw, "generator": torch.Generator().manual_seed(3)})
+    assert seen[0].k.dtype == torch.bfloat16  # the KV cache holds bf16 keys/values
+    assert lp16.dtype == torch.float32
+    ref16 = model.token_logprobs(tok16, z, 0)
+    torch.testing.assert_close(lp16, ref16, atol=0.05, rtol=0)  # bf16 rounding, not float32's 1e-5
+    monkeypatch.delitem(precision.INFERENCE_AUTOCAST, "cpu")
+    ref32 = model.token_logprobs(tok16, z, 0)
+    assert (ref16 - ref32).abs().max() > 1e-4  # teacher forcing did run in bf16
+    torch.testing.assert_close(ref16, ref32, atol=0.05, rtol=0)

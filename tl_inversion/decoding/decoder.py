@@ -44,6 +44,7 @@ reproducible through an explicit ``torch.Generator``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -54,6 +55,7 @@ from torch import Tensor, nn
 from tl_inversion.decoding.config import DecoderConfig
 from tl_inversion.decoding.generation import sample_loop, step_logits
 from tl_inversion.decoding.layers import _Block, _CondBlock, _KVCache
+from tl_inversion.decoding.precision import inference_autocast
 from tl_inversion.errors import InputTypeError, InputValueError
 
 __all__ = ["DecoderConfig", "Decoder"]
@@ -406,7 +408,8 @@ class Decoder(nn.Module):
         that :meth:`generate` renormalises after masking BOS and PAD). Entries whose
         target is PAD are 0, so ``out.sum(-1)`` is ``log p(x | z)`` of the whole sequence.
         Used for the paper's token colouring ``p(. | z_q) - p(. | z_BOS)`` and its
-        completeness check (InversionView, Huang et al. 2024, Sec. 3 / App.).
+        completeness check (InversionView, Huang et al. 2024, Sec. 3 / App.). In eval mode
+        on CUDA the pass runs under bf16 autocast (:mod:`tl_inversion.decoding.precision`).
 
         Args:
             tokens: ``[batch, seq]`` integer ids with ``2 <= seq <= n_ctx``.
@@ -421,7 +424,8 @@ class Decoder(nn.Module):
             TypeError: on wrong dtypes.
         """
         z, site, tokens = self._check_inputs(z, site, tokens, min_len=2)
-        logp = self._target_logprobs(tokens, z, site)
+        with inference_autocast(z.device) if not self.training else contextlib.nullcontext():
+            logp = self._target_logprobs(tokens, z, site)
         targets = tokens[:, 1:]
         out = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         return out.masked_fill(targets == self.cfg.pad_id, 0.0)
@@ -433,10 +437,11 @@ class Decoder(nn.Module):
         cfg = self.cfg
         b = a.shape[0]
         shape = (cfg.n_layers, b, cfg.n_heads, 1 + length, cfg.d_head)
-        k = torch.empty(shape, device=a.device, dtype=a.dtype)
-        v = torch.empty(shape, device=a.device, dtype=a.dtype)
-        for layer, block in enumerate(self.blocks):
-            ck, cv = block.cond_kv(a)
+        conds = [block.cond_kv(a) for block in self.blocks]
+        dtype = conds[0][0].dtype  # bf16 under inference autocast: the cache holds what attention reads
+        k = torch.empty(shape, device=a.device, dtype=dtype)
+        v = torch.empty(shape, device=a.device, dtype=dtype)
+        for layer, (ck, cv) in enumerate(conds):
             k[layer, :, :, :1] = ck
             v[layer, :, :, :1] = cv
         return _KVCache(k, v)
@@ -470,16 +475,18 @@ class Decoder(nn.Module):
         """Sample inputs ``[BOS] x [EOS] PAD..`` conditioned on activations (KV-cached).
 
         Starts every row from BOS and samples one token per step from
-        ``softmax(logits / temperature)`` with BOS and PAD masked out (drawn by Gumbel-max
-        from noise drawn up front, one uniform per step, row and id: a row's sample does not
-        depend on the other rows of the batch), feeding each new token through a
+        ``softmax(logits / temperature)`` with BOS and PAD masked out (drawn by Gumbel-max,
+        one uniform per step, row and id: a row's sample does not depend on the other rows
+        of the batch), feeding each new token through a
         preallocated key/value cache (one forward step per position, the prefix is never
         recomputed). A row is finished after it emits EOS; everything after its EOS is
         ``pad_id``. Generation stops once every row is finished, checked every
         ``check_every`` steps (finished rows are then dropped from the batch when a quarter
         of them are done). A row that reaches ``max_len`` without EOS is returned truncated
         (no EOS): callers that need well-formed inputs should check for EOS. Dropout is
-        never applied, so results depend only on the weights, the inputs and ``generator``
+        never applied, so results depend only on the weights, the inputs and ``generator``.
+        On CUDA the decoder runs under bf16 autocast, as trained
+        (:mod:`tl_inversion.decoding.precision`)
         (InversionView, Huang et al. 2024, Sec. 3 / App.; loop in
         :mod:`tl_inversion.decoding.generation`).
 
@@ -547,8 +554,9 @@ class Decoder(nn.Module):
             out = torch.full((batch, cfg.n_ctx), cfg.pad_id, dtype=torch.long, device=device)
             out[:, 0] = cfg.bos_id
             return (out, torch.zeros(batch, cfg.n_ctx - 1, device=device)) if return_logprobs else out
-        tokens, logprobs = sample_loop(self, self._condition(z, site), temp, length, generator,
-                                       check_every=check_every, logprobs=return_logprobs, compile_step=compile)
+        with inference_autocast(device):
+            tokens, logprobs = sample_loop(self, self._condition(z, site), temp, length, generator,
+                                           check_every=check_every, logprobs=return_logprobs, compile_step=compile)
         return (tokens, logprobs) if return_logprobs else tokens
 
     def num_parameters(self, trainable_only: bool = False) -> int:

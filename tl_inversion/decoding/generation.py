@@ -6,9 +6,11 @@ candidates are sampled from ``p(x | z)`` token by token).
 
 How a token is drawn: Gumbel-max, ``argmax(logits / T + g)`` with ``g = -log(-log(u))``,
 ``u ~ U[0, 1)``, which is an exact draw from ``softmax(logits / T)`` (banned ids have logit
-``-inf`` and are never drawn). All ``u`` are drawn up front, one per (step, row, vocabulary
-id), so a row's sample depends only on its own noise: dropping finished rows from the batch
-(compaction) or checking for EOS less often never changes what a row draws.
+``-inf`` and are never drawn). Each step draws one ``u`` per (row of the whole batch,
+vocabulary id), finished rows included, and a live row takes its own: a row's sample depends
+only on its own noise, so dropping finished rows from the batch (compaction) never changes
+what a row draws. Noise is drawn step by step, ``batch x vocab`` at a time: drawn up front
+for 33 steps it would take 1.1 GB for 256 rows over GPT-2's 50,257 ids.
 
 Host synchronisation: the loop asks "are all rows finished?" (and compacts the batch to the
 unfinished rows when at least a quarter of them finished) only every ``check_every`` steps:
@@ -53,6 +55,12 @@ def compiled_step(decoder: Any) -> Callable[..., Tensor]:
     return fn
 
 
+def _gumbel(batch: int, vocab: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """One step's Gumbel noise ``[batch, vocab]``: ``-log(-log(u))``, ``u ~ U[0, 1)`` (``u = 0`` gives ``-inf``)."""
+    u = torch.rand(batch, vocab, generator=generator, device=device)
+    return -torch.log(-torch.log(u))
+
+
 def sample_loop(
     decoder: Any,
     a: Tensor,
@@ -90,13 +98,8 @@ def sample_loop(
     lp_out = torch.zeros(batch, cfg.n_ctx - 1, device=device) if logprobs else None
     greedy = temp == 0
     inv_temp = torch.where(greedy, torch.ones_like(temp), temp).reciprocal()[:, None]
-    # one uniform per (step, row, id): a row's draw never depends on the other rows
-    if bool(greedy.all()):  # no draw: the RNG is left untouched
-        gumbel = torch.zeros((), device=device).expand(length - 1, batch, cfg.vocab_size)
-    else:
-        u = torch.rand(length - 1, batch, cfg.vocab_size, generator=generator, device=device)
-        gumbel = -torch.log(-torch.log(u))
-        gumbel.masked_fill_(greedy[None, :, None], 0.0)  # greedy rows: argmax of the logits
+    sampled = (~greedy).float()[:, None]  # greedy rows get no Gumbel noise: argmax of the logits
+    all_greedy = bool(greedy.all())  # then nothing is drawn: the RNG is left untouched
     banned = torch.zeros(cfg.vocab_size, dtype=torch.bool, device=device)
     banned[[cfg.bos_id, cfg.pad_id]] = True
 
@@ -116,7 +119,9 @@ def sample_loop(
     for pos in range(1, length):
         raw = step(token, cache).float()
         logits = raw.masked_fill(banned, float("-inf"))
-        nxt = (logits * inv_temp + gumbel[pos - 1, rows]).argmax(dim=-1)
+        if not all_greedy:
+            logits = logits * inv_temp + sampled * _gumbel(batch, cfg.vocab_size, generator, device)[rows]
+        nxt = logits.argmax(dim=-1)
         nxt = nxt.masked_fill(finished, cfg.pad_id)
         out[rows, pos] = nxt
         if lp_out is not None:
@@ -132,6 +137,6 @@ def sample_loop(
         if n_live <= 0.75 * rows.shape[0]:  # compact: drop finished rows from the batch
             keep = torch.nonzero(~finished).flatten()
             rows, finished, token = rows[keep], finished[keep], token[keep]
-            inv_temp = inv_temp[keep]
+            inv_temp, sampled = inv_temp[keep], sampled[keep]
             cache.k, cache.v = cache.k[:, keep], cache.v[:, keep]
     return out, lp_out

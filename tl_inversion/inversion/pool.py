@@ -147,37 +147,40 @@ def colour_values(bank: Any, site: Any, u_tok: Tensor, u_q: Tensor, z_q: Tensor,
     return p_q - p_b
 
 
-def frame(columns: dict[str, np.ndarray], rows: np.ndarray, u_text: list[str], u_tokens: list[list[int]],
-           u_colour: list[Any], eps: float) -> pd.DataFrame:
-    """One query's table, sorted by distance (stable: ties keep sample order).
+def frames(columns: dict[str, Any], n_q: int, eps: float) -> list[pd.DataFrame]:
+    """One table per query, each sorted by distance (stable: ties keep sample order).
+
+    The whole pool is ordered once (by query, then distance) and cut into the queries'
+    tables; the text, token and colour lists of a distinct candidate are shared by its
+    occurrences (each row gets its own copy of the lists).
 
     Args:
-        columns: per-row arrays of the whole pool (``dist``, ``mpos``, ``inverse`` into the
-            distinct candidates, ``valid``, ``temps``, ``noise``, ``count``, ``duplicate``,
-            ``sample``).
-        rows: this query's rows of the pool, in sample order.
-        u_text: text of each distinct candidate.
-        u_tokens: task token ids of each distinct candidate (trimmed).
-        u_colour: colour values of each distinct candidate (or None).
+        columns: per-row arrays of the whole pool in generation order (``qidx``, ``dist``,
+            ``mpos``, ``inverse`` into the distinct candidates, ``valid``, ``temps``,
+            ``noise``, ``count``, ``duplicate``, ``sample``) and the distinct candidates'
+            ``u_text`` (str), ``u_tokens`` (task ids, trailing PAD dropped) and
+            ``u_colour`` (list of floats or None).
+        n_q: number of queries (``qidx`` in ``0 .. n_q - 1``).
         eps: the membership threshold.
     """
-    inv = columns["inverse"][rows]
-    dist = columns["dist"][rows]
-    df = pd.DataFrame(
-        {
-            "text": [u_text[i] for i in inv],
-            "tokens": [list(u_tokens[i]) for i in inv],
-            "distance": dist,
-            "matched_pos": columns["mpos"][rows],
-            "in_preimage": dist <= eps,
-            "valid": columns["valid"][rows],
-            "temperature": columns["temps"][rows],
-            "noise": columns["noise"][rows],
-            "count": columns["count"][rows],
-            "duplicate": columns["duplicate"][rows],
-            "sample": columns["sample"][rows],
-            "colour": [None if u_colour[i] is None else list(u_colour[i]) for i in inv],
-        },
-        columns=list(COLUMNS),
-    )
-    return df.sort_values("distance", kind="stable").reset_index(drop=True)
+    order = np.lexsort((columns["dist"], columns["qidx"]))  # stable: ties keep generation (= sample) order
+    inv = columns["inverse"][order]
+    u_text, u_tokens, u_colour = columns["u_text"], columns["u_tokens"], columns["u_colour"]
+    dist = columns["dist"][order]
+    table = {
+        "text": [u_text[i] for i in inv],
+        "tokens": [list(u_tokens[i]) for i in inv],
+        "distance": dist,
+        "matched_pos": columns["mpos"][order],
+        "in_preimage": dist <= eps,
+        "valid": columns["valid"][order],
+        "temperature": columns["temps"][order],
+        "noise": columns["noise"][order],
+        "count": columns["count"][order],
+        "duplicate": columns["duplicate"][order],
+        "sample": columns["sample"][order],
+        "colour": [None if u_colour[i] is None else list(u_colour[i]) for i in inv],
+    }
+    bounds = np.searchsorted(columns["qidx"][order], np.arange(n_q + 1)).tolist()
+    return [pd.DataFrame({k: v[a:b] for k, v in table.items()}, columns=list(COLUMNS))
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

@@ -17,9 +17,9 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_inversion.errors import InputTypeError, InputValueError, PositionError, TLInversionWarning
+from tl_inversion.tasks.base import real_end
 
 __all__ = [
-    "real_end",
     "QueryFormatWarning",
     "UntrainedPositionWarning",
     "check_query_format",
@@ -80,16 +80,6 @@ def query_tokens(task: Any, queries: Any) -> Int[Tensor, "Q n_ctx"]:
     raise InputTypeError(
         f"a query is a text (encoded by the task) or a token tensor [n_ctx] / [Q, n_ctx], got {type(queries).__name__}"
     )
-
-
-def real_end(tokens: Int[Tensor, "Q n_ctx"], pad_id: int) -> Int[Tensor, " Q"]:
-    """``[Q]`` index of each row's last non-PAD token (-1 for a row of PAD only).
-
-    Same rule as :func:`tl_inversion.patching.positions.real_end` (patching counts negative
-    positions from there too); written here because inversion may not import patching.
-    """
-    cols = torch.arange(tokens.shape[-1], device=tokens.device)
-    return torch.where(tokens != pad_id, cols, torch.full_like(cols, -1)).amax(dim=-1)
 
 
 def _negative_index(position: Any) -> int | None:

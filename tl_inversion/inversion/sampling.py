@@ -50,8 +50,9 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_inversion.errors import InputTypeError, InputValueError
+from tl_inversion.inversion.batching import UniqueRows, last_kept, unique_rows
 from tl_inversion.inversion.distance import check_metric, default_epsilon
-from tl_inversion.inversion.pool import Draw, colour_values, draw_round, frame
+from tl_inversion.inversion.pool import Draw, colour_values, draw_round, frames
 from tl_inversion.inversion.queries import (
     check_query_format,
     check_query_positions,
@@ -102,7 +103,8 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def _check_settings(metric: str, epsilon: float | None, schedule: Sequence[tuple[float, float]], n_repeats: Any,
-                    batch_size: Any, max_batch: Any) -> tuple[str, float, list[tuple[float, float]]]:
+                    batch_size: Any, max_batch: Any, min_in_preimage: Any
+                    ) -> tuple[str, float, list[tuple[float, float]]]:
     """``(metric, epsilon, schedule)`` checked (epsilon defaulted); raises on a bad count."""
     metric = check_metric(metric)
     eps = default_epsilon(metric) if epsilon is None else float(epsilon)
@@ -112,14 +114,9 @@ def _check_settings(metric: str, epsilon: float | None, schedule: Sequence[tuple
     settings = _check_schedule(schedule)
     for name, value in (("n_repeats", n_repeats), ("batch_size", batch_size), ("max_batch", max_batch)):
         _positive_int(name, value)
+    if min_in_preimage is not None:
+        _positive_int("min_in_preimage", min_in_preimage)
     return metric, eps, settings
-
-
-def _trim(row: list[int], pad_id: int) -> list[int]:
-    end = len(row)
-    while end > 1 and row[end - 1] == pad_id:
-        end -= 1
-    return row[:end]
 
 
 # the pipeline --------------------------------------------------------------------------------
@@ -180,9 +177,7 @@ def sample_many(
         As :func:`sample_preimage`.
     """
     task = as_task(task)
-    _check_settings(metric, epsilon, schedule, n_repeats, batch_size, max_batch)  # cheap errors first
-    if min_in_preimage is not None:
-        _positive_int("min_in_preimage", min_in_preimage)
+    _check_settings(metric, epsilon, schedule, n_repeats, batch_size, max_batch, min_in_preimage)  # cheap errors first
     bank.lookup(site)  # SiteError listing the bank's sites, before the model check
     validate_site(site, model)
     bank.check_model(model, allow_mismatch=allow_mismatch)
@@ -247,9 +242,8 @@ def sample_checked(
         As :func:`sample_preimage`, except ModelMismatchError.
     """
     task = as_task(task)
-    metric, eps, settings = _check_settings(metric, epsilon, schedule, n_repeats, batch_size, max_batch)
-    if min_in_preimage is not None:
-        _positive_int("min_in_preimage", min_in_preimage)
+    metric, eps, settings = _check_settings(metric, epsilon, schedule, n_repeats, batch_size, max_batch,
+                                            min_in_preimage)
     decoder, _ = bank.lookup(site)
     site = validate_site(site, model)
     qtok = query_tokens(task, queries)
@@ -264,54 +258,17 @@ def sample_checked(
 
     with torch.inference_mode(), eval_mode(decoder):
         z_q, z_bos, norms = _query_activations(model, qtok, pos, site, max_batch)
-        draws, dists, mpos = _draw_and_verify(bank, model, task, site, z_q, settings, n_repeats, batch_size, gen,
-                                              metric, eps, max_batch, colour, min_in_preimage, compile)
-        # distinct (query, candidate) pairs over the whole pool: counted and coloured once
-        qidx = torch.cat([d.qidx for d in draws])
-        tokens = torch.cat([d.tokens for d in draws])
-        noise_np = np.concatenate([d.noise for d in draws])
-        total = qidx.shape[0]
-        keyed = torch.cat([qidx[:, None], tokens], dim=1)
-        uniq, inverse, counts = torch.unique(keyed, dim=0, return_inverse=True, return_counts=True)
-        u_q, u_tok = uniq[:, 0], uniq[:, 1:].contiguous()
-        arange = torch.arange(total)
-        first = torch.full((uniq.shape[0],), total, dtype=torch.long).scatter_reduce(0, inverse, arange, reduce="amin")
-        duplicate = arange != first[inverse]
-        u_task = bank.to_task_tokens(u_tok)
-        u_valid = task.is_valid(u_task)
-        u_text = task.decode(u_task)
-        remap = bank.meta.get("decoder_ids") or {}
-        back = {remap["eos"]: remap["task_eos"], remap["pad"]: remap["task_pad"]} if remap else {}
-        pad_id = decoder.cfg.pad_id
-        u_tokens = [[back.get(t, t) for t in _trim(r, pad_id)] for r in u_tok.tolist()]
-        u_colour: list[list[float] | None] = [None] * uniq.shape[0]
-        if colour:
-            # a clean (noise 0) occurrence carries p(tok | prefix, z_q) from generation
-            noisy = torch.from_numpy(noise_np > 0)
-            rep = torch.full((uniq.shape[0],), 2 * total, dtype=torch.long).scatter_reduce(
-                0, inverse, arange + total * noisy.long(), reduce="amin")
-            from_gen = rep < total
-            gen_lp = torch.cat([d.gen_lp for d in draws])
-            gen_p = gen_lp[rep % total].exp()
-            diff = colour_values(bank, site, u_tok, u_q, z_q, z_bos, gen_p, from_gen, max_batch).tolist()
-            u_colour = [d[: len(t) - 1] for d, t in zip(diff, u_tokens, strict=True)]
-
-    columns = {
-        "dist": dists.numpy().astype(np.float64), "mpos": mpos.numpy(), "inverse": inverse.numpy(),
-        "valid": u_valid.numpy()[inverse.numpy()], "temps": np.concatenate([d.temps for d in draws]),
-        "noise": noise_np, "count": counts.numpy()[inverse.numpy()], "duplicate": duplicate.numpy(),
-        "sample": np.concatenate([d.sample for d in draws]),
-    }
-    z_q_cpu = z_q.detach().cpu().clone()
-    order = torch.argsort(qidx, stable=True).numpy()
-    bounds = np.searchsorted(qidx.numpy()[order], np.arange(n_q + 1))
+        draws, dists, mpos, distinct = _draw_and_verify(bank, model, task, site, z_q, settings, n_repeats, batch_size,
+                                                        gen, metric, eps, max_batch, colour, min_in_preimage, compile)
+        pool = _distinct_pool(bank, task, site, draws, distinct, z_q, z_bos, colour, max_batch)
+    pool.update(dist=dists.numpy().astype(np.float64), mpos=mpos.numpy())
+    shown = {"schedule": settings, "n_repeats": n_repeats, "batch_size": batch_size}
+    z_q_cpu = z_q.detach().cpu()
     results = []
-    for q in range(n_q):
-        rows = order[bounds[q] : bounds[q + 1]]
-        df = frame(columns, rows, u_text, u_tokens, u_colour, eps)
-        shown = {"schedule": settings, "n_repeats": n_repeats, "batch_size": batch_size}
+    for q, df in enumerate(frames(pool, n_q, eps)):
+        extra = {}
         if min_in_preimage is not None:
-            shown.update(min_in_preimage=min_in_preimage, repeats_drawn=len(rows) // (len(settings) * batch_size))
+            extra = {"min_in_preimage": min_in_preimage, "repeats_drawn": len(df) // (len(settings) * batch_size)}
         results.append(
             PreimageResult(
                 df=df,
@@ -326,10 +283,48 @@ def sample_checked(
                 special_ids=tuple(int(i) for i in task.special_ids),
                 z_q=z_q_cpu[q].clone(),
                 seed=seed,
-                settings=shown,
+                settings={**shown, **extra},
             )
         )
     return results
+
+
+def _distinct_pool(bank: Any, task: Any, site: Any, draws: list[Draw], distinct: UniqueRows | None, z_q: Tensor,
+                   z_bos: Tensor, colour: bool, max_batch: int) -> dict[str, Any]:
+    """The pool's per-row arrays and its distinct (query, candidate) pairs, each decoded and coloured once.
+
+    ``distinct`` is the round's :func:`unique_rows` when there was one round (reused), else None.
+    Returns the ``columns`` of :func:`~tl_inversion.inversion.pool.frames` but ``dist``/``mpos``.
+    """
+    qidx = torch.cat([d.qidx for d in draws])
+    tokens = torch.cat([d.tokens for d in draws])
+    noise_np = np.concatenate([d.noise for d in draws])
+    total = qidx.shape[0]
+    if distinct is None:
+        distinct = unique_rows(torch.cat([qidx[:, None], tokens], dim=1))
+    uniq, inverse, counts, first = distinct
+    u_q, u_tok = uniq[:, 0], uniq[:, 1:].contiguous()
+    arange = torch.arange(total)
+    u_task = bank.to_task_tokens(u_tok)
+    pad_id = bank.lookup(site)[0].cfg.pad_id
+    lengths = last_kept(u_tok == pad_id).tolist()  # trailing PAD dropped (at least one id kept)
+    u_tokens = [r[:k] for r, k in zip(u_task[:, : max(lengths, default=1)].tolist(), lengths, strict=True)]
+    u_colour: list[list[float] | None] = [None] * uniq.shape[0]
+    if colour:
+        # a clean (noise 0) occurrence carries p(tok | prefix, z_q) from generation
+        noisy = torch.from_numpy(noise_np > 0)
+        rep = torch.full((uniq.shape[0],), 2 * total, dtype=torch.long).scatter_reduce(
+            0, inverse, arange + total * noisy.long(), reduce="amin")
+        gen_p = torch.cat([d.gen_lp for d in draws])[rep % total].exp()
+        diff = colour_values(bank, site, u_tok, u_q, z_q, z_bos, gen_p, rep < total, max_batch)
+        u_colour = [d[: k - 1] for d, k in zip(diff[:, : max(lengths, default=1)].tolist(), lengths, strict=True)]
+    inv = inverse.numpy()
+    return {
+        "qidx": qidx.numpy(), "inverse": inv, "valid": task.is_valid(u_task).numpy()[inv],
+        "temps": np.concatenate([d.temps for d in draws]), "noise": noise_np, "count": counts.numpy()[inv],
+        "duplicate": (arange != first[inverse]).numpy(), "sample": np.concatenate([d.sample for d in draws]),
+        "u_text": task.decode(u_task), "u_tokens": u_tokens, "u_colour": u_colour,
+    }
 
 
 def _query_activations(model: Any, qtok: Tensor, pos: Tensor, site: Any, max_batch: int
@@ -355,12 +350,14 @@ def _query_activations(model: Any, qtok: Tensor, pos: Tensor, site: Any, max_bat
 def _draw_and_verify(bank: Any, model: Any, task: Any, site: Any, z_q: Tensor, settings: list[tuple[float, float]],
                      n_repeats: int, batch_size: int, gen: torch.Generator | None, metric: str, eps: float,
                      max_batch: int, colour: bool, min_in_preimage: int | None, compile_step: bool
-                     ) -> tuple[list[Draw], Tensor, Tensor]:
-    """Draw every round and verify its distinct candidates; ``(draws, dist [n], matched_pos [n])``.
+                     ) -> tuple[list[Draw], Tensor, Tensor, UniqueRows | None]:
+    """Draw every round and verify its distinct candidates; ``(draws, dist [n], matched_pos [n], distinct)``.
 
     Without ``min_in_preimage`` there is one round (all repeats of all queries). With it,
     one round per repeat of the schedule; after each, queries with at least
-    ``min_in_preimage`` in-preimage rows stop drawing.
+    ``min_in_preimage`` in-preimage rows stop drawing. ``distinct`` is the one round's
+    :func:`~tl_inversion.inversion.batching.unique_rows` of ``(query, tokens)``, or None
+    after several rounds.
     """
     n_q = z_q.shape[0]
     rounds = [n_repeats] if min_in_preimage is None else [1] * n_repeats
@@ -373,7 +370,8 @@ def _draw_and_verify(bank: Any, model: Any, task: Any, site: Any, z_q: Tensor, s
                        gen, max_batch, colour, compile_step)
         drawn += reps
         keyed = torch.cat([d.qidx[:, None], d.tokens], dim=1)
-        uniq, inverse = torch.unique(keyed, dim=0, return_inverse=True)
+        distinct = unique_rows(keyed)
+        uniq, inverse = distinct.rows, distinct.inverse
         u_task = bank.to_task_tokens(uniq[:, 1:].contiguous())
         u_dist, u_pos = membership(model, u_task, site, z_q[uniq[:, 0].to(z_q.device)], task.special_ids, metric,
                                    max_batch)
@@ -385,7 +383,7 @@ def _draw_and_verify(bank: Any, model: Any, task: Any, site: Any, z_q: Tensor, s
             active = torch.nonzero(found < min_in_preimage).flatten()
             if active.numel() == 0:
                 break
-    return draws, torch.cat(dists), torch.cat(mpos)
+    return draws, torch.cat(dists), torch.cat(mpos), distinct if len(draws) == 1 else None
 
 
 def sample_preimage(

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from tl_inversion.errors import InputTypeError, PositionError
 from tl_inversion.patching.notation import PositionLike, Resolver, resolve_position
+from tl_inversion.tasks.base import real_end
 
 
 def _negative_int(position: Any) -> int | None:
@@ -27,12 +28,6 @@ def _negative_int(position: Any) -> int | None:
     if isinstance(position, int) and not isinstance(position, bool) and position < 0:
         return position
     return None
-
-
-def real_end(tokens: Int[Tensor, "batch pos"], pad_id: int) -> Int[Tensor, " batch"]:
-    """``[batch]`` index of each row's last non-PAD token (-1 for a row of PAD only)."""
-    pos = torch.arange(tokens.shape[-1], device=tokens.device)
-    return torch.where(tokens != pad_id, pos, torch.full_like(pos, -1)).max(-1).values
 
 
 def check_resolver(positions: Any) -> Resolver:

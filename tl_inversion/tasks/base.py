@@ -29,10 +29,20 @@ __all__ = [
     "eos_offset",
     "first_token",
     "index_position",
+    "real_end",
     "sample_positions",
 ]
 
 PositionLike = int | str
+
+
+def real_end(tokens: Int[Tensor, "batch n_ctx"], pad_id: int) -> Int[Tensor, " batch"]:
+    """``[batch]`` index of each row's last non-PAD token (-1 for a row of PAD only).
+
+    Where negative positions count from, in sampling queries and in patching (right padding).
+    """
+    cols = torch.arange(tokens.shape[-1], device=tokens.device)
+    return torch.where(tokens != pad_id, cols, torch.full_like(cols, -1)).amax(dim=-1)
 
 
 @dataclass
@@ -77,6 +87,8 @@ class CharTask:
         self._lut = np.full(256, 255, dtype=np.uint8)
         for i, c in enumerate(self.chars):
             self._lut[ord(c)] = i
+        # id -> ASCII byte, for decoding many rows at once (None: a non-ASCII vocabulary)
+        self._bytes = np.frombuffer(self.chars.encode("ascii"), dtype=np.uint8) if self.chars.isascii() else None
 
     # vocabulary -------------------------------------------------------------------
     @property
@@ -144,28 +156,67 @@ class CharTask:
         return torch.from_numpy(ids.astype(np.int64))
 
     def decode(self, tokens: Int[Tensor, "... n_ctx"], *, keep_special: bool = False) -> str | list[str]:
-        """Text of token rows; by default without BOS, and cut at the first EOS."""
-        if tokens.dim() > 1:
+        """Text of token rows; by default without BOS, and cut at the first EOS.
+
+        Args:
+            tokens: ids ``[n_ctx]`` (one text) or ``[..., n_ctx]`` (nested lists of texts).
+            keep_special: keep BOS, EOS and PAD characters (the raw row).
+
+        Raises:
+            IndexError: an id outside the vocabulary.
+        """
+        if tokens.dim() > 2:
             return [self.decode(row, keep_special=keep_special) for row in tokens]
-        s = "".join(self.chars[i] for i in tokens.tolist())
-        if keep_special:
-            return s
+        rows = self._raw_rows(tokens.reshape(-1, tokens.shape[-1]))
+        if not keep_special:
+            rows = [self._strip(s) for s in rows]
+        return rows[0] if tokens.dim() == 1 else rows
+
+    def _raw_rows(self, tokens: Tensor) -> list[str]:
+        """Every row ``[n, n_ctx]`` as its raw string (one character per id), in one table lookup."""
+        ids = tokens.detach().cpu().numpy()
+        if self._bytes is None or ids.size == 0:
+            return ["".join(self.chars[i] for i in row) for row in ids.tolist()]
+        if ids.min() < 0 or ids.max() >= len(self.chars):
+            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+            raise IndexError(f"{self.name}: token id {bad} is outside the vocabulary 0..{len(self.chars) - 1}")
+        width = ids.shape[1]
+        flat = self._bytes[ids].tobytes().decode("ascii")
+        return [flat[k : k + width] for k in range(0, len(flat), width)]
+
+    def _strip(self, s: str) -> str:
         if s.startswith(self.bos):
             s = s[1:]
         return s.split(self.eos, 1)[0].replace(self.pad, "")
 
     def is_valid(self, tokens: Int[Tensor, "batch n_ctx"]) -> Bool[Tensor, " batch"]:
-        """Whether each row is ``BOS text EOS PAD...`` with a text the grammar accepts."""
-        out = []
-        for row in tokens:
-            s = self.decode(row, keep_special=True)
-            ok = s.startswith(self.bos) and self.eos in s
-            if ok:
-                inner, rest = s[1:].split(self.eos, 1)
-                ok = set(rest) <= {self.pad} and self.bos not in inner and self.pad not in inner
-                ok = ok and (self.grammar is None or self.grammar(inner))
-            out.append(ok)
-        return torch.tensor(out, dtype=torch.bool)
+        """Whether each row is ``BOS text EOS PAD...`` with a text the grammar accepts.
+
+        The layout is checked on the whole tensor at once; the grammar is asked once per
+        distinct text.
+
+        Returns:
+            ``[batch]`` bool (CPU).
+        """
+        t = tokens.detach().cpu().long()
+        if t.ndim == 1:
+            t = t[None]
+        n, width = t.shape
+        is_eos = t == self.eos_id
+        has_eos = is_eos.any(dim=1)
+        first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full((n,), width))
+        col = torch.arange(width)[None]
+        inner = (col > 0) & (col < first_eos[:, None])
+        after = col > first_eos[:, None]
+        ok = has_eos & (t[:, 0] == self.bos_id)
+        ok &= ~(after & (t != self.pad_id)).any(dim=1)  # only PAD after the first EOS
+        ok &= ~(inner & ((t == self.bos_id) | (t == self.pad_id))).any(dim=1)  # no BOS/PAD inside
+        if self.grammar is not None and bool(ok.any()):
+            rows = torch.nonzero(ok).flatten()
+            texts = [self._strip(s) for s in self._raw_rows(t[rows])]
+            verdict = {s: bool(self.grammar(s)) for s in set(texts)}
+            ok[rows] = torch.tensor([verdict[s] for s in texts], dtype=torch.bool)
+        return ok
 
     # positions --------------------------------------------------------------------
     def special_mask(self, tokens: Int[Tensor, "batch n_ctx"]) -> Bool[Tensor, "batch n_ctx"]:

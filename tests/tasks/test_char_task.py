@@ -1,0 +1,78 @@
+"""CharTask.decode / is_valid on whole tensors against a per-row reading of the layout rule.
+
+The reference below reads each row as a string, the way the task's docstring states the rule
+(``BOS text EOS PAD...``, grammar on the text), independently of the tensor code.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tl_inversion.tasks import addition, counting
+
+
+def _reference_valid(task, row: list[int]) -> bool:
+    s = "".join(task.chars[i] for i in row)
+    if not s.startswith(task.bos) or task.eos not in s:
+        return False
+    inner, rest = s[1:].split(task.eos, 1)
+    if set(rest) - {task.pad} or task.bos in inner or task.pad in inner:
+        return False
+    return task.grammar is None or task.grammar(inner)
+
+
+def _reference_text(task, row: list[int]) -> str:
+    s = "".join(task.chars[i] for i in row)
+    return s[1:].split(task.eos, 1)[0].replace(task.pad, "") if s.startswith(task.bos) else \
+        s.split(task.eos, 1)[0].replace(task.pad, "")
+
+
+TASKS = {"counting": counting.make_task(), "addition": addition.make_task()}
+
+
+@st.composite
+def _rows(draw, name: str):
+    """Rows that are mostly well laid out (so the grammar is reached), with random damage."""
+    task = TASKS[name]
+    n_ctx = task.n_ctx
+    body = draw(st.lists(st.sampled_from(range(len(task.chars))), min_size=0, max_size=n_ctx - 2))
+    row = [task.bos_id, *body, task.eos_id]
+    row += [task.pad_id] * (n_ctx - len(row))
+    for _ in range(draw(st.integers(0, 2))):
+        row[draw(st.integers(0, n_ctx - 1))] = draw(st.sampled_from(range(len(task.chars))))
+    return row
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_is_valid_and_decode_match_the_row_by_row_rule(name, data):
+    task = TASKS[name]
+    rows = data.draw(st.lists(_rows(name), min_size=1, max_size=12))
+    tokens = torch.tensor(rows)
+    assert task.is_valid(tokens).tolist() == [_reference_valid(task, r) for r in rows]
+    assert task.decode(tokens) == [_reference_text(task, r) for r in rows]
+    assert task.decode(tokens, keep_special=True) == ["".join(task.chars[i] for i in r) for r in rows]
+    assert task.decode(tokens[0]) == _reference_text(task, rows[0])
+
+
+def test_well_formed_counting_rows_are_valid_and_damaged_ones_not():
+    task = TASKS["counting"]
+    good = task.encode(["aab|a:2", "xyzx|z:1"])
+    assert task.is_valid(good).tolist() == [True, True]
+    wrong_count = task.encode(["aab|a:3"])
+    assert task.is_valid(wrong_count).tolist() == [False]
+    second_eos = good.clone()
+    second_eos[0, -1] = task.eos_id  # PAD after EOS turned into another EOS
+    no_bos = good.clone()
+    no_bos[1, 0] = task.pad_id
+    assert task.is_valid(torch.cat([second_eos[:1], no_bos[1:]])).tolist() == [False, False]
+
+
+def test_decode_refuses_ids_outside_the_vocabulary():
+    task = TASKS["counting"]
+    with pytest.raises(IndexError, match="outside the vocabulary"):
+        task.decode(torch.tensor([[task.bos_id, len(task.chars)]]))
