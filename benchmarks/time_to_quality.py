@@ -62,6 +62,10 @@ def _config(recipe: str, sites: list[str], args: argparse.Namespace, steps: int,
         over["decoder"] = {**TrainConfig.defaults()["decoder"], "d_model": args.d_model}
     if args.no_compile:
         over["compile"] = False
+    if args.batch_size:
+        over["batch_size"] = args.batch_size
+    if args.lr:
+        over["lr"] = args.lr
     return preset_config(recipe, sites, **over)
 
 
@@ -91,13 +95,14 @@ def run_recipe(recipe: str, model: Any, args: argparse.Namespace) -> dict[str, A
     """Train ``recipe`` for ``args.seconds`` into ``args.out/recipe``; return its summary."""
     sites = [str(s) for s in paper_counting_sites(model.cfg.n_layers, model.cfg.n_heads)]
     cfg = _config(recipe, sites, args, steps=_NEVER, seconds=args.seconds)
-    out = Path(args.out) / recipe
+    out = Path(args.out) / f"{recipe}{args.tag}"
     shutil.rmtree(out, ignore_errors=True)
     res = train(model, "counting", counting.paper_split("train"), counting.paper_split("test"), cfg, out_dir=out,
                 resume=False, progress=False, callback=_EveryFewSeconds(cfg, args.eval_every_s))
     hist = res.history
     last = hist.iloc[-1]
-    summary = {"recipe": recipe, "steps": int(last["step"]), "seconds": float(last["elapsed_s"]),
+    summary = {"recipe": f"{recipe}{args.tag}", "lr": cfg.lr, "steps": int(last["step"]),
+               "seconds": float(last["elapsed_s"]),
                "inputs_seen": int(last["inputs_seen"]), "batch_size": cfg.batch_size,
                "flops_per_input": _flops_per_input(model, cfg, res.bank, int(model.cfg.n_ctx)),
                "decoder_params": sum(p.numel() for d in res.bank.decoders for p in d.parameters()),
@@ -119,7 +124,7 @@ def _first_time(curve: pd.DataFrame, level: float) -> float:
 
 def report(out: Path, target: float, peak_tflops: float) -> None:
     """Print the table of faithfulness against wall time and the time-to-quality summary."""
-    found = [r for r in RECIPES if (out / r / "summary.json").is_file()]
+    found = sorted(f.parent.name for f in out.glob("*/summary.json"))
     if not found:
         print(f"no recipe results under {out}")
         return
@@ -134,18 +139,22 @@ def report(out: Path, target: float, peak_tflops: float) -> None:
         s, c = summaries[r], curves[r]
         rate = s["inputs_seen"] / s["seconds"]
         tflops = rate * s["flops_per_input"] / 1e12
-        lines.append({"recipe": r, "device": s["device"], "steps": s["steps"], "seconds": round(s["seconds"], 1),
+        lines.append({"recipe": r, "device": s["device"], "batch": s["batch_size"], "lr": s.get("lr"),
+                      "steps": s["steps"], "seconds": round(s["seconds"], 1),
                       "inputs/s": round(rate), "final faith": round(float(c["faithfulness"].iloc[-1]), 3),
                       f"s to {target:g}": round(_first_time(c, target), 1), "TFLOP/s": round(tflops, 3),
                       "MFU %": round(100 * tflops / peak_tflops, 3)})
     print(pd.DataFrame(lines).to_string(index=False))
-    if set(found) == set(RECIPES):
+    if "paper" in found:
         paper_final = float(curves["paper"]["faithfulness"].iloc[-1])
         t_paper = float(curves["paper"]["elapsed_s"].iloc[-1])
-        t_proj = _first_time(curves["project"], paper_final)
-        print(f"\nthe paper recipe's final quality {paper_final:.3f} (after {t_paper:.0f} s): the project recipe "
-              + (f"reaches it after {t_proj:.1f} s, a speed-up of {t_paper / t_proj:.1f}x" if t_proj == t_proj
-                 else "does not reach it"))
+        for r in found:
+            if r == "paper":
+                continue
+            t_proj = _first_time(curves[r], paper_final)
+            print(f"\nthe paper recipe's final quality {paper_final:.3f} (after {t_paper:.0f} s): {r} "
+                  + (f"reaches it after {t_proj:.1f} s, a speed-up of {t_paper / t_proj:.1f}x" if t_proj == t_proj
+                     else "does not reach it"))
     print(f"(MFU against a peak of {peak_tflops:g} TFLOP/s; FLOPs = 6 x decoder params x tokens + 2 x probed params "
           "x tokens, tokens = inputs x n_ctx)")
 
@@ -183,6 +192,9 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=790.0, help="peak TFLOP/s for the MFU (H200 bf16: 790)")
     ap.add_argument("--d-model", type=int, default=0, help="decoder width (0: the presets' 256)")
     ap.add_argument("--no-compile", action="store_true", help="train the project recipe without torch.compile")
+    ap.add_argument("--batch-size", type=int, default=0, help="override the recipe's batch size (0: the preset's)")
+    ap.add_argument("--lr", type=float, default=0.0, help="override the recipe's peak learning rate (0: the preset's)")
+    ap.add_argument("--tag", default="", help="suffix of the run's folder (e.g. -b4096): variants side by side")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/time_to_quality", help="one sub-folder per recipe")
     ap.add_argument("--report", action="store_true", help="only print the table of the results under --out")
