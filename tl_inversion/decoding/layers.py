@@ -91,9 +91,11 @@ class _Block(nn.Module):
         q, k, v = self._qkv(x)
         k_cache[:, :, slot] = k[:, :, 0]
         v_cache[:, :, slot] = v[:, :, 0]
-        y = F.scaled_dot_product_attention(
-            q, k_cache[:, :, : slot + 1], v_cache[:, :, : slot + 1]
-        )
+        # one query row: two small batched matmuls (no fused kernel to pick; cuDNN's fails
+        # for 100,000-row bf16 batches on an H200)
+        k_all, v_all = k_cache[:, :, : slot + 1], v_cache[:, :, : slot + 1]
+        scores = (q @ k_all.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+        y = scores.float().softmax(dim=-1).to(v_all.dtype) @ v_all
         return self._finish(x, y, dropout=False)
 
 

@@ -28,11 +28,24 @@ def inference_autocast(device: torch.device | str) -> ContextManager[object]:
         device: the decoder's device.
 
     Returns:
-        ``torch.autocast(device_type, dtype)`` for device types in :data:`INFERENCE_AUTOCAST`,
-        else a context that does nothing.
+        ``torch.autocast(device_type, dtype)`` for device types in :data:`INFERENCE_AUTOCAST`
+        (on CUDA with cuDNN's fused attention left out), else a context that does nothing.
     """
     kind = torch.device(device).type
     dtype = INFERENCE_AUTOCAST.get(kind)
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=kind, dtype=dtype)
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast(device_type=kind, dtype=dtype))
+    if kind == "cuda":
+        stack.enter_context(_without_cudnn_attention())
+    return stack
+
+
+def _without_cudnn_attention() -> ContextManager[object]:
+    """Fused attention by any backend but cuDNN's (it fails on bf16 batches of 100,000 rows on an H200)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: no cuDNN backend to avoid
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
