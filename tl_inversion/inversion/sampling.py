@@ -41,8 +41,10 @@ use :func:`sample_checked`, which skips it.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -260,12 +262,15 @@ def sample_checked(
         z_q, z_bos, norms = _query_activations(model, qtok, pos, site, max_batch)
         draws, dists, mpos, distinct = _draw_and_verify(bank, model, task, site, z_q, settings, n_repeats, batch_size,
                                                         gen, metric, eps, max_batch, colour, min_in_preimage, compile)
-        pool = _distinct_pool(bank, task, site, draws, distinct, z_q, z_bos, colour, max_batch)
+        with _collector_paused():
+            pool = _distinct_pool(bank, task, site, draws, distinct, z_q, z_bos, colour, max_batch)
     pool.update(dist=dists.numpy().astype(np.float64), mpos=mpos.numpy())
     shown = {"schedule": settings, "n_repeats": n_repeats, "batch_size": batch_size}
     z_q_cpu = z_q.detach().cpu()
     results = []
-    for q, df in enumerate(frames(pool, n_q, eps)):
+    with _collector_paused():
+        tables = frames(pool, n_q, eps)
+    for q, df in enumerate(tables):
         extra = {}
         if min_in_preimage is not None:
             extra = {"min_in_preimage": min_in_preimage, "repeats_drawn": len(df) // (len(settings) * batch_size)}
@@ -287,6 +292,24 @@ def sample_checked(
             )
         )
     return results
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while the pool's lists are built.
+
+    The tables hold a list of token ids and one of colour values per row (200,000 lists for
+    100 queries of 1,024); the collector would walk the growing heap many times while they
+    are made (measured: 2-3x the time of building them). The lists hold no cycles; the
+    collector's previous state is restored.
+    """
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 def _distinct_pool(bank: Any, task: Any, site: Any, draws: list[Draw], distinct: UniqueRows | None, z_q: Tensor,
