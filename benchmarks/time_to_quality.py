@@ -169,14 +169,18 @@ def profile(model: Any, args: argparse.Namespace) -> None:
     for recipe in args.recipes:
         cfg = _config(recipe, sites, args, steps=args.profile_warmup + args.profile_steps + 1, seconds=0.0)
         cfg.eval_every = 0  # the evaluation at the end falls outside the profiled steps
-        with torch.profiler.profile(activities=activities, schedule=schedule(
-                wait=0, warmup=args.profile_warmup, active=args.profile_steps)) as prof:
+        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        tables: list[str] = []  # filled when the one active cycle ends (later cycles would clear its events)
+        with torch.profiler.profile(
+                activities=activities,
+                schedule=schedule(wait=0, warmup=args.profile_warmup, active=args.profile_steps, repeat=1),
+                on_trace_ready=lambda p: tables.append(p.key_averages().table(sort_by=key,
+                                                                              row_limit=args.profile_top))) as prof:
             train(model, "counting", counting.paper_split("train"), counting.paper_split("test"), cfg,
                   progress=False, callback=lambda step, record: prof.step())
-        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
         print(f"\n== {recipe}: top operations over {args.profile_steps} steps (after {args.profile_warmup} "
               f"warm-up steps), sorted by {key}")
-        print(prof.key_averages().table(sort_by=key, row_limit=args.profile_top))
+        print(tables[0] if tables else "(no complete profiling cycle: raise --profile-steps' run length)")
 
 
 def main() -> None:
