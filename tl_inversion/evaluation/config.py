@@ -13,12 +13,11 @@ nothing heavy (no torch), so the command line can build its flags cheaply.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tl_inversion.errors import ConfigError
-from tl_inversion.inversion.config import check_schedule_field
+from tl_inversion.inversion.config import check_distance_settings, check_schedule_field
 
 __all__ = ["EvaluateConfig"]
 
@@ -98,12 +97,7 @@ class EvaluateConfig:
                 or self.max_candidates == 1 or self.max_candidates < 0:
             raise ConfigError(f"max_candidates must be 0 (all) or >= 2, got {self.max_candidates!r}",
                               field="max_candidates")
-        if self.epsilon is not None and not (isinstance(self.epsilon, (int, float)) and self.epsilon > 0
-                                             and math.isfinite(self.epsilon)):
-            raise ConfigError(f"epsilon must be a positive distance, or None for the metric's default "
-                              f"(0.1 for l2, 0.25 for cosine), got {self.epsilon!r}", field="epsilon")
-        if self.metric not in ("l2", "cosine"):
-            raise ConfigError(f"metric must be 'l2' or 'cosine', got {self.metric!r}", field="metric")
+        check_distance_settings(self.epsilon, self.metric)
         if self.completeness_condition not in _BLURRED:
             raise ConfigError(f"completeness_condition must be one of {sorted(_BLURRED)}, got "
                               f"{self.completeness_condition!r}", field="completeness_condition")

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from tl_inversion.errors import ConfigError
 
-__all__ = ["SampleConfig", "check_schedule_field"]
+__all__ = ["SampleConfig", "check_distance_settings", "check_schedule_field"]
 
 Metric = Literal["l2", "cosine"]
 
@@ -47,6 +47,20 @@ def check_schedule_field(schedule: Any, name: str = "schedule") -> list[tuple[fl
             raise ConfigError(f"{name} pairs need a temperature >= 0 (0: greedy) and a noise >= 0, got ({t}, {n})",
                               field=name)
     return pairs
+
+
+def check_distance_settings(epsilon: Any, metric: Any) -> None:
+    """Check a config's ``epsilon`` (a positive finite distance, or None) and ``metric`` (``"l2"`` / ``"cosine"``).
+
+    Raises:
+        ConfigError: naming the field (``epsilon`` or ``metric``) and the valid values.
+    """
+    if epsilon is not None and not (isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)
+                                    and epsilon > 0 and math.isfinite(epsilon)):
+        raise ConfigError(f"epsilon must be a positive distance, or None for the metric's default "
+                          f"(0.1 for l2, 0.25 for cosine), got {epsilon!r}", field="epsilon")
+    if metric not in ("l2", "cosine"):
+        raise ConfigError(f"metric must be 'l2' or 'cosine', got {metric!r}", field="metric")
 
 
 @dataclass
@@ -104,12 +118,7 @@ class SampleConfig:
         m = self.min_in_preimage
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
             raise ConfigError(f"min_in_preimage must be an int >= 1 or None, got {m!r}", field="min_in_preimage")
-        if self.epsilon is not None and not (isinstance(self.epsilon, (int, float)) and self.epsilon > 0
-                                             and math.isfinite(self.epsilon)):
-            raise ConfigError(f"epsilon must be a positive distance, or None for the metric's default "
-                              f"(0.1 for l2, 0.25 for cosine), got {self.epsilon!r}", field="epsilon")
-        if self.metric not in ("l2", "cosine"):
-            raise ConfigError(f"metric must be 'l2' or 'cosine', got {self.metric!r}", field="metric")
+        check_distance_settings(self.epsilon, self.metric)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ConfigError(f"seed must be an int or None, got {self.seed!r}", field="seed")
 
