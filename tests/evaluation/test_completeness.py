@@ -73,15 +73,18 @@ def zero_bias_model(request, tmp_path_factory):
     return load_hf_gpt2(folder, request.param, "default" if request.param == "hooked" else "compat")
 
 
+def _small_bank(sites, widths, **kw):
+    """A 1-layer d16 bank over the addition task's ids (the fixtures' and tests' decoders)."""
+    size = dict(d_model=16, n_layers=1, n_heads=2, d_mlp=32, n_cond_blocks=1)
+    return DecoderBank.create(sites, widths, vocab_size=15, n_ctx=14, bos_id=TASK.bos_id, eos_id=TASK.eos_id,
+                              pad_id=TASK.pad_id, **{**size, **kw})
+
+
 @pytest.fixture(scope="module")
 def bank(model):
     torch.manual_seed(0)
     sites = [RESID, HEAD]
-    return DecoderBank.create(
-        sites, {s: site_width(model, s) for s in sites}, vocab_size=15, n_ctx=14,
-        bos_id=TASK.bos_id, eos_id=TASK.eos_id, pad_id=TASK.pad_id,
-        d_model=16, n_layers=1, n_heads=2, d_mlp=32, n_cond_blocks=1,
-    ).eval()
+    return _small_bank(sites, {s: site_width(model, s) for s in sites}).eval()
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +137,7 @@ def test_many_sites_in_one_pass_match_the_plain_loop(model, candidates):
     given = preimage_distances_by_site(model, candidates[:400], {head: zq}, TASK.special_ids, progress=False)[head]
     kw = dict(epsilon=0.5, max_candidates=None, n_samples=0, progress=False)
     torch.manual_seed(0)
-    bank = DecoderBank.create([HEAD], {HEAD: site_width(model, HEAD)}, vocab_size=15, n_ctx=14,
-                              bos_id=TASK.bos_id, eos_id=TASK.eos_id, pad_id=TASK.pad_id, d_model=16, n_layers=1,
-                              n_heads=2, d_mlp=32, n_cond_blocks=1).eval()
+    bank = _small_bank([HEAD], {HEAD: site_width(model, HEAD)}).eval()
     a = completeness(model, bank, TASK, HEAD, queries, 6, candidates[:400], distances=given, **kw)
     b = completeness(model, bank, TASK, HEAD, queries, 6, candidates[:400], **kw)
     pd_testing.assert_frame_equal(a.summary, b.summary)
@@ -233,21 +234,7 @@ def test_a_noise_flagged_bank_scores_with_the_blurred_condition(model, candidate
     torch.manual_seed(1)
     sites = [RESID, HEAD]
     widths = {s: site_width(model, s) for s in sites}
-    flagged = DecoderBank.create(
-        sites,
-        widths,
-        vocab_size=15,
-        n_ctx=14,
-        bos_id=TASK.bos_id,
-        eos_id=TASK.eos_id,
-        pad_id=TASK.pad_id,
-        noise_flag=True,
-        d_model=16,
-        n_layers=1,
-        n_heads=2,
-        d_mlp=32,
-        n_cond_blocks=1,
-    ).eval()
+    flagged = _small_bank(sites, widths, noise_flag=True).eval()
     head = validate_sites([HEAD], model)[0]
     z = harvest(model, candidates[:1], [HEAD])[head][0, 5]
     dec, idx = flagged.lookup(HEAD)
@@ -281,20 +268,7 @@ def test_a_noise_flagged_bank_scores_with_the_blurred_condition(model, candidate
     )
     assert bool(res.summary["blurred"].iloc[0])
     # a bank trained without the flag has only the exact condition
-    plain = DecoderBank.create(
-        sites,
-        widths,
-        vocab_size=15,
-        n_ctx=14,
-        bos_id=TASK.bos_id,
-        eos_id=TASK.eos_id,
-        pad_id=TASK.pad_id,
-        d_model=16,
-        n_layers=1,
-        n_heads=2,
-        d_mlp=32,
-        n_cond_blocks=1,
-    )
+    plain = _small_bank(sites, widths)
     with pytest.raises(TypeError, match="blurred must be True or False, got 'no'"):
         completeness(model, flagged, TASK, HEAD, candidates[:1], "A1", candidates[:300], blurred="no", progress=False)
     with pytest.raises(
@@ -332,21 +306,7 @@ def test_auroc_ideal_is_the_auroc_of_the_training_kernels_posterior(zero_bias_mo
     model = zero_bias_model
     torch.manual_seed(2)
     widths = {RESID: site_width(model, RESID)}
-    flagged = DecoderBank.create(
-        [RESID],
-        widths,
-        vocab_size=15,
-        n_ctx=14,
-        bos_id=TASK.bos_id,
-        eos_id=TASK.eos_id,
-        pad_id=TASK.pad_id,
-        noise_flag=True,
-        d_model=16,
-        n_layers=1,
-        n_heads=2,
-        d_mlp=32,
-        n_cond_blocks=1,
-    ).eval()
+    flagged = _small_bank([RESID], widths, noise_flag=True).eval()
     cand = candidates[:300]
     queries = candidates[:2]
     with torch.inference_mode():
@@ -402,20 +362,7 @@ def test_auroc_ideal_is_the_auroc_of_the_training_kernels_posterior(zero_bias_mo
 
     # a bank trained with noise but no flag: every training row was blurred, so its (only,
     # exact-flag) condition is the blurred posterior; the preimage kernel at epsilon gives 1
-    plain = DecoderBank.create(
-        [RESID],
-        widths,
-        vocab_size=15,
-        n_ctx=14,
-        bos_id=TASK.bos_id,
-        eos_id=TASK.eos_id,
-        pad_id=TASK.pad_id,
-        d_model=16,
-        n_layers=1,
-        n_heads=2,
-        d_mlp=32,
-        n_cond_blocks=1,
-    ).eval()
+    plain = _small_bank([RESID], widths).eval()
     plain.meta["train_config"] = {"train_noise": eps, "train_noise_shape": "preimage"}
     kw = dict(epsilon=eps, max_candidates=None, n_samples=0, progress=False)
     assert completeness(model, plain, TASK, RESID, queries, "A1", cand, **kw).summary["auroc_ideal"].tolist() == [

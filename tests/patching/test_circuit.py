@@ -36,27 +36,8 @@ def test_faithfulness_matches_hand_ablation(model, data):
         ("hook_embed", None): set(range(POS)),
         ("blocks.0.attn.hook_z", 1): {2, 5},
     }
-    comps = [("hook_embed", None), ("hook_pos_embed", None)]
-    for layer in range(2):
-        comps += [(f"blocks.{layer}.attn.hook_z", h) for h in range(model.cfg.n_heads)] + [
-            (f"blocks.{layer}.hook_mlp_out", None)
-        ]
-
-    def ablate(head, positions):
-        def fn(x, hook):
-            x = x.clone()
-            for p in range(POS):
-                if p in positions:
-                    continue
-                if head is None:
-                    x[:, p] = 0
-                else:
-                    x[:, p, head] = 0
-            return x
-
-        return fn
-
-    fwd = [(h, ablate(head, keep.get((h, head), set()))) for h, head in comps]
+    comps = _comps(model)
+    fwd = [(h, _zeroing_hook(head, keep.get((h, head), set()))) for h, head in comps]
     with torch.no_grad():
         expected = ld_at_last(model.run_with_hooks(clean, fwd_hooks=fwd), a, b).double().mean().item()
         full = ld_at_last(model(clean), a, b).double().mean().item()
@@ -75,24 +56,21 @@ def test_faithfulness_mean_ablation_runs(model, data):
     assert np.isfinite(res.score) and res.settings["source"] == "mean" and res.settings["reference_rows"] == N
 
 
-def _zero_all_but(keep):
-    """Hooks zeroing every residual writer of the tiny model except (hook, head) -> kept positions."""
+def _zeroing_hook(head, kept):
+    """A hook zeroing a component's output (one head's, or all of it) at every position not in ``kept``."""
 
-    def ablate(head, positions):
-        def fn(x, hook):
-            x = x.clone()
-            for p in range(POS):
-                if p in positions:
-                    continue
-                if head is None:
-                    x[:, p] = 0
-                else:
-                    x[:, p, head] = 0
-            return x
+    def fn(x, hook):
+        x = x.clone()
+        for p in range(POS):
+            if p in kept:
+                continue
+            if head is None:
+                x[:, p] = 0
+            else:
+                x[:, p, head] = 0
+        return x
 
-        return fn
-
-    return ablate
+    return fn
 
 
 def _comps(model):
@@ -108,7 +86,7 @@ def test_normalised_score_leads_and_matches_hand_ablation(model, data):
     clean, contrast, a, b = data
     comps = _comps(model)
     keep = {("hook_embed", None): set(range(POS)), ("blocks.1.attn.hook_z", 0): {POS - 1}}
-    ablate = _zero_all_but(keep)
+    ablate = _zeroing_hook
     with torch.no_grad():
         circ = ld_at_last(
             model.run_with_hooks(clean, fwd_hooks=[(h, ablate(hd, keep.get((h, hd), set()))) for h, hd in comps]), a, b
