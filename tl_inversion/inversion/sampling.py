@@ -330,23 +330,20 @@ def _distinct_pool(bank: Any, task: Any, site: Any, draws: list[Draw], distinct:
     arange = torch.arange(total)
     u_task = bank.to_task_tokens(u_tok)
     pad_id = bank.lookup(site)[0].cfg.pad_id
-    lengths = last_kept(u_tok == pad_id).tolist()  # trailing PAD dropped (at least one id kept)
-    u_tokens = [r[:k] for r, k in zip(u_task[:, : max(lengths, default=1)].tolist(), lengths, strict=True)]
-    u_colour: list[list[float] | None] = [None] * uniq.shape[0]
+    u_colour = None
     if colour:
         # a clean (noise 0) occurrence carries p(tok | prefix, z_q) from generation
         noisy = torch.from_numpy(noise_np > 0)
         rep = torch.full((uniq.shape[0],), 2 * total, dtype=torch.long).scatter_reduce(
             0, inverse, arange + total * noisy.long(), reduce="amin")
         gen_p = torch.cat([d.gen_lp for d in draws])[rep % total].exp()
-        diff = colour_values(bank, site, u_tok, u_q, z_q, z_bos, gen_p, rep < total, max_batch)
-        u_colour = [d[: k - 1] for d, k in zip(diff[:, : max(lengths, default=1)].tolist(), lengths, strict=True)]
+        u_colour = colour_values(bank, site, u_tok, u_q, z_q, z_bos, gen_p, rep < total, max_batch)
     inv = inverse.numpy()
     return {
         "qidx": qidx.numpy(), "inverse": inv, "valid": task.is_valid(u_task).numpy()[inv],
         "temps": np.concatenate([d.temps for d in draws]), "noise": noise_np, "count": counts.numpy()[inv],
         "duplicate": (arange != first[inverse]).numpy(), "sample": np.concatenate([d.sample for d in draws]),
-        "u_text": task.decode(u_task), "u_tokens": u_tokens, "u_colour": u_colour,
+        "u_text": task.decode(u_task), "u_ids": u_task, "u_len": last_kept(u_tok == pad_id), "u_colour": u_colour,
     }
 
 
