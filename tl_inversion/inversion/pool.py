@@ -21,6 +21,10 @@ from tl_inversion.inversion.batching import last_kept, length_chunks
 from tl_inversion.inversion.decode import decode_to_task
 from tl_inversion.inversion.result import COLUMNS
 
+#: Most logit entries one teacher-forced call may hold (2**27: 512 MiB of float32), so that a
+#: GPT-2-sized vocabulary is scored 127 rows of 21 tokens at a time whatever ``max_batch`` is.
+LOGIT_BUDGET = 2**27
+
 
 @dataclass
 class Draw:
@@ -94,9 +98,10 @@ def teacher_forced_probs(decoder: Any, site_idx: int, tokens: Tensor, z: Tensor,
                          max_batch: int) -> Tensor:
     """``p(tokens[:, i + 1] | tokens[:, :i + 1], z)`` ``[n, n_ctx - 1]`` (CPU), 0 at PAD targets.
 
-    Rows are sorted by length and run in chunks of at most ``max_batch`` rows, each cut
-    after its longest row (the decoder is causal and rows are right-padded, so this is
-    exact; :func:`~tl_inversion.inversion.batching.length_chunks`).
+    Rows are sorted by length and run in chunks of at most ``max_batch`` rows (fewer where
+    ``rows x n_ctx x vocab`` would pass :data:`LOGIT_BUDGET`), each cut after its longest
+    row (the decoder is causal and rows are right-padded, so this is exact;
+    :func:`~tl_inversion.inversion.batching.length_chunks`).
 
     Args:
         decoder: the site's decoder.
@@ -111,10 +116,13 @@ def teacher_forced_probs(decoder: Any, site_idx: int, tokens: Tensor, z: Tensor,
     if n == 0:
         return out
     dev = next(decoder.parameters()).device
-    for rows, width in length_chunks(last_kept(tokens == pad_id), max_batch):
+    # rows per call also bounded by the logits' size: [rows, n_ctx, vocab] floats (GPT-2's 50,257 ids)
+    cap = max(1, min(max_batch, LOGIT_BUDGET // (n_ctx * decoder.cfg.vocab_size)))
+    for rows, width in length_chunks(last_kept(tokens == pad_id), cap):
         width = max(width, 2)
         lp = decoder.token_logprobs(tokens[rows, :width].to(dev), z[rows.to(z.device)].to(dev), site_idx)
-        out[rows, : width - 1] = lp.exp().float().cpu()
+        p = lp.exp().float().cpu()
+        out[rows, : width - 1] = p.masked_fill(tokens[rows, 1:width] == pad_id, 0.0)  # token_logprobs gives 0 = log 1
     return out
 
 
