@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from tl_inversion.errors import InputValueError
 from tl_inversion.inversion.decode import decode_to_task
 from tl_inversion.inversion.distance import best_position, check_metric, default_epsilon
+from tl_inversion.inversion.pool import LOGIT_BUDGET
 from tl_inversion.inversion.verify import membership, special_mask_of
 from tl_inversion.model.activations import activations_at, harvest, model_device
 from tl_inversion.model.sites import SiteLike, validate_site
@@ -208,10 +209,11 @@ def decoder_logprobs(
     """Sequence log-probability ``log p(x | z_q)`` (nats) of each candidate under the site's decoder.
 
     Teacher-forced sum of :meth:`~tl_inversion.decoder.Decoder.token_logprobs` (PAD
-    targets count 0), batched. ``blurred``: the noise flag of the condition
-    (:meth:`~tl_inversion.bank.DecoderBank.pad`); ``None`` means blurred exactly when the
-    bank has a noise flag (its blurred posterior is the one trained towards the
-    epsilon-preimage).
+    targets count 0), in calls of at most ``batch_size`` candidates (fewer where
+    ``rows x n_ctx x vocab`` would pass :data:`~tl_inversion.inversion.pool.LOGIT_BUDGET`).
+    ``blurred``: the noise flag of the condition (:meth:`~tl_inversion.bank.DecoderBank.pad`);
+    ``None`` means blurred exactly when the bank has a noise flag (its blurred posterior is
+    the one trained towards the epsilon-preimage).
 
     Returns:
         ``[N]`` float32 on CPU (``<= 0``).
@@ -226,6 +228,8 @@ def decoder_logprobs(
     out = torch.empty(candidates.shape[0], dtype=torch.float32)
     was_training = dec.training
     dec.eval()
+    # rows per call also bounded by the logits' size (a GPT-2-sized vocabulary: about 127 rows of 21 ids)
+    batch_size = max(1, min(batch_size, LOGIT_BUDGET // (candidates.shape[-1] * dec.cfg.vocab_size)))
     try:
         with torch.inference_mode():
             for start in tqdm(range(0, candidates.shape[0], batch_size), disable=not progress, desc="decoder log p"):
