@@ -297,8 +297,12 @@ class DecoderBank:
             for dec, src in pairs:
                 dec.load_state_dict(src.state_dict())
 
-    def select(self, sites: Sequence[SiteLike] | None = None, *,
-               drop: Sequence[SiteLike] | None = None) -> "DecoderBank":
+    def select(
+        self,
+        sites: Any = None,  # a site or a list of them; checked here with a clear message
+        *,
+        drop: Any = None,  # likewise
+    ) -> "DecoderBank":
         """A bank of some of this bank's sites (the decoders are shared, not copied).
 
         With :meth:`merge` this combines runs: to use a newer run ``new`` for some of the
@@ -306,8 +310,9 @@ class DecoderBank:
         covers only sites ``old`` has; for others, drop only the shared ones).
 
         Args:
-            sites: the sites to keep (a site string or a list); give this or ``drop``, not both.
-            drop: the sites to leave out (a site string or a list).
+            sites: the sites to keep (a site string or :class:`~tl_inversion.model.sites.Site`,
+                or a list of them); give this or ``drop``, not both.
+            drop: the sites to leave out (a site or a list of them).
 
         Returns:
             A bank with the kept decoders in this bank's order; the per-site records
@@ -423,7 +428,9 @@ class DecoderBank:
         return blurred
 
     def pad(
-        self, z: Float[Tensor, "batch d_site"], site: SiteLike, *, blurred: bool | Tensor = False, check: bool = True
+        self, z: Float[Tensor, "batch d_site"], site: SiteLike, *,
+        blurred: Any = False,  # a bool or a [batch] 0/1 tensor; checked here with a clear message
+        check: bool = True,
     ) -> Float[Tensor, "batch d_act"]:
         """A site's activations as its decoder's condition ``[batch, d_act]``, on the decoder's device.
 
@@ -435,7 +442,8 @@ class DecoderBank:
         Args:
             z: ``[batch, d_site]`` activations of ``site``.
             site: the site they were read from.
-            blurred: a bool for every row, or a ``[batch]`` tensor of 0/1 flags.
+            blurred: a bool for every row (NumPy and 0-d torch booleans pass), or a
+                ``[batch]`` tensor of 0/1 flags.
             check: test a ``blurred`` tensor's values (a host sync; training, which draws
                 the flags itself, skips it).
 

@@ -36,6 +36,10 @@ Conventions the caller must follow:
   :meth:`tl_inversion.bank.DecoderBank.create` does this and translates at the boundary.
 * Activations narrower than ``d_act`` (e.g. a per-head ``hook_z`` next to a residual
   site) must be zero-padded to ``d_act`` by the caller.
+* The checked methods (:meth:`Decoder.forward`, :meth:`Decoder.loss`,
+  :meth:`Decoder.generate`, ...) take their batch size from ``z`` and check ``tokens`` and
+  ``site`` against it with errors that name both sizes; their annotations spell those axes
+  ``_batch`` (jaxtyping's named but unchecked axis) so that check is the one a caller meets.
 
 Generation (:meth:`Decoder.generate`) is KV-cached: one forward step per new token, never
 re-running the prefix; it masks BOS and PAD out of the sampling distribution and is
@@ -279,7 +283,7 @@ class Decoder(nn.Module):
         return self.cond_ln(a)
 
     def condition(
-        self, z: Float[Tensor, "batch d_act"], site: Int[Tensor, " batch"] | int
+        self, z: Float[Tensor, "batch d_act"], site: Int[Tensor, " _batch"] | Int[Tensor, ""] | int
     ) -> Float[Tensor, "batch d_cond"]:
         """Compute the conditioning vector ``a`` from an activation and its site.
 
@@ -317,9 +321,9 @@ class Decoder(nn.Module):
 
     def forward(
         self,
-        tokens: Int[Tensor, "batch seq"],
+        tokens: Int[Tensor, "_batch seq"],
         z: Float[Tensor, "batch d_act"],
-        site: Int[Tensor, " batch"] | int,
+        site: Int[Tensor, " _batch"] | Int[Tensor, ""] | int,
     ) -> Float[Tensor, "batch seq vocab"]:
         """Teacher-forced logits of every next token.
 
@@ -331,7 +335,7 @@ class Decoder(nn.Module):
             tokens: ``[batch, seq]`` integer ids, ``1 <= seq <= n_ctx``, normally
                 ``[BOS] x [EOS] PAD..`` (right padding).
             z: ``[batch, d_act]`` activations.
-            site: ``[batch]`` site indices (or one int for all rows).
+            site: ``[batch]`` site indices (or one int or 0-d tensor for all rows).
 
         Returns:
             ``[batch, seq, vocab_size]`` logits.
@@ -351,9 +355,9 @@ class Decoder(nn.Module):
 
     def loss(
         self,
-        tokens: Int[Tensor, "batch seq"],
+        tokens: Int[Tensor, "_batch seq"],
         z: Float[Tensor, "batch d_act"],
-        site: Int[Tensor, " batch"] | int,
+        site: Int[Tensor, " _batch"] | Int[Tensor, ""] | int,
     ) -> Float[Tensor, ""]:
         """Mean next-token cross-entropy (nats per target token), PAD targets ignored.
 
@@ -364,7 +368,7 @@ class Decoder(nn.Module):
         Args:
             tokens: ``[batch, seq]`` integer ids with ``2 <= seq <= n_ctx``.
             z: ``[batch, d_act]`` activations.
-            site: ``[batch]`` site indices (or one int for all rows).
+            site: ``[batch]`` site indices (or one int or 0-d tensor for all rows).
 
         Returns:
             A scalar float32 tensor (differentiable).
@@ -397,9 +401,9 @@ class Decoder(nn.Module):
 
     def token_logprobs(
         self,
-        tokens: Int[Tensor, "batch seq"],
+        tokens: Int[Tensor, "_batch seq"],
         z: Float[Tensor, "batch d_act"],
-        site: Int[Tensor, " batch"] | int,
+        site: Int[Tensor, " _batch"] | Int[Tensor, ""] | int,
     ) -> Float[Tensor, "batch seq_minus_1"]:
         """Log-probability of each next token under teacher forcing.
 
@@ -414,7 +418,7 @@ class Decoder(nn.Module):
         Args:
             tokens: ``[batch, seq]`` integer ids with ``2 <= seq <= n_ctx``.
             z: ``[batch, d_act]`` activations.
-            site: ``[batch]`` site indices (or one int for all rows).
+            site: ``[batch]`` site indices (or one int or 0-d tensor for all rows).
 
         Returns:
             ``[batch, seq - 1]`` float32 log-probabilities (``<= 0``).
@@ -463,8 +467,8 @@ class Decoder(nn.Module):
     def generate(
         self,
         z: Float[Tensor, "batch d_act"],
-        site: Int[Tensor, " batch"] | int,
-        temperature: float | Float[Tensor, " batch"] = 1.0,
+        site: Int[Tensor, " _batch"] | Int[Tensor, ""] | int,
+        temperature: float | Float[Tensor, " _batch"] | Float[Tensor, ""] = 1.0,
         max_len: int | None = None,
         generator: torch.Generator | None = None,
         *,
@@ -492,7 +496,7 @@ class Decoder(nn.Module):
 
         Args:
             z: ``[batch, d_act]`` activations (zero-padded to ``d_act`` by the caller).
-            site: ``[batch]`` site indices (or one int for all rows).
+            site: ``[batch]`` site indices (or one int or 0-d tensor for all rows).
             temperature: softmax temperature, a float for all rows or a ``[batch]`` tensor
                 (one per row); ``0`` means greedy argmax for that row. Must be finite and
                 ``>= 0``.

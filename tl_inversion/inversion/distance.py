@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float, Int, Shaped
 from torch import Tensor
 
 from tl_inversion.errors import InputTypeError, InputValueError
@@ -90,8 +90,8 @@ def _float(t: Tensor) -> Tensor:
 
 
 def distance(
-    z: Float[Tensor, "*#batch d"],
-    z_q: Float[Tensor, "*#batch d"],
+    z: Shaped[Tensor, "*#batch d"],
+    z_q: Shaped[Tensor, "*#batch _d"],
     metric: str = "l2",
 ) -> Float[Tensor, "*#batch"]:
     """Distance of activations ``z`` from a query activation ``z_q`` (InversionView Sec. 2).
@@ -100,9 +100,13 @@ def distance(
     ``"cosine"``: ``1 - cos(z, z_q)``. Both are unitless. Leading dimensions broadcast
     (e.g. ``z [N, pos, d]`` against ``z_q [N, 1, d]``); the last dimension is the vector.
 
+    Dtypes and widths are checked here, with clear errors (so the annotations leave them
+    unchecked: ``Shaped`` and the ``_``-prefixed axis name ``_d``).
+
     Args:
-        z: candidate activations ``[*batch, d]``.
-        z_q: query activations ``[*batch, d]`` (broadcastable against ``z``), same device.
+        z: candidate activations ``[*batch, d]``, floating point (half precision is upcast).
+        z_q: query activations ``[*batch, d]`` (broadcastable against ``z``), floating
+            point, same device.
         metric: ``"l2"`` or ``"cosine"``.
 
     Returns:
@@ -135,9 +139,9 @@ def distance(
 
 
 def best_position(
-    acts: Float[Tensor, "N pos d"],
-    z_q: Float[Tensor, "N d"] | Float[Tensor, " d"],
-    special_mask: Bool[Tensor, "N pos"] | None = None,
+    acts: Float[Tensor, "..."],
+    z_q: Float[Tensor, "_N _d"] | Float[Tensor, " _d"],
+    special_mask: Bool[Tensor, "_N _pos"] | None = None,
     metric: str = "l2",
 ) -> tuple[Float[Tensor, " N"], Int[Tensor, " N"]]:
     """Minimum distance over a row's positions, special positions excluded (Sec. 2).
@@ -146,6 +150,9 @@ def best_position(
     ``special_mask[n, t] == False``, and ``pos[n]`` the arg-min (the first one on ties). This
     is the membership rule of InversionView: the probed model is never told where the
     query came from, so a sample matches wherever its activation is closest.
+
+    The shapes are checked here, with errors that name the expected shape (so the
+    annotations leave them unchecked: ``"..."`` and ``_``-prefixed axis names).
 
     Args:
         acts: activations of candidate inputs at one site, ``[N, pos, d]``.

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 
 from tl_inversion.errors import InputTypeError, InputValueError, SiteError
@@ -67,9 +67,9 @@ def _as_tokens(tokens: Any, name: str = "tokens") -> Tensor:
 
 def membership(
     model: Any,
-    tokens: Int[Tensor, "N n_ctx"],
+    tokens: Shaped[Tensor, "_N _n_ctx"] | Shaped[Tensor, " _n_ctx"],
     site: SiteLike,
-    z_q: Float[Tensor, "N d"] | Float[Tensor, " d"],
+    z_q: Float[Tensor, "_N _d"] | Float[Tensor, " _d"],
     special_ids: Sequence[int] | Tensor,
     metric: str = "l2",
     batch_size: int = VERIFY_BATCH,
@@ -82,6 +82,10 @@ def membership(
     activations at the kept positions), reads the site's activation at
     every position and returns, per row, the minimum distance to that row's ``z_q`` over
     positions that do not hold a special token, and where it was reached.
+
+    The dtype of ``tokens`` and the shapes of ``tokens`` and ``z_q`` (rows, width) are
+    checked here, with errors that name what is expected (so the annotations leave them
+    unchecked: ``Shaped`` and ``_``-prefixed axis names).
 
     Args:
         model: the probed ``HookedTransformer`` or ``TransformerBridge`` (any device).
@@ -232,7 +236,7 @@ def measure_faithfulness(
     model: Any,
     task: Any,
     tokens: Int[Tensor, "N n_ctx"],
-    positions: Int[Tensor, " N"] | int | str,
+    positions: Int[Tensor, " _N"] | int | str,
     *,
     sites: Sequence[SiteLike] | None = None,
     epsilon: float = FAITHFULNESS_EPSILON,
@@ -261,8 +265,9 @@ def measure_faithfulness(
         model: the probed ``HookedTransformer`` or ``TransformerBridge``.
         task: the task (``special_ids``, ``is_valid``, named positions).
         tokens: held-out inputs ``[N, n_ctx]`` (token ids, any device).
-        positions: absolute position per row ``[N]``, or one int / task-named position for
-            all rows (a negative int counts from each row's last non-PAD token).
+        positions: absolute position per row ``[N]`` (its length is checked here), or one
+            int / task-named position for all rows (a negative int counts from each row's
+            last non-PAD token).
         sites: the sites to measure (default: every site of the bank).
         epsilon: membership threshold (paper 0.1; unitless, see
             :mod:`tl_inversion.inversion.distance`).

@@ -13,11 +13,11 @@ from tl_inversion.tasks.base import CharTask, PositionError
 from tl_inversion.tasks.plan import EvalPlan, default_plan
 from tl_inversion.tasks.protocol import Task
 
-_TASKS: dict[str, tuple[Callable[[], CharTask], Callable[[str], Tensor]]] = {}
+_TASKS: dict[str, tuple[Callable[[], Task], Callable[[str], Tensor]]] = {}
 _BUILTINS_LOADED = False
 
 
-def register(name: str, make: Callable[[], CharTask], data: Callable[[str], Tensor]) -> None:
+def register(name: str, make: Callable[[], Task], data: Callable[[str], Tensor]) -> None:
     """Register a task: ``make()`` builds it, ``data(split)`` gives ``[n, n_ctx]`` token ids."""
     _TASKS[name] = (make, data)
 
@@ -42,7 +42,7 @@ def task_names() -> list[str]:
     return sorted(_TASKS)
 
 
-def get_task(name: str) -> CharTask:
+def get_task(name: str) -> Task:
     """The task called ``name``.
 
     Raises:
@@ -53,7 +53,7 @@ def get_task(name: str) -> CharTask:
     return _TASKS[name][0]()
 
 
-def as_task(task: Any) -> CharTask:
+def as_task(task: Any) -> Task:
     """``task`` itself, or the registered task of that name.
 
     Raises:

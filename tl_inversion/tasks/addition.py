@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import random
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -161,7 +162,10 @@ def make_task() -> AdditionTask:
     )
 
 
-def encode_pairs(a: Int[np.ndarray, " n"], b: Int[np.ndarray, " n"]) -> Int[Tensor, "n 14"]:
+def encode_pairs(
+    a: Int[np.ndarray, " _n"] | Sequence[int],  # the lengths are checked here with a clear message
+    b: Int[np.ndarray, " _n"] | Sequence[int],
+) -> Int[Tensor, "n 14"]:
     """Token ids of ``B a+b=(a+b) E P...`` for arrays of operands, vectorised.
 
     Args:

@@ -16,7 +16,7 @@ encoder, because the task's grammar only admits operands 100..999.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from jaxtyping import Int
@@ -132,7 +132,7 @@ def addition_resample_digits(
     tokens: Int[Tensor, "n 14"],
     digits: Sequence[str],
     *,
-    generator: torch.Generator | int | None = None,
+    generator: Any = None,  # a torch.Generator, an int seed or None; checked with a clear message
     must_change: bool = False,
     clean_sum_lengths: Sequence[int] | None = None,
     contrast_sum_lengths: Sequence[int] | None = None,

@@ -98,7 +98,7 @@ class ContrastSet:
         )
 
 
-def as_generator(generator: torch.Generator | int | None) -> torch.Generator:
+def as_generator(generator: Any) -> torch.Generator:  # checked here with a clear message
     """A CPU ``torch.Generator`` from a generator, a seed, or ``None`` (seed 0).
 
     Raises:

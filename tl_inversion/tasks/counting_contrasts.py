@@ -18,7 +18,7 @@ builder is deterministic given ``generator`` (a ``torch.Generator`` or an int se
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from jaxtyping import Int
@@ -69,7 +69,7 @@ def counting_length_mask(tokens: Int[Tensor, "n 33"],
 def counting_random_contrasts(
     tokens: Int[Tensor, "n 33"],
     *,
-    generator: torch.Generator | int | None = None,
+    generator: Any = None,  # a torch.Generator, an int seed or None; checked with a clear message
     pool: Int[Tensor, "m 33"] | None = None,
     exclude_lengths: Sequence[int] = PAPER_EXCLUDED_LENGTHS,
 ) -> ContrastSet:
@@ -141,7 +141,7 @@ def counting_random_contrasts(
 def counting_flip_contrasts(
     tokens: Tensor,  # [n, 33] counting rows; checked here with a clear message
     *,
-    generator: torch.Generator | int | None = None,
+    generator: Any = None,  # a torch.Generator, an int seed or None; checked with a clear message
     exclude_lengths: Sequence[int] = PAPER_EXCLUDED_LENGTHS,
     chunk_size: int = 32768,
 ) -> ContrastSet:

@@ -13,7 +13,7 @@ Sec. 3 (completeness), Sec. 4 (readings as features shared by the preimage).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -39,8 +39,10 @@ class EvalPlan:
             tables.
         features: ``{name: g}`` with ``g(tokens [n, n_ctx]) -> [n]`` values, called on
             well-formed inputs only.
-        completeness_queries: query texts whose true preimage is enumerated (empty: skip).
-        completeness_positions: positions at which every completeness query is read.
+        completeness_queries: query texts whose true preimage is enumerated (empty: skip); a
+            list (or tuple), not a lone string.
+        completeness_positions: positions at which every completeness query is read; a list
+            (or tuple), not a lone string.
         candidates: ``() -> [N, n_ctx]`` the enumerated input space (needed for completeness).
         class_fn: task-level class of an input for ``class_recall`` (optional).
         min_members: completeness rows whose true preimage is smaller are reported but not
@@ -49,8 +51,9 @@ class EvalPlan:
 
     positions: list[PositionLike]
     features: dict[str, Feature] = field(default_factory=dict)
-    completeness_queries: list[str] = field(default_factory=list)
-    completeness_positions: list[PositionLike] = field(default_factory=list)
+    # Sequence, not list: a lone string (itself a sequence) must reach completeness_rows's clear message
+    completeness_queries: Sequence[str] = field(default_factory=list)
+    completeness_positions: Sequence[PositionLike] = field(default_factory=list)
     candidates: Callable[[], Tensor] | None = None
     class_fn: Callable[[Tensor], Any] | None = None
     min_members: int = 10

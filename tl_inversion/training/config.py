@@ -12,14 +12,15 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Callable, Literal, get_args
 
 from tl_inversion.errors import ConfigError, InputTypeError
 from tl_inversion.io import plain_bool, plain_number
 from tl_inversion.model.sites import parse_sites
 from tl_inversion.training.noise import NOISE_SHAPES
 
-__all__ = ["TrainConfig", "RESUMABLE_CHANGES", "TOPOLOGIES", "SCHEDULES", "METRICS", "PRESETS", "preset_config"]
+__all__ = ["TrainConfig", "RESUMABLE_CHANGES", "TOPOLOGIES", "SCHEDULES", "METRICS", "PRESETS", "preset_config",
+           "init_accepts_any"]
 
 Topology = Literal["per_hook", "shared"]
 Schedule = Literal["constant", "cosine"]
@@ -41,8 +42,36 @@ _INTS = ("steps", "batch_size", "warmup_steps", "eval_every", "eval_n", "checkpo
 _FLOATS = ("lr", "weight_decay", "grad_clip", "bos_prob", "train_noise", "epsilon", "rebalance_temperature",
            "time_limit_s")
 _BOOLS = ("train_noise_flag", "rebalance", "amp", "stack", "compile")
+_CHOICES = ("topology", "schedule", "metric", "train_noise_shape")
 
 
+def init_accepts_any(*names: str) -> Callable[[type], type]:
+    """Class decorator (above ``@dataclass``): ``__init__`` takes any value for fields ``names``.
+
+    A config dataclass's field annotations say what each field holds once built (the command
+    line reads them for its flags: types, choices, ``--x/--no-x``), but ``__post_init__``
+    accepts more for these fields and converts it (a NumPy or torch scalar, an int for a
+    float) or refuses it with an error naming the field (a string for a number, an unknown
+    choice). This annotates those parameters of the generated ``__init__`` as ``Any``, so a
+    runtime type checker (jaxtyping's import hook with beartype) leaves them to
+    ``__post_init__``; the fields' own annotations are unchanged.
+
+    Raises:
+        InputTypeError: a name that is not a parameter of the class's ``__init__``.
+    """
+
+    def decorate(cls: type) -> type:
+        annotations = cls.__init__.__annotations__
+        unknown = [n for n in names if n not in annotations]
+        if unknown:
+            raise InputTypeError(f"{cls.__name__}.__init__ has no parameters {unknown}")
+        annotations.update(dict.fromkeys(names, Any))
+        return cls
+
+    return decorate
+
+
+@init_accepts_any(*_INTS, *_FLOATS, *_BOOLS, *_CHOICES, "sites", "init_banks")  # __post_init__ converts them
 @dataclass
 class TrainConfig:
     """How to train decoders (InversionView Sec. 3 and App. C; defaults are the paper's).
@@ -161,8 +190,7 @@ class TrainConfig:
         self._normalise_lists()
 
     def _check_choices(self) -> None:
-        for name, valid in (("topology", TOPOLOGIES), ("schedule", SCHEDULES), ("metric", METRICS),
-                            ("train_noise_shape", tuple(NOISE_SHAPES))):
+        for name, valid in zip(_CHOICES, (TOPOLOGIES, SCHEDULES, METRICS, tuple(NOISE_SHAPES)), strict=True):
             if getattr(self, name) not in valid:
                 raise ConfigError(f"{name} must be one of {valid}, got {getattr(self, name)!r}", field=name)
 

@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Any
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float, Shaped
 from torch import Tensor
 
 from tl_inversion.errors import InputTypeError, InputValueError
@@ -49,7 +50,10 @@ _GRID = 8193  # points of the angle's inverse CDF
 
 
 def perturb(
-    z: Float[Tensor, "batch d"], level: float, generator: torch.Generator, shape: str = "gaussian"
+    z: Float[Tensor, "..."],  # [batch, d >= 1]; checked here with a clear message
+    level: float,
+    generator: Any,  # a torch.Generator; checked here with a clear message
+    shape: str = "gaussian",
 ) -> Float[Tensor, "batch d"]:
     """Blur activations ``z`` by one of the kernels of this module (its docstring compares them).
 
@@ -136,7 +140,9 @@ def _angle_grid(level: float, d: int) -> tuple[Tensor, Tensor]:
 
 
 def preimage_kernel_sample(
-    f: Float[Tensor, "batch d"], level: float, generator: torch.Generator
+    f: Float[Tensor, "..."],  # [batch, d]; checked here with a clear message
+    level: float,
+    generator: torch.Generator,
 ) -> Float[Tensor, "batch d"]:
     """One draw per row of the preimage kernel ``K(z | f) ∝ ||z||^-d 1[||z - f|| <= level ||z||]``.
 
@@ -187,10 +193,10 @@ def preimage_kernel_sample(
     return (norm * rho * direction).to(f.dtype)
 
 
-def kernel_log_posterior(
-    z_q: Float[Tensor, " d"],
-    acts: Float[Tensor, "N T d"],
-    ignore: Bool[Tensor, "N T"],
+def kernel_log_posterior(  # the shapes and the dtype of ignore are checked here with clear messages
+    z_q: Float[Tensor, "..."],  # [d]
+    acts: Float[Tensor, "..."],  # [N, T, d]
+    ignore: Shaped[Tensor, "..."],  # bool [N, T]
     shape: str | None,
     level: float,
 ) -> Float[Tensor, " N"]:

@@ -23,9 +23,14 @@ from tl_inversion.devices import resolve_device
 from tl_inversion.errors import InputValueError
 from tl_inversion.io import atomic_write_dir, atomic_write_json, plain_number
 from tl_inversion.tasks.base import CharTask
+from tl_inversion.training.config import init_accepts_any
 from tl_inversion.training.schedule import lr_factor
 
+_INTS = ("n_layers", "d_model", "n_heads", "steps", "batch_size", "warmup_steps", "seed")
+_FLOATS = ("lr", "weight_decay")
 
+
+@init_accepts_any(*_INTS, *_FLOATS, "d_mlp")  # __post_init__ converts them
 @dataclass
 class ProbedConfig:
     """Shape and optimisation of a probed model.
@@ -57,11 +62,11 @@ class ProbedConfig:
 
     def __post_init__(self) -> None:
         # NumPy / torch scalars become plain numbers (the recipe is written as JSON)
-        for name in ("n_layers", "d_model", "n_heads", "steps", "batch_size", "warmup_steps", "seed"):
+        for name in _INTS:
             setattr(self, name, plain_number(name, getattr(self, name), int))
         if self.d_mlp is not None:
             self.d_mlp = plain_number("d_mlp", self.d_mlp, int)
-        for name in ("lr", "weight_decay"):
+        for name in _FLOATS:
             setattr(self, name, plain_number(name, getattr(self, name), float))
         for name in ("n_layers", "d_model", "n_heads", "steps", "batch_size"):
             if getattr(self, name) < 1:

@@ -20,12 +20,13 @@ from tl_inversion.io import atomic_write_json
 from tl_inversion.model import fingerprints
 from tl_inversion.model.activations import check_tokens, harvest
 from tl_inversion.model.sites import Site
-from tl_inversion.tasks.base import CharTask, sample_positions
+from tl_inversion.tasks.base import sample_positions
+from tl_inversion.tasks.protocol import Task
 from tl_inversion.training.checkpoint import RunState, latest_checkpoint
 from tl_inversion.training.config import TrainConfig
 
 
-def _as_token_ids(task: CharTask, data: Any, name: str) -> Tensor:
+def _as_token_ids(task: Task, data: Any, name: str) -> Tensor:
     """``data`` as ``[n, n_ctx]`` token ids: a tensor as is, a list of texts encoded by the task."""
     if isinstance(data, Tensor):
         return data
@@ -37,7 +38,7 @@ def _as_token_ids(task: CharTask, data: Any, name: str) -> Tensor:
     )
 
 
-def _check_data(model: Any, task: CharTask, train_data: Tensor, eval_data: Tensor) -> None:
+def _check_data(model: Any, task: Task, train_data: Tensor, eval_data: Tensor) -> None:
     for name, data in (("train_data", train_data), ("eval_data", eval_data)):
         check_tokens(model, data, name)
         if data.shape[-1] != task.n_ctx:
@@ -56,7 +57,7 @@ def _check_data(model: Any, task: CharTask, train_data: Tensor, eval_data: Tenso
         )
 
 
-def _new_bank(model: Any, task: CharTask, sites: list[Site], cfg: TrainConfig, probe: Tensor) -> DecoderBank:
+def _new_bank(model: Any, task: Task, sites: list[Site], cfg: TrainConfig, probe: Tensor) -> DecoderBank:
     """A freshly initialised bank for ``sites`` with the run's record in ``meta`` and each
     site embedding initialised from the activations of ``probe`` at trainable positions.
     """
@@ -113,7 +114,7 @@ def _open_log(out: Path, run: RunState) -> IO[str]:
     return (out / "log.jsonl").open("a")
 
 
-def _held_out(task: CharTask, eval_data: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
+def _held_out(task: Task, eval_data: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
     """``n`` held-out inputs (a seeded random subset) and one trainable position each."""
     g = torch.Generator().manual_seed(seed + 1)
     idx = torch.randperm(eval_data.shape[0], generator=g)[:n]

@@ -36,7 +36,7 @@ from typing import IO, Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -48,7 +48,8 @@ from tl_inversion.model.activations import harvest
 from tl_inversion.model.checks import check_model
 from tl_inversion.model.sites import Site, validate_sites
 from tl_inversion.tasks import as_task
-from tl_inversion.tasks.base import CharTask, check_trainable, sample_positions
+from tl_inversion.tasks.base import check_trainable, sample_positions
+from tl_inversion.tasks.protocol import Task
 from tl_inversion.training.checkpoint import RunState, check_resumable, check_same_task_and_model, warm_start
 from tl_inversion.training.config import TrainConfig
 from tl_inversion.training.distributed import Distributed
@@ -155,7 +156,7 @@ class _Loop:
     ``ddp.rows(batch_size)`` only; see :mod:`.distributed`.
     """
 
-    def __init__(self, model: Any, task: CharTask, sites: list[Site], run: RunState, data: Tensor,
+    def __init__(self, model: Any, task: Task, sites: list[Site], run: RunState, data: Tensor,
                  held: tuple[Tensor, Tensor], log: IO[str] | None, ddp: Distributed | None = None) -> None:
         self.model, self.task, self.sites, self.run, self.data, self.held, self.log = \
             model, task, sites, run, data, held, log
@@ -351,10 +352,10 @@ def _train_steps(loop: _Loop, out: Path | None, progress: bool,
 
 def train(
     model: Any,
-    task: CharTask | str,
-    train_data: Int[Tensor, "n n_ctx"] | Sequence[str],
-    eval_data: Int[Tensor, "m n_ctx"] | Sequence[str],
-    cfg: TrainConfig,
+    task: Task | str,
+    train_data: Any,  # [n, n_ctx] token ids or a list of texts; checked here with a clear message
+    eval_data: Any,  # likewise
+    cfg: Any,  # a TrainConfig; checked here with a clear message
     *,
     out_dir: str | Path | None = None,
     resume: bool = True,
@@ -366,11 +367,14 @@ def train(
 
     Args:
         model: the probed ``HookedTransformer`` or ``TransformerBridge`` (any device).
-        task: the task or its registered name (vocabulary, special tokens, trainable positions).
-        train_data: training inputs: ``[n, n_ctx]`` token ids (BOS first, right-padded), or
-            a list of texts (encoded with ``task.encode``).
+        task: the task (any object with the members of
+            :class:`~tl_inversion.tasks.protocol.Task`: a built-in task, a
+            :class:`~tl_inversion.tasks.custom.TextTask`...) or its registered name
+            (vocabulary, special tokens, trainable positions).
+        train_data: training inputs: a ``[n, n_ctx]`` integer tensor of token ids (BOS
+            first, right-padded), or a list of texts (encoded with ``task.encode``).
         eval_data: held-out inputs for the faithfulness rate (same forms).
-        cfg: the training configuration.
+        cfg: the training configuration, a :class:`TrainConfig`.
         out_dir: folder for checkpoints (``checkpoints/``), the log (``log.jsonl``: one JSON
             record per logged step, with ``elapsed_s`` wall seconds of training over all
             calls and ``inputs_seen``) and the final bank (``bank/``); ``None`` keeps
@@ -433,7 +437,7 @@ def _on_device(model: Any, device: torch.device, ddp: Distributed) -> None:
         model.to(device)
 
 
-def _train(model: Any, task: CharTask, train_data: Tensor, eval_data: Tensor, cfg: TrainConfig, ddp: Distributed, *,
+def _train(model: Any, task: Task, train_data: Tensor, eval_data: Tensor, cfg: TrainConfig, ddp: Distributed, *,
            out: Path | None, resume: bool, progress: bool, callback: Callable[[int, dict[str, Any]], None] | None,
            save_dtype: torch.dtype | None) -> TrainResult:
     """:func:`train` after its argument checks, as rank ``ddp.rank`` of ``ddp.world``."""
