@@ -194,7 +194,7 @@ def test_sample_cosine_uses_the_librarys_epsilon(capsys, monkeypatch):
         colour=False,
     )
     assert seen == [direct.epsilon] == [default_epsilon("cosine")] == [0.25]
-    assert "'epsilon': 0.25" in capsys.readouterr().out
+    assert "epsilon=0.25, metric='cosine'" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

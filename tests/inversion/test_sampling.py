@@ -388,6 +388,12 @@ def test_argument_errors_and_position_warnings(one):
         sample_preimage(bank, model, TASK, QUERY, SITE, 2, **SMALL)
     with pytest.warns(UntrainedPositionWarning, match="special token"):
         sample_preimage(bank, model, TASK, QUERY, SITE, 0, **SMALL)
+    with pytest.raises(ValueError, match="queries is empty"):
+        sample_many(bank, model, TASK, [], SITE, ":")
+    with pytest.raises(TypeError, match="item 1 is int"):
+        sample_many(bank, model, TASK, [QUERY, 5], SITE, ":")
+    with pytest.raises(ValueError, match=f"rows are {TASK.n_ctx} ids long .* got rows of 10"):
+        sample_preimage(bank, model, TASK, TASK.encode(QUERY)[0, :10], SITE, ":")
     cos = sample_preimage(bank, model, TASK, QUERY, SITE, ":", metric="cosine", **SMALL)
     assert cos.epsilon == 0.25 and (cos.df["in_preimage"] == (cos.df["distance"] <= 0.25)).all()
     assert PAPER_SCHEDULE == ((0.5, 0.0), (1.0, 0.0), (2.0, 0.0), (2.0, 0.1))

@@ -57,6 +57,7 @@ def test_is_valid_and_decode_match_the_row_by_row_rule(name, data):
     assert task.decode(tokens) == [_reference_text(task, r) for r in rows]
     assert task.decode(tokens, keep_special=True) == ["".join(task.chars[i] for i in r) for r in rows]
     assert task.decode(tokens[0]) == _reference_text(task, rows[0])
+    assert task.decode(rows[0]) == _reference_text(task, rows[0])  # a list of ids, as in PreimageResult.df.tokens
 
 
 def test_well_formed_counting_rows_are_valid_and_damaged_ones_not():

@@ -28,3 +28,18 @@ def test_unknown_names_are_refused():
         @dataclasses.dataclass
         class C:
             x: int = 0
+
+
+def test_empty_sites_and_bad_decoder_sizes_fail_when_the_config_is_built():
+    site = ["blocks.0.hook_resid_post"]
+    with pytest.raises(ConfigError, match="sites is empty") as e:
+        TrainConfig(sites=[])
+    assert e.value.field == "sites"
+    with pytest.raises(ConfigError, match=r"unknown keys \['dmodel'\]; valid keys: \['d_model'") as e:
+        TrainConfig(sites=site, decoder={"dmodel": 32})
+    assert e.value.field == "decoder"
+    with pytest.raises(ConfigError, match="n_heads=4 must divide d_model=30"):
+        TrainConfig(sites=site, decoder={"d_model": 30, "n_heads": 4})
+    with pytest.raises(ConfigError, match="unknown keys.*vocab_size"):
+        TrainConfig(sites=site, decoder={"vocab_size": 5})  # set by train() from the task
+    assert TrainConfig(sites=site, decoder={"d_model": 32, "n_heads": 4, "dropout": 0.1}).decoder["d_model"] == 32

@@ -70,7 +70,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model = load_model(args)
     bank = attach_bank(banks, bank, model, allow_mismatch=cfg.allow_mismatch)
     result = sample_preimage(bank, model, get_task(args.task), args.query, args.site, args.position, **cfg.kwargs())
-    print(result.summary())
+    print(repr(result))  # one line: query, site, position, candidates in and out of the preimage, epsilon
     columns = ["text", "distance", "matched_pos", "in_preimage", "valid", "temperature", "noise"]
     print(result.df[columns].head(args.top).to_string())
     if args.html:

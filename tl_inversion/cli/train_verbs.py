@@ -16,9 +16,6 @@ from tl_inversion.errors import InputValueError
 
 __all__ = ["cmd_train", "cmd_train_probed", "populate_train", "populate_train_probed"]
 
-# DecoderConfig fields the bank fills from the task and the sites (not settable in TrainConfig.decoder)
-_DECODER_SET_BY_BANK = ("vocab_size", "n_ctx", "d_act", "bos_id", "eos_id", "pad_id", "n_sites")
-
 
 def _train_config_class() -> type:
     from tl_inversion.training.config import TrainConfig
@@ -57,6 +54,7 @@ def cmd_train_probed(args: argparse.Namespace) -> int:
 def populate_train(p: argparse.ArgumentParser) -> None:
     """The flags of ``train``: the probed model, the run folder, and every TrainConfig field."""
     from tl_inversion.decoding.config import DecoderConfig
+    from tl_inversion.training.config import DECODER_SET_BY_TRAINING
 
     add_model_args(p, device=False)  # TrainConfig.device places the model too
     p.add_argument("--task", default="counting", help=TASK_HELP)
@@ -70,7 +68,7 @@ def populate_train(p: argparse.ArgumentParser) -> None:
                    help="dtype of the final bank on disk (default: %(default)s)")
     cfg = add_config_args(
         p, _train_config_class(), title="training (TrainConfig; --decoder-*: DecoderConfig)",
-        nested={"decoder": Nested(DecoderConfig, exclude=_DECODER_SET_BY_BANK)},
+        nested={"decoder": Nested(DecoderConfig, exclude=DECODER_SET_BY_TRAINING)},
         aliases={"time_limit_s": ["--time-limit"], "init_banks": ["--init-bank"], "decoder.d_model": ["--d-model"],
                  "decoder.n_layers": ["--n-layers"], "decoder.n_heads": ["--n-heads"]},
         overrides={"sites": {"required": False, "metavar": "SITE"}, "init_banks": {"metavar": "BANK"}},
@@ -90,7 +88,7 @@ def _sites(args: argparse.Namespace, sites: list[str] | None, model: Any) -> lis
     if args.preset == "paper-addition" or (paper and args.task == "addition"):
         return [str(s) for s in paper_addition_sites(model.cfg.n_layers, model.cfg.n_heads)]
     raise InputValueError("give --sites (site strings, e.g. 'blocks.1.attn.hook_result[0]') or --preset "
-                          "(paper, paper-counting, paper-addition)")
+                          "(paper-counting, paper-addition; paper or cpu with --task counting or addition)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

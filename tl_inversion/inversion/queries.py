@@ -17,7 +17,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_inversion.errors import InputTypeError, InputValueError, PositionError, TLInversionWarning
-from tl_inversion.tasks.base import real_end
+from tl_inversion.tasks.base import CharTask, real_end
 
 __all__ = [
     "QueryFormatWarning",
@@ -62,13 +62,23 @@ def query_tokens(task: Any, queries: Any) -> Int[Tensor, "Q n_ctx"]:
     """Query rows ``[Q, n_ctx]`` (int64, CPU) from a text, a list of texts or token ids.
 
     Raises:
-        InputTypeError: float/bool ids, or neither texts nor a tensor.
-        InputValueError: a tensor that is not ``[n_ctx]`` / ``[Q >= 1, n_ctx]``, or a text
+        InputTypeError: float/bool ids, a list holding something other than texts, or
+            neither texts nor a tensor.
+        InputValueError: an empty list, a tensor that is not ``[n_ctx]`` / ``[Q >= 1,
+            n_ctx]`` (for a fixed-length character task: rows of another length), or a text
             the task cannot encode.
     """
     if isinstance(queries, str):
         return task.encode(queries)
-    if isinstance(queries, (list, tuple)) and queries and all(isinstance(q, str) for q in queries):
+    if isinstance(queries, (list, tuple)):
+        if not queries:
+            raise InputValueError("queries is empty: give at least one query (a text or a token row)")
+        bad = [i for i, q in enumerate(queries) if not isinstance(q, str)]
+        if bad:
+            raise InputTypeError(
+                f"queries must all be texts (or give one token tensor [Q, n_ctx]); item {bad[0]} is "
+                f"{type(queries[bad[0]]).__name__}"
+            )
         return task.encode(list(queries))
     if isinstance(queries, Tensor):
         if queries.is_floating_point() or queries.dtype == torch.bool:
@@ -76,6 +86,11 @@ def query_tokens(task: Any, queries: Any) -> Int[Tensor, "Q n_ctx"]:
         q = queries[None] if queries.ndim == 1 else queries
         if q.ndim != 2 or q.shape[0] == 0:
             raise InputValueError(f"query tokens must have shape [n_ctx] or [Q, n_ctx], got {tuple(queries.shape)}")
+        if isinstance(task, CharTask) and q.shape[1] != task.n_ctx:
+            raise InputValueError(
+                f"{task.name} query rows are {task.n_ctx} ids long (BOS text EOS PAD..., as task.encode gives); "
+                f"got rows of {q.shape[1]}"
+            )
         return q.detach().long().cpu()
     raise InputTypeError(
         f"a query is a text (encoded by the task) or a token tensor [n_ctx] / [Q, n_ctx], got {type(queries).__name__}"

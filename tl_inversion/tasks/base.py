@@ -155,16 +155,20 @@ class CharTask:
             raise InputValueError(f"{self.name}: unknown character in rows")
         return torch.from_numpy(ids.astype(np.int64))
 
-    def decode(self, tokens: Int[Tensor, "... n_ctx"], *, keep_special: bool = False) -> str | list[str]:
+    def decode(self, tokens: Int[Tensor, "... n_ctx"] | Sequence[int], *, keep_special: bool = False
+               ) -> str | list[str]:
         """Text of token rows; by default without BOS, and cut at the first EOS.
 
         Args:
-            tokens: ids ``[n_ctx]`` (one text) or ``[..., n_ctx]`` (nested lists of texts).
+            tokens: ids ``[n_ctx]`` (one text) or ``[..., n_ctx]`` (nested lists of texts); a
+                list of ids (e.g. a row of ``PreimageResult.df.tokens``) is one row.
             keep_special: keep BOS, EOS and PAD characters (the raw row).
 
         Raises:
             IndexError: an id outside the vocabulary.
         """
+        if not isinstance(tokens, Tensor):
+            tokens = torch.as_tensor(tokens, dtype=torch.long)
         if tokens.dim() > 2:
             return [self.decode(row, keep_special=keep_special) for row in tokens]
         rows = self._raw_rows(tokens.reshape(-1, tokens.shape[-1]))

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, get_args
 
-from tl_inversion.errors import ConfigError, InputTypeError
+from tl_inversion.decoding.config import DecoderConfig
+from tl_inversion.errors import ConfigError, InputTypeError, InputValueError
 from tl_inversion.io import plain_bool, plain_number
 from tl_inversion.model.sites import parse_sites
 from tl_inversion.training.noise import NOISE_SHAPES
 
 __all__ = ["TrainConfig", "RESUMABLE_CHANGES", "TOPOLOGIES", "SCHEDULES", "METRICS", "PRESETS", "preset_config",
-           "init_accepts_any"]
+           "init_accepts_any", "DECODER_SET_BY_TRAINING"]
 
 Topology = Literal["per_hook", "shared"]
 Schedule = Literal["constant", "cosine"]
@@ -43,6 +44,10 @@ _FLOATS = ("lr", "weight_decay", "grad_clip", "bos_prob", "train_noise", "epsilo
            "time_limit_s")
 _BOOLS = ("train_noise_flag", "rebalance", "amp", "stack", "compile")
 _CHOICES = ("topology", "schedule", "metric", "train_noise_shape")
+# DecoderConfig fields that train() fills from the task and the sites; `decoder` may set the others
+_DECODER_PROBE = {"vocab_size": 8, "n_ctx": 8, "d_act": 8, "bos_id": 0, "eos_id": 1, "pad_id": 2, "n_sites": 1}
+#: DecoderConfig fields ``train()`` sets from the task and the sites (``TrainConfig.decoder`` sets the others).
+DECODER_SET_BY_TRAINING = tuple(_DECODER_PROBE)
 
 
 def init_accepts_any(*names: str) -> Callable[[type], type]:
@@ -235,6 +240,23 @@ class TrainConfig:
         self.init_banks = [str(b) for b in self.init_banks]
         # one spelling per site, each once (like validate_sites), so a resumed run compares equal
         self.sites = list(dict.fromkeys(str(s) for s in parse_sites(self.sites)))
+        if not self.sites:
+            raise ConfigError("sites is empty: name the sites to train, e.g. ['blocks.0.attn.hook_result[0]'] "
+                              "(or start from a preset: preset_config(name, sites))", field="sites")
+        self._check_decoder()
+
+    def _check_decoder(self) -> None:
+        if not isinstance(self.decoder, dict):
+            raise ConfigError(f"decoder must be a dict of decoder sizes, e.g. {{'d_model': 256}}, got {self.decoder!r}",
+                              field="decoder")
+        valid = [f.name for f in dataclasses.fields(DecoderConfig) if f.name not in DECODER_SET_BY_TRAINING]
+        unknown = sorted(set(self.decoder) - set(valid))
+        if unknown:
+            raise ConfigError(f"decoder has unknown keys {unknown}; valid keys: {valid}", field="decoder")
+        try:  # sizes that do not fit (n_heads vs d_model, a negative size) fail now, not in train()
+            DecoderConfig(**{**_DECODER_PROBE, **self.decoder})
+        except InputValueError as e:
+            raise ConfigError(str(e), field="decoder") from None
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-ready values (written with checkpoints and banks)."""
