@@ -19,6 +19,9 @@ lr 1e-4 constant, rebalancing). Each recipe's run goes to ``--out/<recipe>`` (it
 ``log.jsonl``); the table is built from whatever recipes that folder holds, so the two may
 run in separate calls (``--recipe project``, then ``--recipe paper``, then ``--report``).
 
+    # a run longer than one 10-minute command: stop each call with a checkpoint, then resume
+    python benchmarks/time_to_quality.py --model ../shared/models/paper_counting --device cuda \
+        --recipe project --seconds 600 --call-seconds 300 --out runs/ttq          # then again with --resume
     # one H200, each call under 10 minutes:
     python benchmarks/time_to_quality.py --model ../shared/models/paper_counting --device cuda \\
         --recipe project --seconds 240 --out runs/ttq
@@ -37,7 +40,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -71,17 +76,25 @@ def _config(recipe: str, sites: list[str], args: argparse.Namespace, steps: int,
 
 class _EveryFewSeconds:
     """A train() callback that asks for an evaluation at the first step after each mark of
-    ``period`` wall seconds (it sets ``cfg.eval_every`` to that step; a resumable field)."""
+    ``period`` wall seconds (it sets ``cfg.eval_every`` to that step; a resumable field), and,
+    with ``stop_after`` > 0, stops this call after that many seconds the way Ctrl-C does
+    (SIGINT: train() writes a checkpoint, then raises KeyboardInterrupt), so that a run longer
+    than one command may last goes on with ``--resume`` in the next."""
 
-    def __init__(self, cfg: TrainConfig, period: float) -> None:
+    def __init__(self, cfg: TrainConfig, period: float, stop_after: float = 0.0) -> None:
         self.cfg, self.period, self.t0, self.next = cfg, period, time.perf_counter(), period
+        self.stop_after, self.stopping = stop_after, False
 
     def __call__(self, step: int, record: dict[str, Any]) -> None:
-        if time.perf_counter() - self.t0 >= self.next:
+        now = time.perf_counter() - self.t0
+        if now >= self.next:
             self.cfg.eval_every = step + 1
             self.next += self.period
         else:
             self.cfg.eval_every = _NEVER
+        if self.stop_after and now >= self.stop_after and not self.stopping:
+            self.stopping = True
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def _flops_per_input(model: Any, cfg: TrainConfig, bank: Any, n_ctx: int) -> float:
@@ -91,14 +104,26 @@ def _flops_per_input(model: Any, cfg: TrainConfig, bank: Any, n_ctx: int) -> flo
     return 6.0 * dec * n_ctx + 2.0 * probed * n_ctx
 
 
-def run_recipe(recipe: str, model: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Train ``recipe`` for ``args.seconds`` into ``args.out/recipe``; return its summary."""
+def run_recipe(recipe: str, model: Any, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Train ``recipe`` for ``args.seconds`` into ``args.out/recipe``; return its summary.
+
+    With ``--call-seconds``, this call stops after that many seconds with a checkpoint and
+    returns None; ``--resume`` continues it (the time budget and the learning-rate schedule
+    count over all calls).
+    """
     sites = [str(s) for s in paper_counting_sites(model.cfg.n_layers, model.cfg.n_heads)]
     cfg = _config(recipe, sites, args, steps=_NEVER, seconds=args.seconds)
     out = Path(args.out) / f"{recipe}{args.tag}"
-    shutil.rmtree(out, ignore_errors=True)
-    res = train(model, "counting", counting.paper_split("train"), counting.paper_split("test"), cfg, out_dir=out,
-                resume=False, progress=False, callback=_EveryFewSeconds(cfg, args.eval_every_s))
+    if not args.resume:
+        shutil.rmtree(out, ignore_errors=True)
+    try:
+        res = train(model, "counting", counting.paper_split("train"), counting.paper_split("test"), cfg,
+                    out_dir=out, resume=args.resume, progress=False,
+                    callback=_EveryFewSeconds(cfg, args.eval_every_s, args.call_seconds))
+    except KeyboardInterrupt:
+        print(f"{recipe}{args.tag}: stopped after --call-seconds {args.call_seconds:g} with a checkpoint in {out}; "
+              "run the same command with --resume to go on")
+        return None
     hist = res.history
     last = hist.iloc[-1]
     summary = {"recipe": f"{recipe}{args.tag}", "lr": cfg.lr, "steps": int(last["step"]),
@@ -199,6 +224,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=0, help="override the recipe's batch size (0: the preset's)")
     ap.add_argument("--lr", type=float, default=0.0, help="override the recipe's peak learning rate (0: the preset's)")
     ap.add_argument("--tag", default="", help="suffix of the run's folder (e.g. -b4096): variants side by side")
+    ap.add_argument("--call-seconds", type=float, default=0.0,
+                    help="stop this call after so many seconds with a checkpoint (0: run to --seconds)")
+    ap.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/time_to_quality", help="one sub-folder per recipe")
     ap.add_argument("--report", action="store_true", help="only print the table of the results under --out")
