@@ -126,7 +126,7 @@ def sample_many(
     bank: Any,
     model: Any,
     task: Any,
-    queries: Int[Tensor, "Q n_ctx"] | Int[Tensor, " n_ctx"] | Sequence[str] | str,
+    queries: Int[Tensor, "Q n_ctx"] | Int[Tensor, " n_ctx"] | Sequence[Any] | str,  # a list of texts; checked here
     site: SiteLike,
     positions: Int[Tensor, " Q"] | Sequence[int | str] | int | str,
     *,
@@ -194,7 +194,7 @@ def sample_checked(
     bank: Any,
     model: Any,
     task: Any,
-    queries: Int[Tensor, "Q n_ctx"] | Int[Tensor, " n_ctx"] | Sequence[str] | str,
+    queries: Int[Tensor, "Q n_ctx"] | Int[Tensor, " n_ctx"] | Sequence[Any] | str,  # a list of texts; checked here
     site: SiteLike,
     positions: Int[Tensor, " Q"] | Sequence[int | str] | int | str,
     *,
