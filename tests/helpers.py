@@ -128,8 +128,9 @@ def build_tokenizer(cfg: dict | None = None):
 
     ``"1 2 3"`` and ``"123"`` both encode to ``[10, 1, 2, 3]`` (BOS prepended).
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from tl_inversion.tasks.gpt2_tokenizer import wrap_for_transformer_lens
 
     d_vocab = (cfg or TINY_CFG)["d_vocab"]
     assert d_vocab == len(TINY_VOCAB), f"tiny tokenizer has {len(TINY_VOCAB)} tokens, cfg wants {d_vocab}"
@@ -138,25 +139,9 @@ def build_tokenizer(cfg: dict | None = None):
     tk.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Digits(individual_digits=True)]
     )
-    tk.post_processor = processors.TemplateProcessing(
-        single=f"{SPECIAL_TOKEN}:0 $A:0",
-        pair=f"{SPECIAL_TOKEN}:0 $A:0 {SPECIAL_TOKEN}:1 $B:1",
-        special_tokens=[(SPECIAL_TOKEN, SPECIAL_ID)],
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        bos_token=SPECIAL_TOKEN,
-        eos_token=SPECIAL_TOKEN,
-        pad_token=SPECIAL_TOKEN,
-        unk_token=SPECIAL_TOKEN,
-        add_bos_token=True,  # keeps TL's get_tokenizer_with_bos from re-loading it (hub)
-        padding_side="right",
-        model_max_length=(cfg or TINY_CFG)["n_ctx"],
-        # get_tokenizer_with_bos does init_kwargs.pop("name_or_path") -> KeyError unless it
-        # was a constructor kwarg. Never fetched (add_bos_token=True); just a label.
-        name_or_path="tl-inversion/tiny-digits",
-    )
-    return tok
+    # TransformerLens-ready wrapping, as for GPT-2's own BPE (one special token, right padding)
+    return wrap_for_transformer_lens(tk, SPECIAL_TOKEN, SPECIAL_ID, model_max_length=(cfg or TINY_CFG)["n_ctx"],
+                                     name="tl-inversion/tiny-digits")
 
 
 #: Standard deviation of the random biases every tiny model gets (TL and HF initialise biases

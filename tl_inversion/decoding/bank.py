@@ -16,7 +16,7 @@ explicitly overridden (then a warning).
 On disk: ``bank.json`` (configs and metadata) + ``decoders.safetensors`` (all weights),
 written atomically.
 
-Why one module of about 680 lines: every method of :class:`DecoderBank` (construction,
+Why one module of about 700 lines: every method of :class:`DecoderBank` (construction,
 merge/select, lookup and padding, model checks, save/load) keeps the same invariants of
 ``groups``, ``widths`` and the decoder ids; save/load (about 120 lines) is the cut to make
 first if it grows.

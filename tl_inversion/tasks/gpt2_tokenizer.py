@@ -28,7 +28,8 @@ from typing import Any
 
 from tl_inversion.errors import LoadError, MissingPathError
 
-__all__ = ["GPT2_VOCAB_SIZE", "ENDOFTEXT", "ENDOFTEXT_ID", "gpt2_bpe_files", "gpt2_tokenizer"]
+__all__ = ["GPT2_VOCAB_SIZE", "ENDOFTEXT", "ENDOFTEXT_ID", "gpt2_bpe_files", "gpt2_tokenizer",
+           "wrap_for_transformer_lens"]
 
 #: GPT-2's vocabulary size: 256 bytes + 50,000 merges + ``<|endoftext|>``.
 GPT2_VOCAB_SIZE = 50257
@@ -96,6 +97,45 @@ def _pair_in(path: Path) -> tuple[Path, Path] | None:
     return None
 
 
+def wrap_for_transformer_lens(tk: Any, special: str, special_id: int, *, model_max_length: int, name: str) -> Any:
+    """A ``tokenizers.Tokenizer`` as the ``PreTrainedTokenizerFast`` TransformerLens uses without a hub.
+
+    One special token serves as BOS, EOS, PAD and UNK (GPT-2's ``<|endoftext|>`` convention)
+    and is prepended to every text; padding is on the right. ``add_bos_token=True`` and a
+    ``name_or_path`` constructor argument keep TransformerLens's ``get_tokenizer_with_bos``
+    from reloading the tokenizer by name (it pops that key and would fetch from the hub).
+
+    Args:
+        tk: the ``tokenizers.Tokenizer`` (model and pre-tokenizer set).
+        special: the special token's text.
+        special_id: its id in ``tk``'s vocabulary.
+        model_max_length: the longest input, in tokens.
+        name: a label stored as ``name_or_path`` (never fetched).
+
+    Returns:
+        A ``transformers.PreTrainedTokenizerFast``.
+    """
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tk.post_processor = processors.TemplateProcessing(
+        single=f"{special}:0 $A:0",
+        pair=f"{special}:0 $A:0 {special}:1 $B:1",
+        special_tokens=[(special, special_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token=special,
+        eos_token=special,
+        pad_token=special,
+        unk_token=special,
+        add_bos_token=True,
+        padding_side="right",
+        model_max_length=model_max_length,
+        name_or_path=name,
+    )
+
+
 def gpt2_tokenizer(folder: str | Path | None = None, *, model_max_length: int = 1024) -> Any:
     """GPT-2's tokenizer as a Hugging Face ``PreTrainedTokenizerFast``, built offline.
 
@@ -121,8 +161,7 @@ def gpt2_tokenizer(folder: str | Path | None = None, *, model_max_length: int = 
 
     Source: GPT-2's BPE files (OpenAI, MIT licence), Hugging Face ``tokenizers``.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     vocab_file, merges_file = gpt2_bpe_files(folder)
     try:
@@ -136,23 +175,8 @@ def gpt2_tokenizer(folder: str | Path | None = None, *, model_max_length: int = 
         raise LoadError(f"{vocab_file} is not GPT-2's vocabulary: {tk.get_vocab_size()} tokens with {ENDOFTEXT} at "
                         f"{tk.token_to_id(ENDOFTEXT)}, expected {GPT2_VOCAB_SIZE} with {ENDOFTEXT} at {ENDOFTEXT_ID}")
     tk.add_special_tokens([ENDOFTEXT])  # already in the vocabulary: marks it special, adds no id
-    tk.post_processor = processors.TemplateProcessing(
-        single=f"{ENDOFTEXT}:0 $A:0",
-        pair=f"{ENDOFTEXT}:0 $A:0 {ENDOFTEXT}:1 $B:1",
-        special_tokens=[(ENDOFTEXT, ENDOFTEXT_ID)],
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        bos_token=ENDOFTEXT,
-        eos_token=ENDOFTEXT,
-        pad_token=ENDOFTEXT,
-        unk_token=ENDOFTEXT,
-        add_bos_token=True,  # TransformerLens then uses it as it is (no hub download)
-        padding_side="right",
-        model_max_length=model_max_length,
-        # a constructor kwarg, so that TransformerLens's init_kwargs.pop("name_or_path") finds it
-        name_or_path=f"gpt2-bpe:{vocab_file}",
-    )
+    tok = wrap_for_transformer_lens(tk, ENDOFTEXT, ENDOFTEXT_ID, model_max_length=model_max_length,
+                                    name=f"gpt2-bpe:{vocab_file}")
     if len(tok) != GPT2_VOCAB_SIZE:
         raise LoadError(f"the tokenizer built from {vocab_file} has {len(tok)} tokens, expected {GPT2_VOCAB_SIZE}")
     return tok
