@@ -171,9 +171,8 @@ class CharTask:
             tokens = torch.as_tensor(tokens, dtype=torch.long)
         if tokens.dim() > 2:
             return [self.decode(row, keep_special=keep_special) for row in tokens]
-        rows = self._raw_rows(tokens.reshape(-1, tokens.shape[-1]))
-        if not keep_special:
-            rows = [self._strip(s) for s in rows]
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        rows = self._raw_rows(flat) if keep_special else self._texts(flat)
         return rows[0] if tokens.dim() == 1 else rows
 
     def _raw_rows(self, tokens: Tensor) -> list[str]:
@@ -181,17 +180,44 @@ class CharTask:
         ids = tokens.detach().cpu().numpy()
         if self._bytes is None or ids.size == 0:
             return ["".join(self.chars[i] for i in row) for row in ids.tolist()]
-        if ids.min() < 0 or ids.max() >= len(self.chars):
-            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
-            raise IndexError(f"{self.name}: token id {bad} is outside the vocabulary 0..{len(self.chars) - 1}")
+        self._check_ids(ids)
         width = ids.shape[1]
         flat = self._bytes[ids].tobytes().decode("ascii")
         return [flat[k : k + width] for k in range(0, len(flat), width)]
 
+    def _check_ids(self, ids: np.ndarray) -> None:
+        """Raise IndexError naming the first id outside ``0 .. len(chars) - 1``."""
+        if ids.min() < 0 or ids.max() >= len(self.chars):
+            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+            raise IndexError(f"{self.name}: token id {bad} is outside the vocabulary 0..{len(self.chars) - 1}")
+
     def _strip(self, s: str) -> str:
+        """One raw row's text: a leading BOS dropped, cut at the first EOS, PAD removed."""
         if s.startswith(self.bos):
             s = s[1:]
         return s.split(self.eos, 1)[0].replace(self.pad, "")
+
+    def _texts(self, tokens: Tensor) -> list[str]:
+        """:meth:`_strip` of every row ``[n, n_ctx]``, worked out on the whole array.
+
+        Every row's kept characters (after a leading BOS, before the first EOS, not PAD) are
+        picked by one mask over the whole array and decoded as one string, which is then cut
+        at the rows' cumulative lengths: one slice per row instead of three string
+        operations (the H200 profile of 100 queries x 1,024 candidates spent 0.18 s in them).
+        """
+        ids = tokens.detach().cpu().numpy()
+        if self._bytes is None or ids.size == 0:
+            return [self._strip(s) for s in self._raw_rows(tokens)]
+        self._check_ids(ids)
+        width = ids.shape[1]
+        col = np.arange(width)[None]
+        start = (ids[:, :1] == self.bos_id).astype(np.int64)
+        is_eos = (ids == self.eos_id) & (col >= start)
+        first_eos = np.where(is_eos.any(axis=1), is_eos.argmax(axis=1), width)[:, None]
+        keep = (col >= start) & (col < first_eos) & (ids != self.pad_id)
+        flat = self._bytes[ids[keep]].tobytes().decode("ascii")  # row-major: each row's kept characters in turn
+        ends = np.cumsum(keep.sum(axis=1)).tolist()
+        return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
     def is_valid(self, tokens: Int[Tensor, "batch n_ctx"]) -> Bool[Tensor, " batch"]:
         """Whether each row is ``BOS text EOS PAD...`` with a text the grammar accepts.
@@ -217,7 +243,7 @@ class CharTask:
         ok &= ~(inner & ((t == self.bos_id) | (t == self.pad_id))).any(dim=1)  # no BOS/PAD inside
         if self.grammar is not None and bool(ok.any()):
             rows = torch.nonzero(ok).flatten()
-            texts = [self._strip(s) for s in self._raw_rows(t[rows])]
+            texts = self._texts(t[rows])
             verdict = {s: bool(self.grammar(s)) for s in set(texts)}
             ok[rows] = torch.tensor([verdict[s] for s in texts], dtype=torch.bool)
         return ok
