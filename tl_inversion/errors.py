@@ -24,6 +24,7 @@ __all__ = [
     "SiteError",
     "TLInversionError",
     "TLInversionWarning",
+    "TokenIdError",
 ]
 
 
@@ -39,6 +40,10 @@ class InputValueError(TLInversionError, ValueError):
 
 class InputTypeError(TLInversionError, TypeError):
     """An argument has the wrong type (the message names the expected type)."""
+
+
+class TokenIdError(TLInversionError, IndexError):
+    """A token id outside the vocabulary (the message gives the id and the valid range)."""
 
 
 class ConfigError(InputValueError):

@@ -6,11 +6,14 @@ The reference below reads each row as a string, the way the task's docstring sta
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tl_inversion.errors import InputTypeError, InputValueError, TLInversionError, TokenIdError
 from tl_inversion.tasks import addition, counting
 
 
@@ -77,3 +80,59 @@ def test_decode_refuses_ids_outside_the_vocabulary():
     task = TASKS["counting"]
     with pytest.raises(IndexError, match="outside the vocabulary"):
         task.decode(torch.tensor([[task.bos_id, len(task.chars)]]))
+
+
+def test_lists_and_arrays_read_as_the_tensor_does():
+    task = TASKS["counting"]
+    rows = task.encode(["aab|a:2", "xyzx|z:1", "ab|a:3"])
+    expected_valid = [True, True, False]  # hand-checked: the third row's count is wrong
+    for form in (rows, rows.tolist(), rows.numpy(), tuple(map(tuple, rows.tolist()))):
+        assert task.is_valid(form).tolist() == expected_valid
+        assert task.decode(form) == ["aab|a:2", "xyzx|z:1", "ab|a:3"]
+
+
+def test_empty_and_zero_width_inputs():
+    task = TASKS["counting"]
+    assert task.decode(torch.zeros(0, task.n_ctx, dtype=torch.long)) == []
+    assert task.decode([]) == ""  # one row of no ids: the empty text
+    assert task.decode(torch.zeros(2, 0, dtype=torch.long)) == ["", ""]
+    assert task.is_valid(torch.zeros(2, 0, dtype=torch.long)).tolist() == [False, False]
+    assert task.is_valid(torch.zeros(0, task.n_ctx, dtype=torch.long)).tolist() == []
+
+
+@pytest.mark.parametrize("bad, err, words", [
+    ([37, 0.9, 38], InputTypeError, "must be integers, got float64"),
+    ([True, False], InputTypeError, "must be integers, got bool"),
+    (torch.tensor([[37.5, 38.0]]), InputTypeError, "torch.float32 tensor"),
+    (torch.tensor([[True, False]]), InputTypeError, "torch.bool tensor"),
+    (torch.tensor(5), InputValueError, "got one number"),
+    ([[37, 38], [37]], InputValueError, "one length"),
+    (torch.zeros(1, 34, dtype=torch.long), InputValueError, "at most n_ctx = 33 ids long, got rows of 34"),
+    (torch.zeros(1, 33, dtype=torch.long, device="meta"), InputValueError, "meta device"),
+    ([37, 40], TokenIdError, "token id 40 is outside the vocabulary 0..39"),
+    ([37, -1], TokenIdError, "token id -1 is outside"),
+])
+@pytest.mark.parametrize("method", ["decode", "is_valid"])
+def test_bad_ids_get_a_clear_error(method, bad, err, words):
+    task = TASKS["counting"]
+    with pytest.raises(err, match=re.escape(words)) as info:
+        getattr(task, method)(bad)
+    assert isinstance(info.value, TLInversionError)
+    assert method in str(info.value)
+
+
+def test_out_of_vocabulary_ids_are_refused_even_after_eos():
+    task = TASKS["counting"]
+    row = task.encode(["aab|a:2"])
+    row[0, -1] = len(task.chars) + 5  # in the padding, where the text no longer reads
+    for method in (task.decode, task.is_valid):
+        with pytest.raises(IndexError, match="outside the vocabulary"):
+            method(row)
+
+
+def test_is_valid_refuses_more_than_two_dimensions():
+    task = TASKS["counting"]
+    with pytest.raises(InputValueError, match=re.escape("got shape [2, 3, 33]")):
+        task.is_valid(torch.zeros(2, 3, 33, dtype=torch.long))
+    nested = task.decode(torch.stack([task.encode(["ab|a:1", "abc|c:1"])] * 2))
+    assert nested == [["ab|a:1", "abc|c:1"]] * 2
