@@ -394,6 +394,10 @@ def test_argument_errors_and_position_warnings(one):
         sample_many(bank, model, TASK, [QUERY, 5], SITE, ":")
     with pytest.raises(ValueError, match=f"rows are {TASK.n_ctx} ids long .* got rows of 10"):
         sample_preimage(bank, model, TASK, TASK.encode(QUERY)[0, :10], SITE, ":")
+    with pytest.raises(ValueError, match=re.escape("n_repeats must be >= 1 (an int), got 0")):
+        sample_preimage(bank, model, TASK, QUERY, SITE, ":", n_repeats=0)
+    with pytest.raises(TypeError, match="n_repeats"):  # a str, not a bad count (jaxtyping's hook words it in CI)
+        sample_preimage(bank, model, TASK, QUERY, SITE, ":", n_repeats="2")
     cos = sample_preimage(bank, model, TASK, QUERY, SITE, ":", metric="cosine", **SMALL)
     assert cos.epsilon == 0.25 and (cos.df["in_preimage"] == (cos.df["distance"] <= 0.25)).all()
     assert PAPER_SCHEDULE == ((0.5, 0.0), (1.0, 0.0), (2.0, 0.0), (2.0, 0.1))

@@ -99,8 +99,11 @@ def _check_schedule(schedule: Sequence[tuple[float, float]]) -> list[tuple[float
 
 
 def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputValueError(f"{name} must be a positive int, got {value!r}")
+    """``value`` if it is an int >= 1 (worded as :class:`~.config.SampleConfig` words it)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputTypeError(f"{name} must be an int >= 1, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise InputValueError(f"{name} must be >= 1 (an int), got {value!r}")
     return value
 
 
