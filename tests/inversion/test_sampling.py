@@ -398,6 +398,9 @@ def test_argument_errors_and_position_warnings(one):
         sample_preimage(bank, model, TASK, QUERY, SITE, ":", n_repeats=0)
     with pytest.raises(TypeError, match="n_repeats"):  # a str, not a bad count (jaxtyping's hook words it in CI)
         sample_preimage(bank, model, TASK, QUERY, SITE, ":", n_repeats="2")
+    # 4 settings x 10**12 x 64 rows: refused before any work (it used to hang building the schedule)
+    with pytest.raises(ValueError, match=re.escape("= 256,000,000,000,000 candidates per query; at most 16,777,216")):
+        sample_preimage(bank, model, TASK, QUERY, SITE, ":", n_repeats=10**12)
     cos = sample_preimage(bank, model, TASK, QUERY, SITE, ":", metric="cosine", **SMALL)
     assert cos.epsilon == 0.25 and (cos.df["in_preimage"] == (cos.df["distance"] <= 0.25)).all()
     assert PAPER_SCHEDULE == ((0.5, 0.0), (1.0, 0.0), (2.0, 0.0), (2.0, 0.1))
@@ -463,3 +466,12 @@ def test_left_padded_queries_are_refused(one):
     left = torch.cat([torch.tensor([TASK.pad_id]), row[:-1]])
     with pytest.raises(ValueError, match="left-padded"):
         sample_preimage(bank, model, TASK, left, SITE, 3, **SMALL)
+
+
+def test_counts_accept_any_integer_type():
+    from tl_inversion.inversion.sampling import _positive_int
+
+    assert _positive_int("n_repeats", np.int64(3)) == 3 and type(_positive_int("n_repeats", np.int64(3))) is int
+    for bad in (True, 2.0, "2", None):
+        with pytest.raises(TypeError, match="n_repeats must be an int >= 1"):
+            _positive_int("n_repeats", bad)

@@ -7,7 +7,9 @@ The reference below reads each row as a string, the way the task's docstring sta
 from __future__ import annotations
 
 import re
+import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -101,8 +103,8 @@ def test_empty_and_zero_width_inputs():
 
 
 @pytest.mark.parametrize("bad, err, words", [
-    ([37, 0.9, 38], InputTypeError, "must be integers, got float64"),
-    ([True, False], InputTypeError, "must be integers, got bool"),
+    ([37, 0.9, 38], InputTypeError, "got float64 values"),
+    ([True, False], InputTypeError, "got bool values"),
     (torch.tensor([[37.5, 38.0]]), InputTypeError, "torch.float32 tensor"),
     (torch.tensor([[True, False]]), InputTypeError, "torch.bool tensor"),
     (torch.tensor(5), InputValueError, "got one number"),
@@ -136,3 +138,41 @@ def test_is_valid_refuses_more_than_two_dimensions():
         task.is_valid(torch.zeros(2, 3, 33, dtype=torch.long))
     nested = task.decode(torch.stack([task.encode(["ab|a:1", "abc|c:1"])] * 2))
     assert nested == [["ab|a:1", "abc|c:1"]] * 2
+
+
+def test_unusual_id_containers():
+    task = TASKS["counting"]
+    rows = task.encode(["aab|a:2", "ab|a:3"])
+    frozen = rows.numpy().copy()
+    frozen.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "array is not writable" warning from torch
+        assert task.is_valid(frozen).tolist() == [True, False]
+    reversed_rows = rows.numpy()[::-1]  # negative strides
+    assert task.is_valid(reversed_rows).tolist() == [False, True]
+    assert task.decode(reversed_rows) == ["ab|a:3", "aab|a:2"]
+    assert task.decode(torch.empty(0)) == ""  # an empty row of any dtype is the empty text, like []
+    assert task.decode(rows.to(torch.uint8)) == ["aab|a:2", "ab|a:3"]
+
+
+@pytest.mark.parametrize("bad, err, words", [
+    ([2**63], TokenIdError, f"token id {2**63} is outside"),
+    (np.array([2**64 - 1], dtype=np.uint64), TokenIdError, f"token id {2**64 - 1} is outside"),
+    ([5, 2**70], TokenIdError, f"token id {2**70} is outside"),
+    ([-(2**70), 5], TokenIdError, f"token id {-(2**70)} is outside"),
+    ("abc", InputTypeError, "got a str; encode texts with counting.encode"),
+    (None, InputTypeError, "got a NoneType"),
+    ({0: 1}, InputTypeError, "got a dict"),
+    (torch.tensor([[1, 2]]).to_sparse(), InputTypeError, "dense integer tensor"),
+])
+def test_more_bad_containers(bad, err, words):
+    task = TASKS["counting"]
+    for method in (task.decode, task.is_valid):
+        with pytest.raises(err, match=re.escape(words)) as info:
+            method(bad)
+        assert isinstance(info.value, TLInversionError)
+
+
+def test_keep_special_must_be_a_bool():
+    with pytest.raises(TypeError, match="keep_special"):  # InputTypeError; jaxtyping's hook words it in CI
+        TASKS["counting"].decode([37, 0, 38], keep_special="no")

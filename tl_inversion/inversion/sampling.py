@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import numbers
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -98,13 +99,20 @@ def _check_schedule(schedule: Sequence[tuple[float, float]]) -> list[tuple[float
     return out
 
 
+#: Most candidates one query's pool may hold (settings x n_repeats x batch_size): 2**24 rows of
+#: 33 ids are already 4.4 GB of int64 tokens; larger requests are refused before any work.
+MAX_POOL = 2**24
+
+
 def _positive_int(name: str, value: Any) -> int:
-    """``value`` if it is an int >= 1 (worded as :class:`~.config.SampleConfig` words it)."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """``value`` as an int if it is an integer >= 1 (numpy's too; worded as
+    :class:`~.config.SampleConfig` words it).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InputTypeError(f"{name} must be an int >= 1, got {value!r} ({type(value).__name__})")
     if value < 1:
         raise InputValueError(f"{name} must be >= 1 (an int), got {value!r}")
-    return value
+    return int(value)
 
 
 def _check_settings(metric: str, epsilon: float | None, schedule: Sequence[tuple[float, float]], n_repeats: Any,
@@ -121,6 +129,11 @@ def _check_settings(metric: str, epsilon: float | None, schedule: Sequence[tuple
         _positive_int(name, value)
     if min_in_preimage is not None:
         _positive_int("min_in_preimage", min_in_preimage)
+    pool = len(settings) * int(n_repeats) * int(batch_size)
+    if pool > MAX_POOL:
+        raise InputValueError(
+            f"{len(settings)} settings x n_repeats {n_repeats} x batch_size {batch_size} = {pool:,} candidates per "
+            f"query; at most {MAX_POOL:,} fit one pool (the paper draws 1,024)")
     return metric, eps, settings
 
 

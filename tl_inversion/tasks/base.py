@@ -173,6 +173,8 @@ class CharTask:
                 a tensor without data (meta device).
             TokenIdError: an id outside the vocabulary (also an ``IndexError``).
         """
+        if not isinstance(keep_special, bool):
+            raise InputTypeError(f"{self.name}.decode: keep_special must be True or False, got {keep_special!r}")
         ids = self._id_array(tokens, "decode")
         if ids.ndim > 2:
             return [self.decode(sub, keep_special=keep_special) for sub in ids]
@@ -181,23 +183,34 @@ class CharTask:
         return rows[0] if ids.ndim == 1 else rows
 
     def _id_array(self, tokens: Any, what: str, max_dim: int | None = None) -> np.ndarray:
-        """``tokens`` as an int64 array ``[..., width]`` after the checks :meth:`decode` lists."""
+        """``tokens`` as a fresh int64 array ``[..., width]`` after the checks :meth:`decode` lists."""
         where = f"{self.name}.{what}"
+        if isinstance(tokens, (str, bytes)):
+            raise InputTypeError(f"{where}: takes token ids, got a {type(tokens).__name__}; encode texts with "
+                                 f"{self.name}.encode")
         if isinstance(tokens, Tensor):
             if tokens.device.type == "meta":
                 raise InputValueError(f"{where}: the ids are on the meta device and hold no values; pass ids with data")
+            if tokens.layout != torch.strided or tokens.is_nested or tokens.is_quantized:
+                raise InputTypeError(f"{where}: token ids must be a dense integer tensor, got one of layout "
+                                     f"{tokens.layout}{' (nested)' if tokens.is_nested else ''}"
+                                     f"{' (quantized)' if tokens.is_quantized else ''}")
             integer = tokens.dtype != torch.bool and not (tokens.is_floating_point() or tokens.is_complex())
-            kind = "i" if integer else "f"
-            arr = tokens.detach().cpu().numpy() if integer else None
+            if not integer and tokens.numel():
+                raise InputTypeError(f"{where}: token ids must be integers, got a {tokens.dtype} tensor")
+            arr = tokens.detach().cpu().numpy() if integer else np.zeros(tuple(tokens.shape), dtype=np.int64)
         else:
             try:
                 arr = np.asarray(tokens)
             except ValueError as err:  # ragged nesting
                 raise InputValueError(f"{where}: rows of ids must all have one length ({err})") from None
-            kind = "i" if arr.dtype.kind in "iu" or (arr.size == 0 and arr.dtype.kind == "f") else arr.dtype.kind
-        if kind != "i":
-            got = f"a {tokens.dtype} tensor" if isinstance(tokens, Tensor) else f"{arr.dtype} values"
-            raise InputTypeError(f"{where}: token ids must be integers, got {got}")
+            if arr.dtype.kind == "O" and arr.ndim and all(isinstance(v, int) and not isinstance(v, bool)
+                                                          for v in arr.flat):
+                self._check_range([min(arr.flat), max(arr.flat)], where)  # Python ints beyond 64 bits
+            if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f"):
+                got = f"{arr.dtype} values" if arr.dtype.kind in "fcbmM" else f"a {type(tokens).__name__}"
+                raise InputTypeError(f"{where}: token ids must be integers (a Tensor, numpy array or list of ints), "
+                                     f"got {got}")
         if arr.ndim == 0:
             raise InputValueError(f"{where}: expects a row of ids [width] or rows [..., width], got one number")
         if max_dim is not None and arr.ndim > max_dim:
@@ -206,11 +219,16 @@ class CharTask:
         if arr.shape[-1] > self.n_ctx:
             raise InputValueError(f"{where}: rows are at most n_ctx = {self.n_ctx} ids long, got rows of "
                                   f"{arr.shape[-1]}")
-        arr = arr.astype(np.int64, copy=False)
-        if arr.size and (arr.min() < 0 or arr.max() >= len(self.chars)):
-            bad = int(arr.min()) if arr.min() < 0 else int(arr.max())
+        if arr.size:
+            self._check_range([int(arr.min()), int(arr.max())], where)  # before int64 could wrap unsigned ids
+        return np.array(arr, dtype=np.int64)  # a copy: writable, positive strides, not the caller's memory
+
+    def _check_range(self, low_high: list[int], where: str) -> None:
+        """Raise TokenIdError naming the id outside ``0 .. len(chars) - 1`` (``[min, max]`` of the ids)."""
+        low, high = low_high
+        if low < 0 or high >= len(self.chars):
+            bad = low if low < 0 else high
             raise TokenIdError(f"{where}: token id {bad} is outside the vocabulary 0..{len(self.chars) - 1}")
-        return arr
 
     def _raw_rows(self, ids: np.ndarray) -> list[str]:
         """Every row of checked ids ``[n, width]`` as its raw string (one character per id)."""
