@@ -152,8 +152,13 @@ def test_without_out_dir_a_signal_is_python_s_default(model, data):
         if step == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(KeyboardInterrupt):
-        train(model, counting.make_task(), tr, te, _cfg(), progress=False, callback=interrupt)
+    # Python's handler, as in a terminal or a notebook (a shell's background job starts with SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(model, counting.make_task(), tr, te, _cfg(), progress=False, callback=interrupt)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert seen == [1, 2]
 
 
