@@ -35,6 +35,7 @@ from tl_inversion.errors import (
     SiteError,
     TLInversionError,
     TLInversionWarning,
+    TokenIdError,
 )
 
 __version__ = "0.1.0"
