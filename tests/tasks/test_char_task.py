@@ -153,6 +153,7 @@ def test_unusual_id_containers():
     assert task.decode(reversed_rows) == ["ab|a:3", "aab|a:2"]
     assert task.decode(torch.empty(0)) == ""  # an empty row of any dtype is the empty text, like []
     assert task.decode(rows.to(torch.uint8)) == ["aab|a:2", "ab|a:3"]
+    assert task.decode(np.array(rows.tolist(), dtype=object)) == ["aab|a:2", "ab|a:3"]  # Python ints in an array
 
 
 @pytest.mark.parametrize("bad, err, words", [

@@ -10,6 +10,7 @@ grammar (decoders may produce ill-formed inputs: they are flagged, not hidden).
 from __future__ import annotations
 
 import hashlib
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -204,9 +205,10 @@ class CharTask:
                 arr = np.asarray(tokens)
             except ValueError as err:  # ragged nesting
                 raise InputValueError(f"{where}: rows of ids must all have one length ({err})") from None
-            if arr.dtype.kind == "O" and arr.ndim and all(isinstance(v, int) and not isinstance(v, bool)
+            if arr.dtype.kind == "O" and arr.size and all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
                                                           for v in arr.flat):
-                self._check_range([min(arr.flat), max(arr.flat)], where)  # Python ints beyond 64 bits
+                self._check_range(int(min(arr.flat)), int(max(arr.flat)), where)  # Python ints beyond 64 bits
+                arr = arr.astype(np.int64)  # in range, so they fit
             if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f"):
                 got = f"{arr.dtype} values" if arr.dtype.kind in "fcbmM" else f"a {type(tokens).__name__}"
                 raise InputTypeError(f"{where}: token ids must be integers (a Tensor, numpy array or list of ints), "
@@ -220,12 +222,11 @@ class CharTask:
             raise InputValueError(f"{where}: rows are at most n_ctx = {self.n_ctx} ids long, got rows of "
                                   f"{arr.shape[-1]}")
         if arr.size:
-            self._check_range([int(arr.min()), int(arr.max())], where)  # before int64 could wrap unsigned ids
+            self._check_range(int(arr.min()), int(arr.max()), where)  # before int64 could wrap unsigned ids
         return np.array(arr, dtype=np.int64)  # a copy: writable, positive strides, not the caller's memory
 
-    def _check_range(self, low_high: list[int], where: str) -> None:
-        """Raise TokenIdError naming the id outside ``0 .. len(chars) - 1`` (``[min, max]`` of the ids)."""
-        low, high = low_high
+    def _check_range(self, low: int, high: int, where: str) -> None:
+        """Raise TokenIdError naming the id outside ``0 .. len(chars) - 1`` (``low``, ``high``: the ids' min, max)."""
         if low < 0 or high >= len(self.chars):
             bad = low if low < 0 else high
             raise TokenIdError(f"{where}: token id {bad} is outside the vocabulary 0..{len(self.chars) - 1}")
